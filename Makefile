@@ -1,0 +1,46 @@
+# botrix: the two commands a new user starts with are `make run` and `make test`.
+# Everything a target needs it installs itself: redis-server from Debian's packages,
+# the Python packages into .venv.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test test-fast lint redis-server venv clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(STAMP)
+
+# Debian's redis-server, installed when missing (tests and `make run` start their own).
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || scripts/install-redis.sh
+
+## run: a real worker on a throwaway local Redis with example jobs flowing (Ctrl-C stops it all)
+run: venv redis-server
+	$(BIN)/python scripts/demo.py
+
+## test: the whole suite against a real redis-server, slow and chaos scenarios included
+test: venv redis-server
+	$(BIN)/python -m pytest -q -m '' $(PYTEST_ARGS)
+
+## test-fast: the suite without the slow and chaos scenarios
+test-fast: venv redis-server
+	$(BIN)/python -m pytest -q -m 'not slow and not chaos' $(PYTEST_ARGS)
+
+## lint: ruff, mypy --strict and the layering contracts
+lint: venv
+	$(BIN)/ruff check botrix tests scripts
+	$(BIN)/ruff format --check botrix tests scripts
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+
+-include mk/*.mk

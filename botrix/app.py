@@ -1,0 +1,89 @@
+"""The composition root: builds the worker's components and runs them in order.
+
+Shutdown order (the reason for each step is in docs/design.md):
+  1. SIGTERM/SIGINT sets ``stop``; a second signal sets ``force``. Handlers do nothing else.
+  2. ``stop``: the runner stops claiming, the recoverer stops; in-flight jobs keep running.
+  3. The runner drains: jobs get --shutdown-timeout (or until ``force``), then the rest are
+     cancelled and requeued; it returns once every claimed job is written back.
+  4. Only then does the heartbeat stop, so leases stay renewed through the drain, and it
+     removes the worker's health record.
+  5. The Redis connections close; the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+from botrix import __version__
+from botrix.config import Settings, redact_url
+from botrix.health import WorkerState
+from botrix.heartbeat import Heartbeat
+from botrix.logs import Logger, get_logger
+from botrix.recoverer import Recoverer
+from botrix.registry import Registry
+from botrix.runner import Runner
+from botrix.store import Connection, Store
+
+
+class Worker:
+    """One botrix worker process: runner, heartbeat and recoverer over one Redis."""
+
+    def __init__(self, settings: Settings, registry: Registry) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.state = WorkerState(settings.worker_id, settings.queues, settings.concurrency)
+        self.stop_event = asyncio.Event()
+        self.force_event = asyncio.Event()
+        self.log: Logger = get_logger(worker_id=settings.worker_id)
+
+    def request_stop(self, reason: str = "requested") -> None:
+        """Begin a graceful shutdown; a second call skips the wait for in-flight jobs."""
+        if self.stop_event.is_set():
+            self.log.warning("worker.stop_forced", reason=reason)
+            self.force_event.set()
+        else:
+            self.log.info("worker.stopping", reason=reason, in_flight=len(self.state.in_flight))
+            self.stop_event.set()
+
+    def install_signal_handlers(self) -> None:
+        """Route SIGTERM and SIGINT to :meth:`request_stop`."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop, sig.name)
+
+    async def run(self) -> None:
+        """Run until stopped and drained."""
+        s = self.settings
+        store = Store(Connection(s.redis_url), blocking_timeout=min(5.0, s.lease_seconds))
+        runner = Runner(store, self.registry, s, self.state, self.log, self.force_event)
+        heartbeat = Heartbeat(store, s, self.state, self.log, runner.lease_lost)
+        recoverer = Recoverer(store, s, self.state, self.log)
+        drained = asyncio.Event()
+        self.log.info(
+            "worker.started",
+            version=__version__,
+            redis_url=redact_url(s.redis_url),
+            queues=list(s.queues),
+            concurrency=s.concurrency,
+            handlers=self.registry.names(),
+            lease_s=s.lease_seconds,
+        )
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(heartbeat.run(drained), name="botrix-heartbeat")
+                group.create_task(recoverer.run(self.stop_event), name="botrix-recoverer")
+                try:
+                    await runner.run(self.stop_event)
+                finally:
+                    drained.set()
+        finally:
+            await store.aclose()
+        c = self.state.counters
+        self.log.info(
+            "worker.stopped",
+            jobs_processed=c.processed,
+            jobs_succeeded=c.succeeded,
+            jobs_failed=c.failed,
+            uptime_s=round(self.state.uptime(), 3),
+        )

@@ -1,0 +1,162 @@
+"""``botrix``: enqueue jobs, inspect them, manage dead letters, list workers.
+
+Output is JSON (one document, or one line per item) so scripts and operators read the same
+thing. Exit codes: 0 ok, 1 the answer is "no" (job failed, no worker serves the queue, job not
+found), 2 bad usage, 3 Redis unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+import uvloop
+
+from botrix.cli import Parser, fail
+from botrix.client import Client
+from botrix.config import OPTIONS, redact_url
+from botrix.errors import ConfigError, JobNotFoundError, PayloadTooLargeError
+from botrix.store import StoreUnavailable
+
+PROG = "botrix"
+
+
+def _print(value: Any) -> None:
+    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def _redis_url(args: argparse.Namespace) -> str:
+    if args.redis_url:
+        return str(args.redis_url)
+    option = next(o for o in OPTIONS if o.name == "redis_url")
+    raw = next((os.environ[e] for e in option.envs if os.environ.get(e)), option.default or "")
+    try:
+        return str(option.parse(raw))
+    except ValueError as exc:
+        raise ConfigError(f"REDIS_URL: {exc}") from None
+
+
+def build_parser() -> Parser:
+    """The admin CLI's subcommands."""
+    parser = Parser(prog=PROG, description="Enqueue and inspect botrix jobs.")
+    parser.add_argument("--redis-url", help="Redis URL [env BOTRIX_REDIS_URL or REDIS_URL]")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    enqueue = sub.add_parser("enqueue", help="queue a job and print its id")
+    enqueue.add_argument("type", help="the handler's name")
+    enqueue.add_argument("--payload", default="null", help="JSON payload")
+    enqueue.add_argument("--queue", default="default")
+    enqueue.add_argument("--delay", type=float, default=0.0, help="seconds before it may start")
+    enqueue.add_argument("--max-retries", type=int)
+    enqueue.add_argument("--timeout", type=float, help="per-attempt timeout in seconds")
+    enqueue.add_argument("--job-id", help="your own id (makes the enqueue idempotent)")
+    enqueue.add_argument("--wait", action="store_true", help="wait for the job and print it")
+    enqueue.add_argument("--wait-timeout", type=float, default=60.0)
+
+    job = sub.add_parser("job", help="print a job's state, result and error")
+    job.add_argument("id")
+    job.add_argument("--queue")
+
+    wait = sub.add_parser("wait", help="wait until a job is completed or dead")
+    wait.add_argument("id")
+    wait.add_argument("--queue")
+    wait.add_argument("--timeout", type=float, default=60.0)
+
+    dead = sub.add_parser("dead", help="dead letters: list, retry or purge")
+    dead.add_argument("action", choices=["list", "retry", "purge"])
+    dead.add_argument("ids", nargs="*", help="job ids (retry/purge: all when none given)")
+    dead.add_argument("--queue", default="default")
+    dead.add_argument("--limit", type=int, default=50)
+
+    workers = sub.add_parser("workers", help="list live workers; exit 1 when none serves --queue")
+    workers.add_argument("--queue")
+
+    queues = sub.add_parser("queues", help="depth of every known queue by state")
+    queues.add_argument("--queue", action="append")
+
+    sub.add_parser("worker", help="run the worker daemon (same flags as botrix-worker)", add_help=False)
+    return parser
+
+
+async def _enqueue(client: Client, args: argparse.Namespace) -> int:
+    try:
+        payload = orjson.loads(args.payload)
+    except orjson.JSONDecodeError as exc:
+        fail(PROG, f"--payload is not valid JSON: {exc}")
+    job_id = await client.enqueue(
+        args.type,
+        payload,
+        queue=args.queue,
+        delay=args.delay,
+        max_retries=args.max_retries,
+        timeout=args.timeout,
+        job_id=args.job_id,
+    )
+    if not args.wait:
+        _print({"id": job_id, "queue": args.queue})
+        return 0
+    info = await client.wait(job_id, args.wait_timeout, args.queue)
+    _print(info.to_dict())
+    return 0 if info.status == "completed" else 1
+
+
+async def _dead(client: Client, args: argparse.Namespace) -> int:
+    if args.action == "list":
+        _print([info.to_dict() for info in await client.dead(args.queue, count=args.limit)])
+    elif args.action == "retry":
+        _print({"retried": await client.retry_dead(args.queue, args.ids)})
+    else:
+        _print({"purged": await client.purge_dead(args.queue, args.ids)})
+    return 0
+
+
+async def _run(args: argparse.Namespace) -> int:
+    async with Client.from_url(_redis_url(args)) as client:
+        if args.command == "enqueue":
+            return await _enqueue(client, args)
+        if args.command == "job":
+            _print((await client.job(args.id, args.queue)).to_dict())
+            return 0
+        if args.command == "wait":
+            info = await client.wait(args.id, args.timeout, args.queue)
+            _print(info.to_dict())
+            return 0 if info.status == "completed" else 1
+        if args.command == "dead":
+            return await _dead(client, args)
+        if args.command == "workers":
+            records = await client.workers(args.queue)
+            _print(records)
+            return 0 if records else 1
+        names = args.queue or await client.queues()
+        _print({name: await client.depth(name) for name in names})
+        return 0
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of ``botrix``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["worker"]:
+        from botrix.cli.worker import main as worker_main
+
+        worker_main(argv[1:])
+        return
+    args = build_parser().parse_args(argv)
+    try:
+        code = uvloop.run(_run(args))
+    except ConfigError as exc:
+        fail(PROG, str(exc))
+    except (JobNotFoundError, PayloadTooLargeError, ValueError) as exc:
+        fail(PROG, str(exc), 1)
+    except TimeoutError:
+        fail(PROG, "timed out waiting for the job", 1)
+    except StoreUnavailable as exc:
+        fail(PROG, f"Redis at {redact_url(_redis_url(args))} is unreachable: {exc}", 3)
+    raise SystemExit(code)
+
+
+if __name__ == "__main__":
+    main()

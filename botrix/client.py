@@ -1,0 +1,171 @@
+"""The producer and admin API: enqueue jobs, look them up, wait for them, manage dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from botrix.errors import JobNotFoundError, PayloadTooLargeError
+from botrix.model import JSON, JobInfo, JobStatus, build_envelope, validate_job_id
+from botrix.store import Connection, Store
+
+DEFAULT_MAX_PAYLOAD_BYTES = 1_048_576
+
+
+def _int(raw: bytes | None) -> int | None:
+    return None if raw is None else int(float(raw))
+
+
+def _json(raw: bytes | None) -> Any:
+    if raw is None:
+        return None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return raw.decode(errors="replace")
+
+
+def job_info(job_id: str, queue: str, record: dict[str, bytes]) -> JobInfo:
+    """Turn a raw job record into what producers see."""
+    envelope = _json(record.get("envelope"))
+    fields = envelope if isinstance(envelope, dict) else {}
+    job_type = fields.get("type")
+    return JobInfo(
+        id=job_id,
+        queue=queue,
+        status=JobStatus(record.get("status", b"queued").decode()),
+        type=job_type if isinstance(job_type, str) else None,
+        payload=fields.get("payload"),
+        attempts=_int(record.get("attempts")) or 0,
+        worker=record["worker"].decode() if "worker" in record else None,
+        enqueued_at_ms=_int(record.get("enqueued_at")),
+        started_at_ms=_int(record.get("started_at")),
+        finished_at_ms=_int(record.get("finished_at")),
+        run_at_ms=_int(record.get("run_at")),
+        result=_json(record.get("result")),
+        error=_json(record.get("error")),
+        progress=_json(record.get("progress")),
+        envelope=record.get("envelope", b"").decode(errors="replace"),
+    )
+
+
+class Client:
+    """Talks to the queues a worker serves. Use ``async with Client.from_url(url) as c:``."""
+
+    def __init__(self, store: Store, *, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> None:
+        self._store = store
+        self._max_payload_bytes = max_payload_bytes
+        self._registered: set[str] = set()
+
+    @classmethod
+    def from_url(cls, url: str, *, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Client:
+        """A client for the Redis at ``url`` (redis://, rediss://, with user and password)."""
+        return cls(Store(Connection(url)), max_payload_bytes=max_payload_bytes)
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connections."""
+        await self._store.aclose()
+
+    async def enqueue(
+        self,
+        type: str,
+        payload: JSON = None,
+        *,
+        queue: str = "default",
+        delay: float = 0.0,
+        run_at: datetime | None = None,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+        job_id: str | None = None,
+        correlation_id: str | None = None,
+    ) -> str:
+        """Queue a job and return its id; with ``delay`` (s) or ``run_at`` it starts later.
+
+        Passing your own ``job_id`` makes the enqueue idempotent: while a job with that id is
+        queued, scheduled or running, another enqueue with it does nothing.
+        """
+        job_id = job_id or uuid.uuid4().hex
+        validate_job_id(job_id)
+        if run_at is not None:
+            delay = max(0.0, run_at.timestamp() - time.time())
+        envelope = build_envelope(
+            job_id,
+            type,
+            payload,
+            queue,
+            max_retries=max_retries,
+            timeout=timeout,
+            correlation_id=correlation_id,
+        )
+        if len(envelope) > self._max_payload_bytes:
+            raise PayloadTooLargeError(
+                f"job envelope is {len(envelope)} bytes, over the {self._max_payload_bytes} byte limit"
+            )
+        if queue not in self._registered:
+            await self._store.register_queues([queue])
+            self._registered.add(queue)
+        await self._store.enqueue(queue, job_id, envelope, int(delay * 1000))
+        return job_id
+
+    async def job(self, job_id: str, queue: str | None = None) -> JobInfo:
+        """The job's state, attempts, result, error and timestamps."""
+        queues = [queue] if queue else await self._store.known_queues()
+        for name in queues:
+            record = await self._store.job_record(name, job_id)
+            if record is not None:
+                return job_info(job_id, name, record)
+        raise JobNotFoundError(f"no job {job_id!r} (never enqueued, or expired after its TTL)")
+
+    async def wait(self, job_id: str, timeout: float, queue: str | None = None) -> JobInfo:
+        """Wait until the job is completed or dead; raises TimeoutError after ``timeout``."""
+        info = await self.job(job_id, queue)
+        async with asyncio.timeout(timeout), self._store.events(info.queue) as events:
+            info = await self.job(job_id, info.queue)
+            if info.status.finished:
+                return info
+            async for event in events:
+                if event.get("job_id") == job_id and event.get("event") in ("completed", "dead"):
+                    return await self.job(job_id, info.queue)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def depth(self, queue: str = "default") -> dict[str, int]:
+        """Jobs in the queue by state: pending, active, scheduled, dead."""
+        return await self._store.depth(queue)
+
+    async def queues(self) -> list[str]:
+        """Every queue name known to botrix in this Redis."""
+        return await self._store.known_queues()
+
+    async def dead(self, queue: str = "default", *, start: int = 0, count: int = 50) -> list[JobInfo]:
+        """Dead jobs, newest first."""
+        infos = []
+        for job_id in await self._store.dead_ids(queue, start, count):
+            record = await self._store.job_record(queue, job_id)
+            if record is not None:
+                infos.append(job_info(job_id, queue, record))
+        return infos
+
+    async def retry_dead(self, queue: str = "default", job_ids: Sequence[str] = ()) -> list[str]:
+        """Send dead jobs (every one when no ids are given) back to the queue."""
+        return await self._store.redrive(queue, job_ids)
+
+    async def purge_dead(self, queue: str = "default", job_ids: Sequence[str] = ()) -> int:
+        """Delete dead jobs (every one when no ids are given)."""
+        return await self._store.purge(queue, job_ids)
+
+    async def workers(self, queue: str | None = None) -> list[dict[str, Any]]:
+        """Health records of live workers, only those serving ``queue`` when given."""
+        records = await self._store.workers()
+        return [r for r in records if queue is None or queue in r.get("queues", [])]

@@ -1,0 +1,312 @@
+"""Worker settings: every option, its flag, its environment variables, default and check.
+
+The option table below is the single source: the CLI builds ``--help`` and argument parsing
+from it, and ``docs/configuration.md`` documents it. Values are validated here so a bad flag or
+environment value becomes one clear :class:`ConfigError` line.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from botrix.errors import ConfigError
+
+_QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
+
+
+def _int(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValueError(f"must be a whole number, got {text!r}") from None
+        if not low <= value <= high:
+            raise ValueError(f"must be from {low} to {high}, got {value}")
+        return value
+
+    return parse
+
+
+def _seconds(low: float, high: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"must be a number of seconds, got {text!r}") from None
+        if not low <= value <= high:
+            raise ValueError(f"must be from {low:g} to {high:g} seconds, got {value:g}")
+        return value
+
+    return parse
+
+
+def _queues(text: str) -> tuple[str, ...]:
+    names = tuple(q.strip() for q in text.split(",") if q.strip())
+    if not names:
+        raise ValueError("must name at least one queue")
+    for name in names:
+        if not _QUEUE_NAME.match(name):
+            raise ValueError(f"queue name {name!r} must be 1-100 of A-Z a-z 0-9 _ . : -")
+    if len(set(names)) != len(names):
+        raise ValueError("names a queue twice")
+    return names
+
+
+def _redis_url(text: str) -> str:
+    parts = urlsplit(text)
+    if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
+        raise ValueError(f"must be a redis://, rediss:// or unix:// URL, got {redact_url(text)!r}")
+    return text
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.lower()
+        if value not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _apps(text: str) -> tuple[str, ...]:
+    modules = tuple(m.strip() for m in text.split(",") if m.strip())
+    for module in modules:
+        if not re.match(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$", module):
+            raise ValueError(f"{module!r} is not a Python module name")
+    return modules
+
+
+def _worker_id(text: str) -> str:
+    if not re.match(r"^[\w.@:-]{1,100}$", text):
+        raise ValueError("must be 1-100 of letters, digits, _ . @ : -")
+    return text
+
+
+def default_worker_id() -> str:
+    """A unique id from the host name and a random suffix: restarts never collide."""
+    return f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ``***``, safe for logs and answers."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        user = parts.username or ""
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    except ValueError:
+        return "<unparseable url>"
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One setting: its flag, environment variables (first found wins), default and parser."""
+
+    name: str
+    envs: tuple[str, ...]
+    default: str | None
+    parse: Callable[[str], Any]
+    help: str
+    repeatable: bool = False
+    metavar: str = "VALUE"
+
+    @property
+    def flag(self) -> str:
+        """The command-line flag."""
+        return "--" + self.name.replace("_", "-")
+
+
+def _opt(
+    name: str,
+    default: str | None,
+    parse: Callable[[str], Any],
+    help_: str,
+    *aliases: str,
+    **kw: Any,
+) -> Option:
+    return Option(name, (f"BOTRIX_{name.upper()}", *aliases), default, parse, help_, **kw)
+
+
+OPTIONS: tuple[Option, ...] = (
+    _opt(
+        "redis_url",
+        "redis://localhost:6379/0",
+        _redis_url,
+        "Redis URL (redis://, rediss:// for TLS, user and password allowed)",
+        "REDIS_URL",
+        metavar="URL",
+    ),
+    _opt(
+        "worker_id",
+        None,
+        _worker_id,
+        "unique worker id (default: host name + random suffix)",
+        "WORKER_ID",
+        metavar="ID",
+    ),
+    _opt("queues", "default", _queues, "queues to serve, highest priority first", metavar="Q,Q"),
+    _opt("concurrency", "5", _int(1, 10_000), "jobs run at once", "CONCURRENCY", metavar="N"),
+    _opt(
+        "app",
+        None,
+        _apps,
+        "module registering handlers (repeatable, or comma-separated)",
+        repeatable=True,
+        metavar="MODULE",
+    ),
+    _opt(
+        "max_retries",
+        "3",
+        _int(0, 1000),
+        "retries after the first attempt",
+        "MAX_RETRIES",
+        metavar="N",
+    ),
+    _opt(
+        "job_timeout",
+        "300",
+        _seconds(0.001, 86_400 * 7),
+        "default per-attempt timeout",
+        metavar="S",
+    ),
+    _opt(
+        "retry_backoff",
+        "1",
+        _seconds(0, 86_400),
+        "base of the exponential retry backoff",
+        metavar="S",
+    ),
+    _opt("retry_backoff_max", "300", _seconds(0, 86_400 * 7), "cap of the retry backoff", metavar="S"),
+    _opt(
+        "lease_seconds",
+        "30",
+        _seconds(1, 3600),
+        "lease on a running job; a dead worker's jobs come back after it",
+        metavar="S",
+    ),
+    _opt(
+        "shutdown_timeout",
+        "25",
+        _seconds(0, 3600),
+        "time in-flight jobs get to finish after SIGTERM",
+        metavar="S",
+    ),
+    _opt(
+        "health_check_interval",
+        "30",
+        _seconds(0.1, 3600),
+        "how often the worker's health record is refreshed",
+        "HEALTH_CHECK_INTERVAL",
+        metavar="S",
+    ),
+    _opt(
+        "result_ttl",
+        "86400",
+        _int(1, 86_400 * 365),
+        "seconds a finished job's record is kept",
+        metavar="S",
+    ),
+    _opt(
+        "dead_letter_max",
+        "10000",
+        _int(1, 10_000_000),
+        "dead jobs kept per queue (oldest go)",
+        metavar="N",
+    ),
+    _opt(
+        "max_payload_bytes",
+        "1048576",
+        _int(64, 512 * 1024 * 1024),
+        "largest envelope accepted",
+        metavar="BYTES",
+    ),
+    _opt("http_host", "0.0.0.0", str, "address of the probe and metrics server", metavar="HOST"),
+    _opt(
+        "http_port",
+        "8080",
+        _int(-1, 65_535),
+        "port of the probe and metrics server (0: any free port, -1: no server)",
+        metavar="PORT",
+    ),
+    _opt(
+        "log_level",
+        "info",
+        _choice("debug", "info", "warning", "error"),
+        "log level",
+        "LOG_LEVEL",
+        metavar="LEVEL",
+    ),
+    _opt(
+        "log_format",
+        "auto",
+        _choice("auto", "json", "console"),
+        "json lines, console, or auto (console on a TTY)",
+        metavar="FORMAT",
+    ),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The worker's validated settings."""
+
+    redis_url: str = "redis://localhost:6379/0"
+    worker_id: str = field(default_factory=default_worker_id)
+    queues: tuple[str, ...] = ("default",)
+    concurrency: int = 5
+    app: tuple[str, ...] = ()
+    max_retries: int = 3
+    job_timeout: float = 300.0
+    retry_backoff: float = 1.0
+    retry_backoff_max: float = 300.0
+    lease_seconds: float = 30.0
+    shutdown_timeout: float = 25.0
+    health_check_interval: float = 30.0
+    result_ttl: int = 86_400
+    dead_letter_max: int = 10_000
+    max_payload_bytes: int = 1_048_576
+    http_host: str = "0.0.0.0"
+    http_port: int = 8080
+    log_level: str = "info"
+    log_format: str = "auto"
+
+    @property
+    def lease_ms(self) -> int:
+        """The lease length in milliseconds, as the scripts take it."""
+        return int(self.lease_seconds * 1000)
+
+
+def resolve(flags: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
+    """Settings from parsed flags (raw strings, None when absent), then env, then defaults."""
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        raw = flags.get(option.name)
+        source = option.flag
+        if raw is None:
+            source, raw = next(((e, env[e]) for e in option.envs if env.get(e)), ("", None))
+        if raw is None:
+            raw = option.default
+            source = f"default of {option.flag}"
+        if raw is None:
+            continue
+        items = raw if isinstance(raw, list) else [raw]
+        try:
+            parsed = [option.parse(item) for item in items]
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+        if option.repeatable:
+            values[option.name] = tuple(v for group in parsed for v in group)
+        else:
+            values[option.name] = parsed[-1]
+    return Settings(**values)

@@ -1,0 +1,66 @@
+"""Run one attempt of a handler and turn what happened into an outcome.
+
+No Redis here: the executor only knows the handler, the payload and the time limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import traceback
+from dataclasses import dataclass
+
+import orjson
+
+from botrix.context import JobContext
+from botrix.errors import NonRetryableError
+from botrix.model import ErrorInfo
+from botrix.registry import Handler
+
+#: Tracebacks are cut to their last part: the frames nearest the error are the useful ones.
+TRACEBACK_LIMIT = 4000
+MESSAGE_LIMIT = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """What one run produced: a serialised result, or an error and whether to retry."""
+
+    result: bytes | None = None
+    error: ErrorInfo | None = None
+    retryable: bool = True
+
+
+def error_info(exc: BaseException) -> ErrorInfo:
+    """Describe an exception for the job record, the traceback cut to a sane size."""
+    tb = "".join(traceback.format_exception(exc))
+    if len(tb) > TRACEBACK_LIMIT:
+        tb = "...\n" + tb[-TRACEBACK_LIMIT:]
+    return ErrorInfo(type(exc).__name__, str(exc)[:MESSAGE_LIMIT], tb)
+
+
+async def run_attempt(handler: Handler, ctx: JobContext, payload: object, timeout: float) -> Attempt:
+    """Run the handler under ``timeout``; cancellation from outside propagates."""
+    try:
+        async with asyncio.timeout(timeout):
+            value = await handler.func(ctx, payload)
+    except TimeoutError:
+        return Attempt(error=ErrorInfo("JobTimeout", f"attempt exceeded its {timeout:g}s timeout"))
+    except NonRetryableError as exc:
+        return Attempt(error=error_info(exc), retryable=False)
+    except Exception as exc:
+        return Attempt(error=error_info(exc))
+    try:
+        return Attempt(result=orjson.dumps(value))
+    except TypeError as exc:
+        message = f"handler returned a value that is not JSON-serialisable: {exc}"
+        return Attempt(error=ErrorInfo("ResultNotSerializable", message), retryable=False)
+
+
+_rng = random.Random()
+
+
+def backoff_ms(attempt: int, base_s: float, cap_s: float, rng: random.Random = _rng) -> int:
+    """Exponential backoff with full jitter: uniform over [0, min(cap, base * 2**(attempt-1))]."""
+    ceiling = min(cap_s, base_s * 2 ** min(attempt - 1, 60))
+    return int(rng.uniform(0, ceiling) * 1000)

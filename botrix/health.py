@@ -1,0 +1,118 @@
+"""The worker's view of itself, shared by the runner (writes), heartbeat and HTTP server (read).
+
+Nothing here touches Redis: it is plain state, so the probes can answer from it even while
+Redis is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Phase(StrEnum):
+    """The worker's life: starting -> running -> draining -> stopped."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+@dataclass(slots=True)
+class InFlight:
+    """A job this worker is running now."""
+
+    job_id: str
+    queue: str
+    delivery: int
+    task: asyncio.Task[None] | None = None
+    #: Why the task was cancelled, if it was: ``shutdown`` (requeue) or ``lease_lost`` (drop).
+    cancel_reason: str | None = None
+
+
+@dataclass(slots=True)
+class Counters:
+    """Totals since the worker started, as in the original daemon's health record."""
+
+    processed: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    retried: int = 0
+    dead: int = 0
+    recovered: int = 0
+    refused_acks: int = 0
+
+
+@dataclass(slots=True)
+class RedisLink:
+    """What the worker last learned about Redis."""
+
+    up: bool = False
+    reason: str = "not connected yet"
+    last_ok_monotonic: float = 0.0
+    rtt_s: float = 0.0
+    version: str = ""
+    in_outage: bool = False
+
+    def ok(self) -> bool:
+        """Record a successful round trip; True when this ends an outage."""
+        ended = self.in_outage
+        self.up, self.reason, self.in_outage = True, "", False
+        self.last_ok_monotonic = time.monotonic()
+        return ended
+
+    def down(self, reason: str) -> bool:
+        """Record a failure (the reason free of secrets); True when this starts an outage."""
+        started = not self.in_outage
+        self.up, self.reason, self.in_outage = False, reason, True
+        return started
+
+
+@dataclass(slots=True)
+class WorkerState:
+    """Everything the worker knows about its own condition."""
+
+    worker_id: str
+    queues: tuple[str, ...]
+    concurrency: int
+    phase: Phase = Phase.STARTING
+    in_flight: dict[tuple[str, str], InFlight] = field(default_factory=dict)
+    counters: Counters = field(default_factory=Counters)
+    redis: RedisLink = field(default_factory=RedisLink)
+    started_monotonic: float = field(default_factory=time.monotonic)
+    started_wall: float = field(default_factory=time.time)
+    #: Monotonic time of the heartbeat's last pass; /live reads it.
+    last_heartbeat: float = field(default_factory=time.monotonic)
+
+    def held(self) -> dict[str, list[tuple[str, int]]]:
+        """Leases held now, by queue: what the heartbeat renews."""
+        by_queue: dict[str, list[tuple[str, int]]] = {}
+        for job in self.in_flight.values():
+            by_queue.setdefault(job.queue, []).append((job.job_id, job.delivery))
+        return by_queue
+
+    def uptime(self) -> float:
+        """Seconds since the worker started."""
+        return time.monotonic() - self.started_monotonic
+
+    def health_record(self) -> dict[str, Any]:
+        """The record published in Redis (the original daemon's format, plus the queues)."""
+        current = [job.job_id for job in self.in_flight.values()]
+        c = self.counters
+        return {
+            "worker_id": self.worker_id,
+            "status": str(self.phase),
+            "last_heartbeat": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "current_job": current[0] if current else None,
+            "current_jobs": current,
+            "jobs_processed": c.processed,
+            "jobs_succeeded": c.succeeded,
+            "jobs_failed": c.failed,
+            "uptime_seconds": int(self.uptime()),
+            "queues": list(self.queues),
+            "concurrency": self.concurrency,
+        }

@@ -1,0 +1,82 @@
+"""Keeps the worker's leases and health record alive, and tells the worker how Redis is.
+
+Every tick it pings Redis (readiness reads the answer), renews the lease of every job the
+worker still runs, and every ``--health-check-interval`` rewrites the health record with a TTL
+so a dead worker vanishes by itself. It stops only after the runner has settled its last job,
+so leases stay renewed through a graceful drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from botrix.aio import sleep_or_stop
+from botrix.config import Settings
+from botrix.health import Phase, WorkerState
+from botrix.logs import Logger
+from botrix.store import Store, StoreUnavailable
+
+#: Longest pause between two ticks: readiness should notice Redis coming and going quickly.
+MAX_TICK_S = 2.0
+
+
+class Heartbeat:
+    """Lease renewal, Redis ping and the health record, on one timer."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        state: WorkerState,
+        log: Logger,
+        on_lost: Callable[[str, list[str]], None],
+    ) -> None:
+        self._store = store
+        self._settings = settings
+        self._state = state
+        self._log = log
+        self._on_lost = on_lost
+        self._tick = min(settings.lease_seconds / 3, settings.health_check_interval, MAX_TICK_S)
+        self._health_ttl = max(int(settings.health_check_interval * 3), 3)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Beat until ``stop``; then remove the health record."""
+        next_record = 0.0
+        while True:
+            self._state.last_heartbeat = time.monotonic()
+            try:
+                await self._beat(time.monotonic() >= next_record)
+            except StoreUnavailable as exc:
+                if self._state.redis.down(str(exc)):
+                    self._log.warning("redis.unavailable", reason=str(exc), during="heartbeat")
+            else:
+                if time.monotonic() >= next_record:
+                    next_record = time.monotonic() + self._settings.health_check_interval
+            if await sleep_or_stop(stop, self._tick):
+                break
+        await self._goodbye()
+
+    async def _beat(self, write_record: bool) -> None:
+        rtt, version = await self._store.ping()
+        link = self._state.redis
+        if link.ok():
+            self._log.info("redis.recovered")
+        link.rtt_s, link.version = rtt, version
+        for queue, held in self._state.held().items():
+            lost = await self._store.renew(queue, held, self._settings.lease_ms)
+            if lost:
+                self._on_lost(queue, lost)
+        if write_record:
+            await self._store.register_queues(self._settings.queues)
+            await self._store.write_health(
+                self._settings.worker_id, self._state.health_record(), self._health_ttl
+            )
+
+    async def _goodbye(self) -> None:
+        self._state.phase = Phase.STOPPED
+        try:
+            await self._store.delete_health(self._settings.worker_id)
+        except StoreUnavailable:
+            self._log.info("worker.health_record_left", reason="redis unavailable; it expires by TTL")

@@ -1,0 +1,58 @@
+"""Every Redis key and channel name botrix uses, and nothing else spells one.
+
+Per-queue keys carry the queue name as a hash tag (``botrix:{<queue>}:...``) so that every key a
+single Lua script touches lives in one Redis Cluster slot; queues spread across shards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PREFIX = "botrix"
+
+#: Set of every queue name a worker or producer has used; lets admin tools find job records.
+QUEUES = f"{PREFIX}:queues"
+#: Sorted set of worker ids scored by the expiry (ms) of their health record.
+WORKERS = f"{PREFIX}:workers"
+
+
+def worker_health(worker_id: str) -> str:
+    """The worker's health record (JSON string with a TTL), as in the original daemon."""
+    return f"{PREFIX}:worker:health:{worker_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class QueueKeys:
+    """The keys of one queue; all share the ``{queue}`` hash tag."""
+
+    queue: str
+    pending: str
+    active: str
+    scheduled: str
+    dead: str
+    seq: str
+    events: str
+    job_prefix: str
+
+    def job(self, job_id: str) -> str:
+        """The hash holding one job's envelope and state."""
+        return self.job_prefix + job_id
+
+
+def queue_keys(queue: str) -> QueueKeys:
+    """Build the key set of ``queue``."""
+    base = f"{PREFIX}:{{{queue}}}"
+    return QueueKeys(
+        queue=queue,
+        pending=f"{base}:pending",
+        active=f"{base}:active",
+        scheduled=f"{base}:scheduled",
+        dead=f"{base}:dead",
+        seq=f"{base}:seq",
+        events=f"{base}:events",
+        job_prefix=f"{base}:job:",
+    )
+
+
+#: Pattern matching the event channel of every queue (for PSUBSCRIBE).
+EVENTS_PATTERN = f"{PREFIX}:{{*}}:events"

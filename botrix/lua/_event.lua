@@ -1,0 +1,29 @@
+-- Shared helpers, pulled into each script by `--- @include "_event.lua"` when the store loads it.
+
+-- Milliseconds on the Redis server's clock: every score botrix writes uses this one clock,
+-- so clock skew between worker machines cannot expire a lease early.
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Publishes one transition on the queue's event channel.
+local function publish(channel, event, job_id, queue, now, extra)
+  local e = extra or {}
+  e['event'] = event
+  e['job_id'] = job_id
+  e['queue'] = queue
+  e['ts'] = now
+  redis.call('PUBLISH', channel, cjson.encode(e))
+end
+
+-- Keeps the dead set at most `cap` long, dropping the oldest entries and their records.
+local function cap_dead(dead_key, job_prefix, cap)
+  local excess = redis.call('ZCARD', dead_key) - cap
+  if excess > 0 then
+    local oldest = redis.call('ZPOPMIN', dead_key, excess)
+    for i = 1, #oldest, 2 do
+      redis.call('DEL', job_prefix .. oldest[i])
+    end
+  end
+end

@@ -1,0 +1,27 @@
+-- Send dead jobs back to their queue with a fresh set of attempts.
+--
+-- KEYS[1] dead zset   KEYS[2] pending list   KEYS[3] events channel
+-- ARGV[1] job record key prefix   ARGV[2] queue name   ARGV[3..] ids, or none for every dead job
+-- Returns the ids sent back.
+--- @include "_event.lua"
+
+local now = now_ms()
+local ids = {}
+if #ARGV > 2 then
+  for i = 3, #ARGV do ids[#ids + 1] = ARGV[i] end
+else
+  ids = redis.call('ZRANGE', KEYS[1], 0, -1)
+end
+local moved = {}
+for _, id in ipairs(ids) do
+  if redis.call('ZREM', KEYS[1], id) == 1 then
+    local record = ARGV[1] .. id
+    redis.call('HSET', record, 'status', 'queued', 'attempts', 0)
+    redis.call('HDEL', record, 'finished_at', 'run_at')
+    redis.call('PERSIST', record)
+    redis.call('RPUSH', KEYS[2], id)
+    publish(KEYS[3], 'queued', id, ARGV[2], now, {redriven = true})
+    moved[#moved + 1] = id
+  end
+end
+return moved

@@ -1,0 +1,20 @@
+-- Extend the leases a worker still holds.
+--
+-- KEYS[1] active zset
+-- ARGV[1] lease length ms   ARGV[2] job record key prefix
+-- then two entries a job: id, delivery
+-- Returns the ids whose lease is lost (recovered, or claimed again by another worker).
+--- @include "_event.lua"
+
+local deadline = now_ms() + tonumber(ARGV[1])
+local lost = {}
+for i = 3, #ARGV, 2 do
+  local id = ARGV[i]
+  local state = redis.call('HMGET', ARGV[2] .. id, 'status', 'delivery')
+  if state[1] == 'running' and state[2] == ARGV[i + 1] and redis.call('ZSCORE', KEYS[1], id) then
+    redis.call('ZADD', KEYS[1], 'XX', deadline, id)
+  else
+    lost[#lost + 1] = id
+  end
+end
+return lost

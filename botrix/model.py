@@ -1,0 +1,235 @@
+"""The job envelope, its states and outcomes, and what a handler receives.
+
+The envelope is the wire protocol (``docs/protocol.md``): a JSON object any producer can push
+onto a queue. Only ``type`` is required; botrix fills in the rest.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import orjson
+
+from botrix.errors import EnvelopeError
+
+#: Longest job id botrix accepts; ids are part of Redis keys.
+MAX_ID_LENGTH = 200
+#: Longest handler name.
+MAX_TYPE_LENGTH = 200
+
+JSON = Any
+"""Any value that ``orjson`` can serialise."""
+
+
+class JobStatus(StrEnum):
+    """Where a job is in its life: queued -> running -> completed | retrying | dead."""
+
+    QUEUED = "queued"
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    COMPLETED = "completed"
+    DEAD = "dead"
+
+    @property
+    def finished(self) -> bool:
+        """True once nothing more will happen to the job by itself."""
+        return self in (JobStatus.COMPLETED, JobStatus.DEAD)
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A job as the claim script hands it over: the raw envelope and its record's counters."""
+
+    job_id: str
+    envelope: bytes
+    attempt: int
+    delivery: int
+    enqueued_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A validated job, ready to run."""
+
+    id: str
+    type: str
+    payload: JSON
+    queue: str
+    attempt: int
+    delivery: int
+    enqueued_at_ms: int
+    correlation_id: str
+    max_retries: int | None = None
+    timeout: float | None = None
+
+
+def _optional_int(envelope: dict[str, Any], name: str) -> int | None:
+    value = envelope.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1000:
+        raise EnvelopeError(f"field '{name}' must be an integer from 0 to 1000, got {value!r:.80}")
+    return value
+
+
+def _optional_timeout(envelope: dict[str, Any]) -> float | None:
+    value = envelope.get("timeout")
+    if value is None:
+        return None
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or value <= 0:
+        raise EnvelopeError(f"field 'timeout' must be a positive number of seconds, got {value!r:.80}")
+    return float(value)
+
+
+def _optional_str(envelope: dict[str, Any], name: str, limit: int) -> str | None:
+    value = envelope.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > limit:
+        raise EnvelopeError(f"field '{name}' must be a non-empty string of at most {limit} characters")
+    return value
+
+
+def parse_job(claimed: Claimed, queue: str) -> Job:
+    """Validate a claimed envelope; raise :class:`EnvelopeError` with a readable reason."""
+    try:
+        envelope = orjson.loads(claimed.envelope)
+    except orjson.JSONDecodeError as exc:
+        raise EnvelopeError(f"envelope is not valid JSON: {exc}") from None
+    if not isinstance(envelope, dict):
+        raise EnvelopeError(f"envelope must be a JSON object, got {type(envelope).__name__}")
+    job_type = envelope.get("type")
+    if not isinstance(job_type, str) or not job_type or len(job_type) > MAX_TYPE_LENGTH:
+        raise EnvelopeError("field 'type' is required: the handler's name, a non-empty string")
+    given_id = envelope.get("id")
+    if given_id is not None and given_id != claimed.job_id:
+        raise EnvelopeError(f"field 'id' must be a non-empty string of at most {MAX_ID_LENGTH} characters")
+    correlation_id = _optional_str(envelope, "correlation_id", MAX_ID_LENGTH)
+    return Job(
+        id=claimed.job_id,
+        type=job_type,
+        payload=envelope.get("payload"),
+        queue=queue,
+        attempt=claimed.attempt,
+        delivery=claimed.delivery,
+        enqueued_at_ms=claimed.enqueued_at_ms,
+        correlation_id=correlation_id or claimed.job_id,
+        max_retries=_optional_int(envelope, "max_retries"),
+        timeout=_optional_timeout(envelope),
+    )
+
+
+def validate_job_id(job_id: str) -> None:
+    """Refuse ids that could not round-trip through a queue (they would read as envelopes)."""
+    if not job_id or len(job_id) > MAX_ID_LENGTH or job_id.startswith("{"):
+        raise ValueError(f"job id must be 1-{MAX_ID_LENGTH} characters and not start with '{{'")
+
+
+def build_envelope(
+    job_id: str,
+    job_type: str,
+    payload: JSON,
+    queue: str,
+    *,
+    max_retries: int | None,
+    timeout: float | None,
+    correlation_id: str | None,
+) -> bytes:
+    """The envelope a botrix client stores for a job (fields left out take worker defaults)."""
+    envelope: dict[str, Any] = {"id": job_id, "type": job_type, "payload": payload, "queue": queue}
+    if max_retries is not None:
+        envelope["max_retries"] = max_retries
+    if timeout is not None:
+        envelope["timeout"] = timeout
+    if correlation_id is not None:
+        envelope["correlation_id"] = correlation_id
+    return orjson.dumps(envelope)
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """What went wrong in an attempt, as stored in the job record and shown to operators."""
+
+    type: str
+    message: str
+    traceback: str = ""
+
+    def to_json(self) -> bytes:
+        """Serialise for the job record."""
+        return orjson.dumps({"type": self.type, "message": self.message, "traceback": self.traceback})
+
+
+class Outcome(StrEnum):
+    """How an attempt settles in Redis."""
+
+    COMPLETED = "completed"
+    RETRY = "retry"
+    DEAD = "dead"
+    REQUEUE = "requeue"
+
+
+@dataclass(slots=True)
+class Settlement:
+    """One finished attempt waiting to be written back to Redis."""
+
+    job_id: str
+    queue: str
+    delivery: int
+    outcome: Outcome
+    data: bytes = b""
+    delay_ms: int = 0
+    duration_s: float = 0.0
+    job_type: str = ""
+    attempt: int = 0
+    correlation_id: str = ""
+    error: ErrorInfo | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobInfo:
+    """A job's record as a producer or operator sees it."""
+
+    id: str
+    queue: str
+    status: JobStatus
+    type: str | None
+    payload: JSON
+    attempts: int
+    worker: str | None
+    enqueued_at_ms: int | None
+    started_at_ms: int | None
+    finished_at_ms: int | None
+    run_at_ms: int | None
+    result: JSON
+    error: dict[str, Any] | None
+    progress: JSON
+    envelope: str = field(repr=False, default="")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view for the CLI."""
+        return {
+            "id": self.id,
+            "queue": self.queue,
+            "status": str(self.status),
+            "type": self.type,
+            "payload": self.payload,
+            "attempts": self.attempts,
+            "worker": self.worker,
+            "enqueued_at_ms": self.enqueued_at_ms,
+            "started_at_ms": self.started_at_ms,
+            "finished_at_ms": self.finished_at_ms,
+            "run_at_ms": self.run_at_ms,
+            "result": self.result,
+            "error": self.error,
+            "progress": self.progress,
+        }
+
+
+ProgressSink = Callable[[JSON], Awaitable[None]]
+"""Publishes a progress value for the running job."""

@@ -1,0 +1,91 @@
+"""Handlers by name: the only way a job's ``type`` reaches code.
+
+A job names a handler, never a Python path: the worker imports exactly the modules given with
+``--app`` and runs only what they registered.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from botrix.context import JobContext
+from botrix.errors import HandlerLoadError
+
+HandlerFunc = Callable[[JobContext, Any], Awaitable[Any]]
+"""``async def handler(ctx, payload) -> result``."""
+
+F = TypeVar("F", bound=HandlerFunc)
+
+
+@dataclass(frozen=True, slots=True)
+class Handler:
+    """A registered handler and its per-handler settings (None: the worker's default)."""
+
+    name: str
+    func: HandlerFunc
+    timeout: float | None = None
+    max_retries: int | None = None
+
+
+class Registry:
+    """Handlers by job type."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, Handler] = {}
+
+    def add(
+        self,
+        name: str,
+        func: HandlerFunc,
+        *,
+        timeout: float | None = None,
+        max_retries: int | None = None,
+    ) -> None:
+        """Register ``func`` for jobs of type ``name``."""
+        existing = self._handlers.get(name)
+        if existing is not None and existing.func is not func:
+            raise HandlerLoadError(f"two handlers registered for job type {name!r}")
+        self._handlers[name] = Handler(name, func, timeout, max_retries)
+
+    def get(self, name: str) -> Handler | None:
+        """The handler for a job type, or None."""
+        return self._handlers.get(name)
+
+    def names(self) -> list[str]:
+        """Registered job types, sorted."""
+        return sorted(self._handlers)
+
+    def handler(
+        self, name: str, *, timeout: float | None = None, max_retries: int | None = None
+    ) -> Callable[[F], F]:
+        """Decorator form of :meth:`add`."""
+
+        def register(func: F) -> F:
+            self.add(name, func, timeout=timeout, max_retries=max_retries)
+            return func
+
+        return register
+
+
+#: The registry ``@handler`` writes to and the worker reads from.
+default_registry = Registry()
+
+
+def handler(name: str, *, timeout: float | None = None, max_retries: int | None = None) -> Callable[[F], F]:
+    """Register an ``async def (ctx, payload)`` as the handler of job type ``name``."""
+    return default_registry.handler(name, timeout=timeout, max_retries=max_retries)
+
+
+def load_apps(modules: Iterable[str], registry: Registry = default_registry) -> Registry:
+    """Import the ``--app`` modules; fail clearly if one is missing or nothing registers."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise HandlerLoadError(f"cannot import handler module {module!r}: {exc}") from None
+    if not registry.names():
+        raise HandlerLoadError("no handlers registered: pass --app MODULE (or BOTRIX_APP)")
+    return registry

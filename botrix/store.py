@@ -1,0 +1,331 @@
+"""The data-access layer: the only module that talks to Redis.
+
+Each state change is one Lua script (``botrix/lua/*.lua``, headed by its KEYS and ARGV) and one
+method here. Nothing outside this module sees a Redis type: callers get botrix's own values and
+:class:`StoreUnavailable` when Redis cannot be reached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import orjson
+import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from botrix import keys
+from botrix.errors import BotrixError
+from botrix.model import Claimed, Settlement
+
+_INCLUDE = re.compile(r'^--- @include "([\w.]+)"$', re.MULTILINE)
+
+
+class StoreUnavailable(BotrixError):
+    """Redis could not be reached or did not answer in time; the caller backs off and retries."""
+
+
+def _load_script(name: str) -> str:
+    folder = resources.files("botrix") / "lua"
+    source = (folder / name).read_text(encoding="utf-8")
+    return _INCLUDE.sub(lambda m: (folder / m.group(1)).read_text(encoding="utf-8"), source)
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """How to reach Redis; timeouts are explicit so a hung server cannot hang a worker."""
+
+    url: str
+    socket_timeout: float = 5.0
+    connect_timeout: float = 3.0
+    #: One quick reconnect covers a pooled connection that a Redis restart closed; longer
+    #: outages are the callers' loops to ride out, with their own backoff.
+    retries: int = 1
+    max_connections: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveredJob:
+    """A job taken back from a lost lease: ``queued`` again or ``dead`` (attempts exhausted)."""
+
+    job_id: str
+    status: str
+
+
+def _open(conn: Connection, socket_timeout: float | None) -> redis.Redis:
+    # A blocking pool waits for a free connection instead of failing when a burst of
+    # concurrent calls (progress events, settles, waits) exceeds the cap.
+    pool = redis.BlockingConnectionPool.from_url(
+        conn.url,
+        max_connections=conn.max_connections,
+        timeout=conn.socket_timeout,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=conn.connect_timeout,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), conn.retries),
+        retry_on_error=[RedisConnectionError],
+        health_check_interval=15,
+    )
+    return redis.Redis.from_pool(pool)
+
+
+class Store:
+    """Every Redis operation botrix performs, one method a state change."""
+
+    def __init__(self, conn: Connection, *, blocking_timeout: float = 5.0) -> None:
+        self._redis = _open(conn, conn.socket_timeout)
+        # Blocking waits get their own pool so they never starve the commands that settle jobs.
+        self._blocking = _open(conn, blocking_timeout + conn.socket_timeout)
+        self.blocking_timeout = blocking_timeout
+        self._scripts = {
+            name: self._redis.register_script(_load_script(f"{name}.lua"))
+            for name in (
+                "enqueue",
+                "claim",
+                "settle",
+                "renew",
+                "recover",
+                "promote",
+                "redrive",
+                "purge",
+            )
+        }
+        self.last_ok = 0.0
+
+    async def aclose(self) -> None:
+        """Close both connection pools."""
+        await self._redis.aclose()
+        await self._blocking.aclose()
+
+    async def _run(self, script: str, keys_: Sequence[str], args: Sequence[Any]) -> Any:
+        return await self._call(self._scripts[script](keys=keys_, args=args))
+
+    async def ping(self) -> tuple[float, str]:
+        """Round-trip time in seconds and the server's version."""
+        started = time.perf_counter()
+        try:
+            info = await self._redis.info("server")
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(_describe(exc)) from None
+        self.last_ok = time.monotonic()
+        return time.perf_counter() - started, str(info.get("redis_version", "?"))
+
+    # -- producing -------------------------------------------------------------------------
+
+    async def enqueue(self, queue: str, job_id: str, envelope: bytes, delay_ms: int) -> bool:
+        """Store and queue (or schedule) a job; False when a live job already has this id."""
+        k = keys.queue_keys(queue)
+        reply = await self._run(
+            "enqueue",
+            [k.pending, k.scheduled, k.job(job_id), k.events],
+            [job_id, envelope, delay_ms, queue],
+        )
+        return bool(reply)
+
+    async def register_queues(self, queues: Sequence[str]) -> None:
+        """Remember queue names so that admin tools can find their jobs."""
+        await self._call(self._redis.sadd(keys.QUEUES, *queues))
+
+    async def known_queues(self) -> list[str]:
+        """Every queue name a worker or producer has used."""
+        members = await self._call(self._redis.smembers(keys.QUEUES))
+        return sorted(m.decode() for m in members)
+
+    # -- consuming -------------------------------------------------------------------------
+
+    async def claim(
+        self, queue: str, count: int, worker_id: str, lease_ms: int, max_bytes: int, dead_cap: int
+    ) -> list[Claimed]:
+        """Claim up to ``count`` jobs from the head of ``queue``, each under a fresh lease."""
+        k = keys.queue_keys(queue)
+        flat = await self._run(
+            "claim",
+            [k.pending, k.active, k.seq, k.events, k.dead],
+            [count, lease_ms, worker_id, k.job_prefix, max_bytes, queue, dead_cap],
+        )
+        return [
+            Claimed(flat[i].decode(), flat[i + 1], int(flat[i + 2]), int(flat[i + 3]), int(flat[i + 4]))
+            for i in range(0, len(flat), 5)
+        ]
+
+    async def wait_for_jobs(self, queue: str) -> bool:
+        """Block until the queue has an entry (True) or the blocking timeout passes (False).
+
+        ``BLMOVE q q LEFT LEFT`` pops the head and pushes it straight back in one atomic step,
+        so it wakes on a plain ``RPUSH`` from any producer while moving nothing.
+        """
+        pending = keys.queue_keys(queue).pending
+        reply = await self._call(
+            self._blocking.blmove(pending, pending, self.blocking_timeout, "LEFT", "LEFT")  # type: ignore[arg-type]
+        )
+        return reply is not None
+
+    async def settle(
+        self, batches: Mapping[str, Sequence[Settlement]], result_ttl: int, dead_cap: int
+    ) -> set[str]:
+        """Write back finished attempts, one script call per queue, the queues concurrently.
+
+        Returns the ids whose ack was refused because the lease had been lost.
+        """
+        calls = []
+        for queue, items in batches.items():
+            k = keys.queue_keys(queue)
+            args: list[Any] = [k.job_prefix, result_ttl, dead_cap, queue]
+            for s in items:
+                args += [s.job_id, s.delivery, s.outcome.value, s.data, s.delay_ms]
+            calls.append(self._run("settle", [k.active, k.scheduled, k.dead, k.pending, k.events], args))
+        # Separate calls, not a pipeline: a pipeline with scripts costs an extra SCRIPT EXISTS.
+        replies = await asyncio.gather(*calls)
+        return {job_id.decode() for reply in replies for job_id in reply}
+
+    async def renew(self, queue: str, held: Sequence[tuple[str, int]], lease_ms: int) -> list[str]:
+        """Extend the leases of jobs still held; returns the ids whose lease was lost."""
+        k = keys.queue_keys(queue)
+        args: list[Any] = [lease_ms, k.job_prefix]
+        for job_id, delivery in held:
+            args += [job_id, delivery]
+        lost = await self._run("renew", [k.active], args)
+        return [job_id.decode() for job_id in lost]
+
+    async def recover(
+        self, queue: str, grace_ms: int, max_retries: int, dead_cap: int, batch: int = 100
+    ) -> list[RecoveredJob]:
+        """Take back jobs whose lease expired more than ``grace_ms`` ago."""
+        k = keys.queue_keys(queue)
+        flat = await self._run(
+            "recover",
+            [k.active, k.pending, k.dead, k.events],
+            [grace_ms, k.job_prefix, max_retries, batch, dead_cap, queue],
+        )
+        return [RecoveredJob(flat[i].decode(), flat[i + 1].decode()) for i in range(0, len(flat), 2)]
+
+    async def promote(self, queue: str, batch: int = 500) -> tuple[int, int | None]:
+        """Queue due scheduled jobs; returns how many moved and ms until the next one is due."""
+        k = keys.queue_keys(queue)
+        moved, next_due = await self._run(
+            "promote", [k.scheduled, k.pending, k.events], [batch, k.job_prefix, queue]
+        )
+        return int(moved), (None if int(next_due) < 0 else int(next_due))
+
+    async def publish_progress(self, queue: str, job_id: str, progress: bytes) -> None:
+        """Record a running job's progress and announce it on the queue's event channel."""
+        k = keys.queue_keys(queue)
+        event = (
+            orjson.dumps(
+                {
+                    "event": "progress",
+                    "job_id": job_id,
+                    "queue": queue,
+                    "ts": int(time.time() * 1000),
+                }
+            )[:-1]
+            + b',"progress":'
+            + progress
+            + b"}"
+        )
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hset(k.job(job_id), "progress", progress)
+        pipe.publish(k.events, event)
+        await self._call(pipe.execute())
+
+    # -- inspecting ------------------------------------------------------------------------
+
+    async def job_record(self, queue: str, job_id: str) -> dict[str, bytes] | None:
+        """The raw record of a job, or None when there is none."""
+        record = await self._call(self._redis.hgetall(keys.queue_keys(queue).job(job_id)))
+        return {k.decode(): v for k, v in record.items()} or None
+
+    async def depth(self, queue: str) -> dict[str, int]:
+        """How many jobs the queue holds in each state (one round trip)."""
+        k = keys.queue_keys(queue)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.llen(k.pending)
+        pipe.zcard(k.active)
+        pipe.zcard(k.scheduled)
+        pipe.zcard(k.dead)
+        pending, active, scheduled, dead = await self._call(pipe.execute())
+        return {"pending": pending, "active": active, "scheduled": scheduled, "dead": dead}
+
+    async def dead_ids(self, queue: str, start: int, count: int) -> list[str]:
+        """Dead job ids, newest first."""
+        ids = await self._call(self._redis.zrevrange(keys.queue_keys(queue).dead, start, start + count - 1))
+        return [i.decode() for i in ids]
+
+    async def redrive(self, queue: str, job_ids: Sequence[str]) -> list[str]:
+        """Send dead jobs (all of them when ``job_ids`` is empty) back to the queue."""
+        k = keys.queue_keys(queue)
+        moved = await self._run("redrive", [k.dead, k.pending, k.events], [k.job_prefix, queue, *job_ids])
+        return [m.decode() for m in moved]
+
+    async def purge(self, queue: str, job_ids: Sequence[str]) -> int:
+        """Delete dead jobs (all of them when ``job_ids`` is empty) and their records."""
+        k = keys.queue_keys(queue)
+        return int(await self._run("purge", [k.dead], [k.job_prefix, *job_ids]))
+
+    @asynccontextmanager
+    async def events(self, queue: str) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+        """Subscribe to a queue's events; yields an iterator of decoded event dicts."""
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await self._call(pubsub.subscribe(keys.queue_keys(queue).events))
+
+            async def messages() -> AsyncIterator[dict[str, Any]]:
+                while True:
+                    message = await self._call(pubsub.get_message(timeout=1.0))
+                    if message is not None:
+                        yield orjson.loads(message["data"])
+
+            yield messages()
+        finally:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    # -- workers ---------------------------------------------------------------------------
+
+    async def write_health(self, worker_id: str, record: Mapping[str, Any], ttl_s: int) -> None:
+        """Publish the worker's health record with a TTL, and index it for listing."""
+        expires_ms = int((time.time() + ttl_s) * 1000)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.set(keys.worker_health(worker_id), orjson.dumps(record), ex=ttl_s)
+        pipe.zadd(keys.WORKERS, {worker_id: expires_ms})
+        await self._call(pipe.execute())
+
+    async def delete_health(self, worker_id: str) -> None:
+        """Remove the worker's health record on a clean exit."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.delete(keys.worker_health(worker_id))
+        pipe.zrem(keys.WORKERS, worker_id)
+        await self._call(pipe.execute())
+
+    async def workers(self) -> list[dict[str, Any]]:
+        """Health records of the workers alive now (stale index entries are pruned)."""
+        await self._call(self._redis.zremrangebyscore(keys.WORKERS, "-inf", int(time.time() * 1000)))
+        ids = await self._call(self._redis.zrange(keys.WORKERS, 0, -1))
+        if not ids:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        for worker_id in ids:
+            pipe.get(keys.worker_health(worker_id.decode()))
+        records = await self._call(pipe.execute())
+        return [orjson.loads(r) for r in records if r is not None]
+
+    async def _call(self, awaitable: Any) -> Any:
+        try:
+            reply = await awaitable
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise StoreUnavailable(_describe(exc)) from None
+        self.last_ok = time.monotonic()
+        return reply
+
+
+def _describe(exc: BaseException) -> str:
+    """A one-line reason that never carries the URL (and so never a password)."""
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'}"[:300]

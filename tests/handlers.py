@@ -1,0 +1,100 @@
+"""Handlers the tests run, loaded with ``--app tests.handlers`` like any user module.
+
+Handlers that count their runs write to Redis (the URL travels in the payload), so a test can
+see how many times each job id really ran, even across killed worker processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+import redis.asyncio as aredis
+
+from botrix import InvalidPayloadError, JobContext, handler
+
+async def _count(ctx: JobContext, payload: dict[str, Any]) -> None:
+    if "count_url" in payload:
+        async with aredis.Redis.from_url(payload["count_url"]) as r:
+            await r.hincrby(payload["count_key"], ctx.job_id, 1)
+
+
+@handler("t.echo")
+async def echo(ctx: JobContext, payload: Any) -> Any:
+    return {"echo": payload, "attempt": ctx.attempt}
+
+
+@handler("t.count")
+async def count(ctx: JobContext, payload: dict[str, Any]) -> int:
+    await _count(ctx, payload)
+    if payload.get("sleep"):
+        await asyncio.sleep(float(payload["sleep"]))
+    return int(payload.get("n", 0))
+
+
+@handler("t.sleep")
+async def sleep(ctx: JobContext, payload: dict[str, Any]) -> str:
+    await _count(ctx, payload)
+    await asyncio.sleep(float(payload["seconds"]))
+    return "slept"
+
+
+@handler("t.fail")
+async def fail(ctx: JobContext, payload: Any) -> None:
+    raise RuntimeError(f"boom on attempt {ctx.attempt}")
+
+
+@handler("t.flaky")
+async def flaky(ctx: JobContext, payload: dict[str, Any]) -> int:
+    if ctx.attempt <= int(payload["fail_times"]):
+        raise ConnectionError(f"flaky attempt {ctx.attempt}")
+    return ctx.attempt
+
+
+@handler("t.reject")
+async def reject(ctx: JobContext, payload: Any) -> None:
+    raise InvalidPayloadError("payload is missing 'email'")
+
+
+@handler("t.items")
+async def items(ctx: JobContext, payload: dict[str, Any]) -> dict[str, int]:
+    done = 0
+    for _ in range(int(payload["items"])):
+        await asyncio.sleep(0)
+        done += 1
+        await ctx.progress({"done": done, "of": payload["items"]})
+    return {"processed": done}
+
+
+@handler("t.block")
+async def block(ctx: JobContext, payload: dict[str, Any]) -> str:
+    await _count(ctx, payload)
+    time.sleep(float(payload["seconds"]))  # noqa: ASYNC251 - the point: a handler that blocks the loop
+    return "blocked"
+
+
+@handler("t.exit")
+async def exit_process(ctx: JobContext, payload: dict[str, Any]) -> None:
+    await _count(ctx, payload)
+    os._exit(17)
+
+
+@handler("t.timeout", timeout=0.2)
+async def too_slow(ctx: JobContext, payload: Any) -> None:
+    await asyncio.sleep(30)
+
+
+@handler("t.unserializable")
+async def unserializable(ctx: JobContext, payload: Any) -> object:
+    return object()
+
+
+@handler("t.switch")
+async def switch(ctx: JobContext, payload: dict[str, Any]) -> str:
+    """Fails until the key named in the payload exists: lets a test fix the cause, then redrive."""
+    async with aredis.Redis.from_url(payload["url"]) as r:
+        if await r.get(payload["key"]) is None:
+            raise RuntimeError("switch is off")
+    return "on"
