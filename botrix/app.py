@@ -51,6 +51,15 @@ class Worker:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig.name)
+        loop.add_signal_handler(signal.SIGUSR1, self.dump_tasks)
+
+    def dump_tasks(self) -> None:
+        """Log where every task of the worker is waiting (SIGUSR1): for diagnosing a hang."""
+        for task in asyncio.all_tasks():
+            frames = [
+                f"{f.f_code.co_filename}:{f.f_lineno} {f.f_code.co_name}" for f in task.get_stack(limit=8)
+            ]
+            self.log.warning("worker.task", task=task.get_name(), stack=frames)
 
     async def run(self) -> None:
         """Run until stopped and drained."""

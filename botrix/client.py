@@ -129,16 +129,25 @@ class Client:
         raise JobNotFoundError(f"no job {job_id!r} (never enqueued, or expired after its TTL)")
 
     async def wait(self, job_id: str, timeout: float, queue: str | None = None) -> JobInfo:
-        """Wait until the job is completed or dead; raises TimeoutError after ``timeout``."""
-        info = await self.job(job_id, queue)
-        async with asyncio.timeout(timeout), self._store.events(info.queue) as events:
-            info = await self.job(job_id, info.queue)
-            if info.status.finished:
+        """Wait until the job is completed or dead; raises TimeoutError after ``timeout``.
+
+        With ``queue`` given, the job need not exist yet (a foreign producer's envelope gets
+        its record when a worker claims it).
+        """
+        if queue is None:
+            queue = (await self.job(job_id)).queue
+        async with asyncio.timeout(timeout), self._store.events(queue) as events:
+            info = await self._find(job_id, queue)
+            if info is not None and info.status.finished:
                 return info
             async for event in events:
                 if event.get("job_id") == job_id and event.get("event") in ("completed", "dead"):
-                    return await self.job(job_id, info.queue)
+                    return await self.job(job_id, queue)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _find(self, job_id: str, queue: str) -> JobInfo | None:
+        record = await self._store.job_record(queue, job_id)
+        return None if record is None else job_info(job_id, queue, record)
 
     async def depth(self, queue: str = "default") -> dict[str, int]:
         """Jobs in the queue by state: pending, active, scheduled, dead."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,3 +35,7 @@ class JobContext:
     def dumps(self, value: JSON) -> bytes:
         """Serialise a value the way botrix stores results."""
         return orjson.dumps(value)
+
+
+HandlerFunc = Callable[[JobContext, Any], Awaitable[Any]]
+"""``async def handler(ctx, payload) -> result``."""

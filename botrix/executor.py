@@ -12,10 +12,9 @@ from dataclasses import dataclass
 
 import orjson
 
-from botrix.context import JobContext
+from botrix.context import HandlerFunc, JobContext
 from botrix.errors import NonRetryableError
 from botrix.model import ErrorInfo
-from botrix.registry import Handler
 
 #: Tracebacks are cut to their last part: the frames nearest the error are the useful ones.
 TRACEBACK_LIMIT = 4000
@@ -39,11 +38,11 @@ def error_info(exc: BaseException) -> ErrorInfo:
     return ErrorInfo(type(exc).__name__, str(exc)[:MESSAGE_LIMIT], tb)
 
 
-async def run_attempt(handler: Handler, ctx: JobContext, payload: object, timeout: float) -> Attempt:
+async def run_attempt(handler: HandlerFunc, ctx: JobContext, payload: object, timeout: float) -> Attempt:
     """Run the handler under ``timeout``; cancellation from outside propagates."""
     try:
         async with asyncio.timeout(timeout):
-            value = await handler.func(ctx, payload)
+            value = await handler(ctx, payload)
     except TimeoutError:
         return Attempt(error=ErrorInfo("JobTimeout", f"attempt exceeded its {timeout:g}s timeout"))
     except NonRetryableError as exc:

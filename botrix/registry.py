@@ -7,15 +7,12 @@ A job names a handler, never a Python path: the worker imports exactly the modul
 from __future__ import annotations
 
 import importlib
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from botrix.context import JobContext
+from botrix.context import HandlerFunc
 from botrix.errors import HandlerLoadError
-
-HandlerFunc = Callable[[JobContext, Any], Awaitable[Any]]
-"""``async def handler(ctx, payload) -> result``."""
 
 F = TypeVar("F", bound=HandlerFunc)
 

@@ -200,7 +200,7 @@ class Runner:
             self._progress_sink(job),
         )
         started = time.perf_counter()
-        attempt = await run_attempt(handler, ctx, job.payload, timeout)
+        attempt = await run_attempt(handler.func, ctx, job.payload, timeout)
         duration = time.perf_counter() - started
         if attempt.error is None:
             return self._settlement(job, Outcome.COMPLETED, attempt.result or b"null", duration)

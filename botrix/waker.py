@@ -36,6 +36,7 @@ class Waker:
         self._link = link
         self._log = log
         self._armed = asyncio.Event()
+        self._stopping = False
 
     def arm(self) -> None:
         """The runner is idle with free slots: start watching."""
@@ -47,6 +48,10 @@ class Waker:
         try:
             await stop.wait()
         finally:
+            # On Python 3.11 a cancel that lands as the client's read timeout fires can come out
+            # as a timeout error, which the watcher rides out; the flag ends the loop regardless.
+            self._stopping = True
+            self._armed.set()
             for task in watchers:
                 task.cancel()
             for task in watchers:
@@ -55,7 +60,7 @@ class Waker:
 
     async def _watch(self, queue: str) -> None:
         backoff = Backoff()
-        while True:
+        while not self._stopping:
             await self._armed.wait()
             try:
                 has_entry = await self._store.wait_for_jobs(queue)

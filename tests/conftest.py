@@ -94,14 +94,35 @@ class WorkerProcess:
     def __init__(self, url: str, queues: str, log_path: Path, *extra: str, env: dict[str, str] | None = None):
         self.log_path = log_path
         args = [
-            sys.executable, "-m", "botrix", "worker", "--redis-url", url, "--queues", queues,
-            "--app", "tests.handlers", "--log-format", "json", "--http-port", "-1",
-            "--lease-seconds", "2", "--health-check-interval", "0.5", "--retry-backoff", "0.01",
-            "--retry-backoff-max", "0.05", *extra,
+            sys.executable,
+            "-m",
+            "botrix",
+            "worker",
+            "--redis-url",
+            url,
+            "--queues",
+            queues,
+            "--app",
+            "tests.handlers",
+            "--log-format",
+            "json",
+            "--http-port",
+            "-1",
+            "--lease-seconds",
+            "2",
+            "--health-check-interval",
+            "0.5",
+            "--retry-backoff",
+            "0.01",
+            "--retry-backoff-max",
+            "0.05",
+            *extra,
         ]
         full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-        self.log_file = open(log_path, "ab")  # noqa: SIM115 - closed in wait()
-        self.proc = subprocess.Popen(args, cwd=ROOT, env=full_env, stdout=self.log_file, stderr=subprocess.STDOUT)
+        with open(log_path, "ab") as log_file:
+            self.proc = subprocess.Popen(
+                args, cwd=ROOT, env=full_env, stdout=log_file, stderr=subprocess.STDOUT
+            )
 
     @property
     def pid(self) -> int:
@@ -138,7 +159,6 @@ class WorkerProcess:
                 self.proc.kill()
                 raise AssertionError("worker did not exit")
             await asyncio.sleep(0.05)
-        self.log_file.close()
         return self.proc.returncode
 
     def kill(self) -> None:

@@ -15,6 +15,7 @@ import redis.asyncio as aredis
 
 from botrix import InvalidPayloadError, JobContext, handler
 
+
 async def _count(ctx: JobContext, payload: dict[str, Any]) -> None:
     if "count_url" in payload:
         async with aredis.Redis.from_url(payload["count_url"]) as r:
@@ -98,3 +99,12 @@ async def switch(ctx: JobContext, payload: dict[str, Any]) -> str:
         if await r.get(payload["key"]) is None:
             raise RuntimeError("switch is off")
     return "on"
+
+
+@handler("t.block_once")
+async def block_once(ctx: JobContext, payload: dict[str, Any]) -> int:
+    """Blocks the event loop on the first attempt only (a hung worker), then runs normally."""
+    await _count(ctx, payload)
+    if ctx.attempt == 1:
+        time.sleep(float(payload["seconds"]))  # noqa: ASYNC251 - the point: a blocked loop
+    return ctx.attempt

@@ -12,6 +12,10 @@ from pathlib import Path
 import redis
 
 
+def _text(value: bytes | str) -> str:
+    return value if isinstance(value, str) else value.decode()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -41,9 +45,22 @@ class RedisServer:
 
     def start(self) -> None:
         args = [
-            self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-            "--save", "", "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "always", "--maxmemory-policy", "noeviction", *self.extra,
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.dir),
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "always",
+            "--maxmemory-policy",
+            "noeviction",
+            *self.extra,
         ]
         if self.password:
             args += ["--requirepass", self.password]
@@ -55,9 +72,10 @@ class RedisServer:
                 with redis.Redis(port=self.port, password=self.password, socket_timeout=1) as probe:
                     probe.ping()
                 return
-            except redis.RedisError:
+            except redis.RedisError as exc:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"redis-server exited: {(self.dir / 'redis.log').read_text()}")
+                    output = (self.dir / "redis.log").read_text()
+                    raise RuntimeError(f"redis-server exited: {output}") from exc
                 time.sleep(0.05)
         raise RuntimeError("redis-server did not start")
 

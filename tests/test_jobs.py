@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import orjson
@@ -11,7 +12,7 @@ import redis.asyncio as aredis
 
 from botrix import keys
 from botrix.client import Client
-from botrix.errors import PayloadTooLargeError
+from botrix.errors import JobNotFoundError, PayloadTooLargeError
 from botrix.model import JobStatus
 from tests.conftest import running_worker
 from tests.redisproc import RedisServer
@@ -30,7 +31,9 @@ async def collect_events(pubsub: Any, job_id: str) -> list[dict[str, Any]]:
                 return events
 
 
-async def test_single_job_completes_with_result(redis_server: RedisServer, client: Client, queue: str) -> None:
+async def test_single_job_completes_with_result(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
     async with running_worker(redis_server.url, queue):
         job_id = await client.enqueue("t.echo", {"hello": "world"}, queue=queue)
         info = await client.wait(job_id, timeout=30)
@@ -39,11 +42,15 @@ async def test_single_job_completes_with_result(redis_server: RedisServer, clien
     assert info.attempts == 1
     assert info.worker is not None
     assert info.enqueued_at_ms is not None and info.started_at_ms is not None
-    assert info.finished_at_ms is not None and info.finished_at_ms >= info.started_at_ms >= info.enqueued_at_ms
+    assert (
+        info.finished_at_ms is not None and info.finished_at_ms >= info.started_at_ms >= info.enqueued_at_ms
+    )
     assert info.error is None
 
 
-async def test_job_with_many_items_reports_progress(redis_server: RedisServer, client: Client, queue: str) -> None:
+async def test_job_with_many_items_reports_progress(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
     r = aredis.Redis.from_url(redis_server.url)
     pubsub = r.pubsub()
     await pubsub.subscribe(keys.queue_keys(queue).events)
@@ -52,24 +59,28 @@ async def test_job_with_many_items_reports_progress(redis_server: RedisServer, c
         info = await client.wait(job_id, timeout=30)
     events = await collect_events(pubsub, job_id)
     progress = [e["progress"]["done"] for e in events if e["event"] == "progress"]
-    await pubsub.aclose()
+    await pubsub.aclose()  # type: ignore[no-untyped-call]
     await r.aclose()
     assert info.result == {"processed": 25}
     assert info.progress == {"done": 25, "of": 25}
     assert progress == list(range(1, 26))
 
 
-async def test_jobs_in_sequence_run_in_fifo_order(redis_server: RedisServer, client: Client, queue: str) -> None:
+async def test_jobs_in_sequence_run_in_fifo_order(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
     ids = [await client.enqueue("t.echo", {"n": n}, queue=queue) for n in range(10)]
     async with running_worker(redis_server.url, queue, concurrency=1):
         infos = [await client.wait(job_id, timeout=30) for job_id in ids]
     assert [i.status for i in infos] == [JobStatus.COMPLETED] * 10
-    started = [i.started_at_ms for i in infos]
+    started = [i.started_at_ms or 0 for i in infos]
     assert started == sorted(started)
     assert [i.result["echo"]["n"] for i in infos] == list(range(10))
 
 
-async def test_failing_job_retries_then_dead_letters(redis_server: RedisServer, client: Client, queue: str) -> None:
+async def test_failing_job_retries_then_dead_letters(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
     async with running_worker(redis_server.url, queue, max_retries=2):
         job_id = await client.enqueue("t.fail", {}, queue=queue)
         info = await client.wait(job_id, timeout=30)
@@ -82,7 +93,9 @@ async def test_failing_job_retries_then_dead_letters(redis_server: RedisServer, 
     assert [d.id for d in dead] == [job_id]
 
 
-async def test_flaky_job_succeeds_after_retries(redis_server: RedisServer, client: Client, queue: str) -> None:
+async def test_flaky_job_succeeds_after_retries(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
     async with running_worker(redis_server.url, queue):
         job_id = await client.enqueue("t.flaky", {"fail_times": 2}, queue=queue)
         info = await client.wait(job_id, timeout=30)
@@ -91,7 +104,9 @@ async def test_flaky_job_succeeds_after_retries(redis_server: RedisServer, clien
     assert info.attempts == 3
 
 
-async def test_per_job_max_retries_overrides_the_worker(redis_server: RedisServer, client: Client, queue: str) -> None:
+async def test_per_job_max_retries_overrides_the_worker(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
     async with running_worker(redis_server.url, queue, max_retries=5):
         job_id = await client.enqueue("t.fail", {}, queue=queue, max_retries=0)
         info = await client.wait(job_id, timeout=30)
@@ -99,7 +114,9 @@ async def test_per_job_max_retries_overrides_the_worker(redis_server: RedisServe
     assert info.attempts == 1
 
 
-async def test_non_retryable_error_goes_straight_to_dead(redis_server: RedisServer, client: Client, queue: str) -> None:
+async def test_non_retryable_error_goes_straight_to_dead(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
     async with running_worker(redis_server.url, queue, max_retries=5):
         job_id = await client.enqueue("t.reject", {}, queue=queue)
         info = await client.wait(job_id, timeout=30)
@@ -110,10 +127,19 @@ async def test_non_retryable_error_goes_straight_to_dead(redis_server: RedisServ
 
 @pytest.mark.parametrize(
     ("job_type", "enqueue_timeout", "error_type"),
-    [("t.timeout", None, "JobTimeout"), ("t.sleep", 0.1, "JobTimeout"), ("t.unserializable", None, "ResultNotSerializable")],
+    [
+        ("t.timeout", None, "JobTimeout"),
+        ("t.sleep", 0.1, "JobTimeout"),
+        ("t.unserializable", None, "ResultNotSerializable"),
+    ],
 )
 async def test_timeouts_and_bad_results_fail_the_attempt(
-    redis_server: RedisServer, client: Client, queue: str, job_type: str, enqueue_timeout: float | None, error_type: str
+    redis_server: RedisServer,
+    client: Client,
+    queue: str,
+    job_type: str,
+    enqueue_timeout: float | None,
+    error_type: str,
 ) -> None:
     async with running_worker(redis_server.url, queue, max_retries=0):
         job_id = await client.enqueue(job_type, {"seconds": 30}, queue=queue, timeout=enqueue_timeout)
@@ -122,18 +148,24 @@ async def test_timeouts_and_bad_results_fail_the_attempt(
     assert info.error is not None and info.error["type"] == error_type
 
 
-async def test_unknown_job_type_is_dead_at_once(redis_server: RedisServer, client: Client, queue: str) -> None:
+async def test_unknown_job_type_is_dead_at_once(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
     async with running_worker(redis_server.url, queue, max_retries=5):
         job_id = await client.enqueue("no.such.handler", {}, queue=queue)
         info = await client.wait(job_id, timeout=30)
     assert info.status is JobStatus.DEAD
     assert info.attempts == 1
     assert info.error == {
-        "type": "UnknownJobType", "message": "no handler registered for job type 'no.such.handler'", "traceback": ""
+        "type": "UnknownJobType",
+        "message": "no handler registered for job type 'no.such.handler'",
+        "traceback": "",
     }
 
 
-async def test_status_progression_and_events_in_order(redis_server: RedisServer, client: Client, queue: str) -> None:
+async def test_status_progression_and_events_in_order(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
     r = aredis.Redis.from_url(redis_server.url)
     pubsub = r.pubsub()
     await pubsub.subscribe(keys.queue_keys(queue).events)
@@ -142,12 +174,17 @@ async def test_status_progression_and_events_in_order(redis_server: RedisServer,
     async with running_worker(redis_server.url, queue):
         info = await client.wait(job_id, timeout=30)
     events = await collect_events(pubsub, job_id)
-    await pubsub.aclose()
+    await pubsub.aclose()  # type: ignore[no-untyped-call]
     await r.aclose()
     assert info.status is JobStatus.COMPLETED
     mine = [(e["event"], e.get("attempt")) for e in events if e["job_id"] == job_id]
     assert mine == [
-        ("queued", None), ("started", 1), ("retrying", 1), ("queued", None), ("started", 2), ("completed", 2),
+        ("queued", None),
+        ("started", 1),
+        ("retrying", 1),
+        ("queued", None),
+        ("started", 2),
+        ("completed", 2),
     ]
     assert all(e["queue"] == queue and isinstance(e["ts"], int) for e in events)
 
@@ -164,7 +201,9 @@ async def test_delayed_job_waits_for_its_time(redis_server: RedisServer, client:
     assert info.started_at_ms is not None and info.started_at_ms >= scheduled.run_at_ms
 
 
-async def test_priority_queues_are_served_in_order(redis_server: RedisServer, client: Client, queue: str) -> None:
+async def test_priority_queues_are_served_in_order(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
     high, low = f"{queue}-high", f"{queue}-low"
     low_ids = [await client.enqueue("t.echo", {}, queue=low) for _ in range(3)]
     high_ids = [await client.enqueue("t.echo", {}, queue=high) for _ in range(3)]
@@ -188,7 +227,9 @@ async def test_oversized_payload_refused_at_enqueue(redis_server: RedisServer, q
         assert (await small.depth(queue))["pending"] == 0
 
 
-async def test_finished_records_expire_after_ttl(redis_server: RedisServer, client: Client, queue: str) -> None:
+async def test_finished_records_expire_after_ttl(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
     async with running_worker(redis_server.url, queue, result_ttl=60):
         job_id = await client.enqueue("t.echo", {}, queue=queue)
         await client.wait(job_id, timeout=30)
@@ -221,14 +262,14 @@ async def test_dead_set_is_capped(redis_server: RedisServer, client: Client, que
     async with running_worker(redis_server.url, queue, max_retries=0, dead_letter_max=3):
         ids = [await client.enqueue("t.fail", {}, queue=queue) for _ in range(6)]
         for job_id in ids:
-            try:
+            with contextlib.suppress(JobNotFoundError):  # capped out: its record is gone
                 await client.wait(job_id, timeout=30)
-            except Exception:  # noqa: BLE001 - capped out: its record is gone
-                pass
     assert (await client.depth(queue))["dead"] == 3
 
 
-async def test_many_jobs_concurrently_each_once(redis_server: RedisServer, client: Client, queue: str) -> None:
+async def test_many_jobs_concurrently_each_once(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
     count_key = f"runs:{queue}"
     payload = {"count_url": redis_server.url, "count_key": count_key}
     ids = [await client.enqueue("t.count", payload, queue=queue) for _ in range(200)]

@@ -1,8 +1,8 @@
 -- Claim up to ARGV[1] jobs from the head of the pending list, each under a lease.
 --
 -- A pending entry is either a job id (botrix clients) or a whole JSON envelope pushed by a
--- foreign producer with one RPUSH; for the latter this script creates the record, keeping the
--- envelope verbatim for the worker to validate. An envelope larger than ARGV[5] bytes is
+-- foreign producer with one RPUSH; for the latter (and for any unknown entry) this script
+-- creates the record, keeping the envelope verbatim for the worker to validate. An envelope larger than ARGV[5] bytes is
 -- dead-lettered here so it never travels to a worker.
 --
 -- KEYS[1] pending list   KEYS[2] active zset (id -> lease deadline ms)   KEYS[3] id sequence
@@ -67,7 +67,9 @@ while claimed < want do
     break
   end
   local id = item
-  if string.byte(item, 1) == 123 then
+  -- An entry that is neither an envelope nor a known id is garbage from some producer: adopt
+  -- it like an envelope so that it is dead-lettered with a reason rather than dropped.
+  if string.byte(item, 1) == 123 or #item > 200 or redis.call('EXISTS', prefix .. item) == 0 then
     id = adopt(item)
   end
   local record = prefix .. (id or '')

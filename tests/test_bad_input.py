@@ -1,0 +1,111 @@
+"""Raw envelopes pushed by foreign producers: good ones run, bad ones are dead-lettered with a
+reason, and the worker keeps going."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+import redis.asyncio as aredis
+
+from botrix import keys
+from botrix.client import Client
+from botrix.model import JobStatus
+from tests.conftest import eventually, running_worker
+from tests.redisproc import RedisServer, _text
+
+
+async def push_raw(url: str, queue: str, *items: bytes) -> None:
+    async with aredis.Redis.from_url(url, decode_responses=False) as r:
+        await r.rpush(keys.queue_keys(queue).pending, *items)
+
+
+async def test_one_command_enqueue_from_any_language(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
+    """The redis-cli line of docs/protocol.md: RPUSH an envelope with only a type and payload."""
+    await push_raw(redis_server.url, queue, b'{"type":"t.echo","payload":{"to":"ada@example.com"}}')
+    await push_raw(
+        redis_server.url, queue, b'{"id":"order-7","type":"t.echo","payload":1,"correlation_id":"req-1"}'
+    )
+    async with running_worker(redis_server.url, queue):
+        info = await client.wait("order-7", timeout=30, queue=queue)
+
+        async def both_done() -> bool:
+            return list((await statuses(redis_server.url, queue)).values()) == ["completed"] * 2
+
+        await eventually(both_done, what="both completed")
+    assert info.status is JobStatus.COMPLETED and info.result == {"echo": 1, "attempt": 1}
+    other = next(i for i in await statuses(redis_server.url, queue) if i != "order-7")
+    assert (await client.job(other, queue)).result == {"echo": {"to": "ada@example.com"}, "attempt": 1}
+
+
+async def statuses(url: str, queue: str) -> dict[str, str]:
+    """Every job record of the queue, by id (the test's own SCAN; botrix never scans)."""
+    prefix = keys.queue_keys(queue).job_prefix
+    async with aredis.Redis.from_url(url, decode_responses=False) as r:
+        out = {}
+        async for key in r.scan_iter(match=prefix.replace("{", "\\{").replace("}", "\\}") + "*"):
+            out[_text(key)[len(prefix) :]] = _text(await r.hget(key, "status") or b"")
+        return out
+
+
+async def _is_running(client: Client, job_id: str) -> bool:
+    return (await client.job(job_id)).status is JobStatus.RUNNING
+
+
+BAD = [
+    (b'{"type": "t.echo", "payload": ', "envelope is not valid JSON"),
+    (b"[1, 2, 3]", "envelope must be a JSON object, got list"),
+    (b'{"payload": {}}', "field 'type' is required"),
+    (b'{"type": 42}', "field 'type' is required"),
+    (b'{"type": "t.echo", "max_retries": "three"}', "field 'max_retries' must be an integer"),
+    (b'{"type": "t.echo", "timeout": -5}', "field 'timeout' must be a positive number"),
+    (b'{"type": "t.echo", "id": 12}', "field 'id' must be a non-empty string"),
+    (b'{"type": "no.such.type"}', "no handler registered for job type 'no.such.type'"),
+    (b'{"type": "t.echo", "payload": "\xff\xfe"}', "envelope is not valid JSON"),
+    (b"{" + b'"a":[' * 2000 + b"]" * 2000 + b"}", "envelope"),
+]
+
+
+@pytest.mark.parametrize(("raw", "reason"), BAD, ids=[r for _, r in BAD])
+async def test_malformed_envelope_is_dead_lettered_with_reason(
+    redis_server: RedisServer, client: Client, queue: str, raw: bytes, reason: str
+) -> None:
+    await push_raw(redis_server.url, queue, raw, b'{"id": "good-after", "type": "t.echo"}')
+    async with running_worker(redis_server.url, queue):
+        good = await client.wait("good-after", timeout=30, queue=queue)
+        dead = await eventually(lambda: client.dead(queue), what="a dead job")
+    assert good.status is JobStatus.COMPLETED
+    assert len(dead) == 1
+    assert dead[0].error is not None
+    assert reason in dead[0].error["message"]
+    assert (
+        dead[0].envelope.encode(errors="replace")[:20]
+        == raw.decode(errors="replace").encode(errors="replace")[:20]
+    )
+
+
+async def test_oversized_raw_envelope_is_dead_lettered_without_reaching_a_worker(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
+    big = orjson.dumps({"type": "t.echo", "payload": "x" * 5000})
+    await push_raw(redis_server.url, queue, big, b'{"id": "small", "type": "t.echo"}')
+    async with running_worker(redis_server.url, queue, max_payload_bytes=1000):
+        await client.wait("small", timeout=30, queue=queue)
+        dead = await eventually(lambda: client.dead(queue), what="a dead job")
+    assert dead[0].error is not None
+    assert "over the 1000 byte limit" in dead[0].error["message"]
+    assert dead[0].attempts == 0
+    assert len(dead[0].envelope) == len(big)
+
+
+async def test_duplicate_id_of_a_live_job_is_dropped(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
+    job_id = await client.enqueue("t.sleep", {"seconds": 0.5}, queue=queue, job_id="dup-1")
+    async with running_worker(redis_server.url, queue):
+        await eventually(lambda: _is_running(client, job_id), what="running")
+        await push_raw(redis_server.url, queue, b'{"id": "dup-1", "type": "t.echo"}')
+        info = await client.wait(job_id, timeout=30)
+    assert info.result == "slept"
+    assert info.attempts == 1

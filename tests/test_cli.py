@@ -1,0 +1,127 @@
+"""The two command-line tools as a user runs them: exit codes, one-line errors, JSON output."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+
+import orjson
+import pytest
+
+from tests.conftest import ROOT, WorkerProcess
+from tests.redisproc import RedisServer, free_port
+
+
+def run(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    for name in ("REDIS_URL", "BOTRIX_REDIS_URL", "CONCURRENCY", "BOTRIX_APP"):
+        if env is None or name not in env:
+            full_env.pop(name, None)
+    return subprocess.run(
+        [sys.executable, "-m", "botrix", *args],
+        cwd=ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+BAD_WORKER_ARGS = [
+    (["--concurrency", "abc"], {}, "--concurrency: must be a whole number, got 'abc'"),
+    (["--concurrency", "0"], {}, "--concurrency: must be from 1 to 10000, got 0"),
+    ([], {"CONCURRENCY": "-3"}, "CONCURRENCY: must be from 1 to 10000, got -3"),
+    (["--queues", ","], {}, "--queues: must name at least one queue"),
+    (["--queues", "a b"], {}, "queue name 'a b' must be"),
+    (["--redis-url", "http://:hunter2@example"], {}, "must be a redis://, rediss:// or unix:// URL"),
+    ([], {"BOTRIX_LEASE_SECONDS": "soon"}, "BOTRIX_LEASE_SECONDS: must be a number of seconds, got 'soon'"),
+    (["--log-level", "loud"], {}, "--log-level: must be one of debug, info, warning, error"),
+    (["--no-such-flag"], {}, "unrecognized arguments: --no-such-flag"),
+    (["--app", "no_such_module_xyz"], {}, "cannot import handler module 'no_such_module_xyz'"),
+    (["--app", "not a module"], {}, "'not a module' is not a Python module name"),
+]
+
+
+@pytest.mark.parametrize(("args", "env", "message"), BAD_WORKER_ARGS, ids=[m for _, _, m in BAD_WORKER_ARGS])
+def test_bad_flag_or_env_is_one_line_and_exit_2(args: list[str], env: dict[str, str], message: str) -> None:
+    base = [] if "--app" in args else ["--app", "tests.handlers"]
+    result = run("worker", *base, *args, env=env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("botrix-worker: error: ")
+    assert message in lines[0]
+    assert "hunter2" not in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_worker_without_app_is_refused() -> None:
+    result = run("worker")
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        == "botrix-worker: error: no handler module: pass --app MODULE (or set BOTRIX_APP)"
+    )
+
+
+def test_help_lists_every_option_with_its_env() -> None:
+    result = run("worker", "--help")
+    assert result.returncode == 0
+    for text in (
+        "--redis-url",
+        "REDIS_URL",
+        "--worker-id",
+        "WORKER_ID",
+        "--max-retries",
+        "MAX_RETRIES",
+        "--health-check-interval",
+        "HEALTH_CHECK_INTERVAL",
+        "--concurrency",
+        "CONCURRENCY",
+        "--queues",
+        "--shutdown-timeout",
+        "--lease-seconds",
+        "BOTRIX_APP",
+    ):
+        assert text in result.stdout
+
+
+def test_enqueue_wait_job_and_workers(
+    redis_server: RedisServer, queue: str, spawn: Callable[..., WorkerProcess]
+) -> None:
+    url = ["--redis-url", redis_server.url]
+    assert run(*url, "workers", "--queue", queue).returncode == 1
+    worker = spawn(redis_server.url, queue)
+    done = run(*url, "enqueue", "t.echo", "--payload", '{"a": 1}', "--queue", queue, "--wait")
+    assert done.returncode == 0, done.stderr
+    info = orjson.loads(done.stdout)
+    assert info["status"] == "completed" and info["result"] == {"echo": {"a": 1}, "attempt": 1}
+    shown = run(*url, "job", info["id"])
+    assert orjson.loads(shown.stdout)["status"] == "completed"
+    failed = run(*url, "enqueue", "t.reject", "--queue", queue, "--wait")
+    assert failed.returncode == 1
+    assert orjson.loads(failed.stdout)["status"] == "dead"
+    listed = run(*url, "dead", "list", "--queue", queue)
+    assert [d["id"] for d in orjson.loads(listed.stdout)] == [orjson.loads(failed.stdout)["id"]]
+    assert orjson.loads(run(*url, "dead", "purge", "--queue", queue).stdout) == {"purged": 1}
+    workers = run(*url, "workers", "--queue", queue)
+    assert workers.returncode == 0 and orjson.loads(workers.stdout)[0]["queues"] == [queue]
+    depth = orjson.loads(run(*url, "queues", "--queue", queue).stdout)
+    assert depth == {queue: {"pending": 0, "active": 0, "scheduled": 0, "dead": 0}}
+    worker.signal(signal.SIGTERM)
+
+
+def test_admin_cli_errors(redis_server: RedisServer) -> None:
+    bad_json = run("--redis-url", redis_server.url, "enqueue", "t.echo", "--payload", "{nope")
+    assert bad_json.returncode == 2 and "--payload is not valid JSON" in bad_json.stderr
+    missing = run("--redis-url", redis_server.url, "job", "no-such-job")
+    assert missing.returncode == 1 and "no job 'no-such-job'" in missing.stderr
+    down = run("--redis-url", f"redis://:hunter2@127.0.0.1:{free_port()}/0", "job", "x")
+    assert down.returncode == 3
+    assert "unreachable" in down.stderr and "hunter2" not in down.stderr and "Traceback" not in down.stderr

@@ -1,0 +1,77 @@
+"""Settings resolution, URL redaction, envelope validation and backoff bounds."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from botrix.config import Settings, redact_url, resolve
+from botrix.errors import ConfigError, EnvelopeError
+from botrix.executor import backoff_ms
+from botrix.model import Claimed, parse_job
+
+
+def test_flags_beat_prefixed_env_beat_seed_env_beat_defaults() -> None:
+    env = {"BOTRIX_CONCURRENCY": "7", "CONCURRENCY": "9", "MAX_RETRIES": "1", "WORKER_ID": "w1"}
+    s = resolve({"concurrency": None, "max_retries": "4", "app": ["a.b", "c,d"]}, env)
+    assert (s.concurrency, s.max_retries, s.worker_id, s.app) == (7, 4, "w1", ("a.b", "c", "d"))
+    assert resolve({}, {}).concurrency == Settings().concurrency == 5
+
+
+def test_bad_values_name_their_source() -> None:
+    with pytest.raises(ConfigError, match=r"^HEALTH_CHECK_INTERVAL: must be a number of seconds"):
+        resolve({}, {"HEALTH_CHECK_INTERVAL": "often"})
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:s3cret@host:6379/0", "redis://:***@host:6379/0"),
+        ("rediss://app:s3cret@host/1", "rediss://app:***@host/1"),
+        ("redis://host:6379/0", "redis://host:6379/0"),
+    ],
+)
+def test_redact_url_hides_passwords(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
+def claimed(raw: bytes) -> Claimed:
+    return Claimed("id-1", raw, 1, 1, 0)
+
+
+def test_minimal_envelope_takes_defaults() -> None:
+    job = parse_job(claimed(b'{"type": "x"}'), "q")
+    assert (job.id, job.type, job.payload, job.correlation_id, job.max_retries, job.timeout) == (
+        "id-1",
+        "x",
+        None,
+        "id-1",
+        None,
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"null",
+        b'"x"',
+        b'{"type": ""}',
+        b'{"type": "x", "max_retries": true}',
+        b'{"type": "x", "timeout": "NaN"}',
+        b'{"type": "x", "correlation_id": 5}',
+        b'{"type": "x", "id": "other"}',
+    ],
+)
+def test_bad_envelopes_raise_a_readable_error(raw: bytes) -> None:
+    with pytest.raises(EnvelopeError):
+        parse_job(claimed(raw), "q")
+
+
+def test_backoff_is_full_jitter_under_the_cap() -> None:
+    rng = random.Random(1)
+    delays = [backoff_ms(attempt, 1.0, 30.0, rng) for attempt in range(1, 30) for _ in range(20)]
+    assert min(delays) >= 0 and max(delays) <= 30_000
+    assert all(backoff_ms(1, 1.0, 30.0, rng) <= 1000 for _ in range(100))

@@ -1,0 +1,90 @@
+"""Leases: renewal keeps long jobs, expiry brings jobs back, stale acks are refused."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+
+import redis.asyncio as aredis
+
+from botrix.client import Client
+from botrix.model import Outcome, Settlement
+from botrix.store import Connection, Store
+from tests.conftest import WorkerProcess, running_worker
+from tests.redisproc import RedisServer
+
+
+async def test_ack_from_a_worker_that_lost_its_lease_is_refused(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
+    store = Store(Connection(redis_server.url))
+    try:
+        job_id = await client.enqueue("t.echo", {}, queue=queue)
+        [first] = await store.claim(queue, 1, "worker-a", lease_ms=50, max_bytes=10_000, dead_cap=10)
+        await asyncio.sleep(0.2)  # let the 50 ms lease run out on the server's clock
+        recovered = await store.recover(queue, grace_ms=0, max_retries=3, dead_cap=10)
+        assert [(r.job_id, r.status) for r in recovered] == [(job_id, "queued")]
+        [second] = await store.claim(queue, 1, "worker-b", lease_ms=30_000, max_bytes=10_000, dead_cap=10)
+        assert (second.attempt, second.delivery) == (2, 2)
+
+        def done(claimed_delivery: int, result: bytes) -> Settlement:
+            return Settlement(job_id, queue, claimed_delivery, Outcome.COMPLETED, result)
+
+        assert await store.settle({queue: [done(first.delivery, b'"stale"')]}, 60, 10) == {job_id}
+        assert await store.renew(queue, [(job_id, first.delivery)], 30_000) == [job_id]
+        assert await store.settle({queue: [done(second.delivery, b'"fresh"')]}, 60, 10) == set()
+    finally:
+        await store.aclose()
+    info = await client.job(job_id)
+    assert info.result == "fresh" and info.worker == "worker-b" and info.attempts == 2
+
+
+async def test_recovery_dead_letters_when_attempts_are_used_up(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
+    store = Store(Connection(redis_server.url))
+    try:
+        job_id = await client.enqueue("t.echo", {}, queue=queue, max_retries=0)
+        await store.claim(queue, 1, "worker-a", lease_ms=50, max_bytes=10_000, dead_cap=10)
+        await asyncio.sleep(0.2)
+        recovered = await store.recover(queue, grace_ms=0, max_retries=3, dead_cap=10)
+    finally:
+        await store.aclose()
+    assert [(r.job_id, r.status) for r in recovered] == [(job_id, "dead")]
+    info = await client.job(job_id)
+    assert info.error is not None and info.error["type"] == "LeaseExpired"
+    assert "worker-a" in info.error["message"]
+
+
+async def test_job_longer_than_its_lease_keeps_it(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
+    async with running_worker(redis_server.url, queue, lease_seconds=1.0):
+        job_id = await client.enqueue("t.sleep", {"seconds": 3}, queue=queue)
+        info = await client.wait(job_id, timeout=30)
+    assert info.result == "slept"
+    assert info.attempts == 1
+
+
+async def test_blocked_worker_loses_the_job_and_its_late_ack_is_refused(
+    redis_server: RedisServer, client: Client, queue: str, spawn: Callable[..., WorkerProcess]
+) -> None:
+    count_key = f"runs:{queue}"
+    stuck = spawn(redis_server.url, queue)
+    await stuck.wait_for("worker.started")
+    job_id = await client.enqueue(
+        "t.block_once", {"seconds": 8, "count_url": redis_server.url, "count_key": count_key}, queue=queue
+    )
+    await stuck.wait_for("job.started")
+    rescuer = spawn(redis_server.url, queue)
+    info = await client.wait(job_id, timeout=60)
+    assert info.result == 2 and info.attempts == 2
+    await stuck.wait_for("job.ack_refused", timeout=60)
+    after = await client.job(job_id)
+    assert after.result == 2
+    async with aredis.Redis.from_url(redis_server.url) as r:
+        assert await r.hget(count_key, job_id) == b"2"
+    for proc in (stuck, rescuer):
+        proc.signal(signal.SIGTERM)
+        assert await proc.wait() == 0

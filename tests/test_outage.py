@@ -1,0 +1,56 @@
+"""Redis stopped, killed and restarted under running workers: they wait, reconnect by
+themselves, write back what finished meanwhile, and go on consuming."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+
+import pytest
+
+from botrix.client import Client
+from botrix.model import JobStatus
+from tests.conftest import WorkerProcess
+from tests.redisproc import RedisServer
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+async def test_worker_rides_out_a_redis_restart(
+    own_redis: RedisServer, queue: str, spawn: Callable[..., WorkerProcess], how: int
+) -> None:
+    worker = spawn(own_redis.url, queue, "--lease-seconds", "30")
+    async with Client.from_url(own_redis.url) as client:
+        before = await client.enqueue("t.echo", {"n": 1}, queue=queue)
+        assert (await client.wait(before, timeout=30)).status is JobStatus.COMPLETED
+        in_flight = await client.enqueue("t.sleep", {"seconds": 1.5}, queue=queue)
+        await worker.wait_for("job.started", count=2)
+
+    own_redis.stop(how)
+    await worker.wait_for("redis.unavailable")
+    # The job finishes while Redis is down; its result must be written once Redis is back.
+    await worker.wait_for("job.started", count=2)
+    own_redis.start()
+    await worker.wait_for("redis.recovered")
+
+    async with Client.from_url(own_redis.url) as client:
+        info = await client.wait(in_flight, timeout=60)
+        assert info.status is JobStatus.COMPLETED and info.result == "slept"
+        after = await client.enqueue("t.echo", {"n": 2}, queue=queue)
+        assert (await client.wait(after, timeout=60)).status is JobStatus.COMPLETED
+    assert worker.proc.poll() is None
+    worker.signal(signal.SIGTERM)
+    assert await worker.wait() == 0
+
+
+async def test_worker_started_before_redis_waits_for_it(
+    own_redis: RedisServer, queue: str, spawn: Callable[..., WorkerProcess]
+) -> None:
+    own_redis.stop()
+    worker = spawn(own_redis.url, queue)
+    await worker.wait_for("redis.unavailable")
+    own_redis.start()
+    async with Client.from_url(own_redis.url) as client:
+        job_id = await client.enqueue("t.echo", {}, queue=queue)
+        assert (await client.wait(job_id, timeout=60)).status is JobStatus.COMPLETED
+    worker.signal(signal.SIGTERM)
+    assert await worker.wait() == 0

@@ -1,0 +1,195 @@
+"""Real worker processes: several on one queue, kill -9, SIGTERM drain, restarts, health
+records, and an idle worker that does not spin."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Callable
+
+import orjson
+import pytest
+import redis.asyncio as aredis
+
+from botrix import keys
+from botrix.client import Client
+from botrix.model import JobStatus
+from tests.conftest import WorkerProcess, eventually
+from tests.redisproc import RedisServer, _text
+
+Spawn = Callable[..., WorkerProcess]
+
+
+async def run_counts(url: str, key: str) -> dict[str, int]:
+    async with aredis.Redis.from_url(url, decode_responses=False) as r:
+        return {_text(k): int(v) for k, v in (await r.hgetall(key)).items()}
+
+
+async def enqueue_counted(client: Client, url: str, queue: str, n: int, **payload: object) -> list[str]:
+    body = {"count_url": url, "count_key": f"runs:{queue}", **payload}
+    return [await client.enqueue("t.count", body, queue=queue) for _ in range(n)]
+
+
+async def stop_all(*procs: WorkerProcess) -> None:
+    for proc in procs:
+        proc.signal(signal.SIGTERM)
+    for proc in procs:
+        assert await proc.wait() == 0
+
+
+async def test_several_workers_never_run_a_job_twice(
+    redis_server: RedisServer, client: Client, queue: str, spawn: Spawn
+) -> None:
+    workers = [spawn(redis_server.url, queue, "--concurrency", "4") for _ in range(3)]
+    ids = await enqueue_counted(client, redis_server.url, queue, 300)
+    for job_id in ids:
+        assert (await client.wait(job_id, timeout=60)).status is JobStatus.COMPLETED
+    await stop_all(*workers)
+    counts = await run_counts(redis_server.url, f"runs:{queue}")
+    assert counts == dict.fromkeys(ids, 1)
+    served_by = {(await client.job(i)).worker for i in ids}
+    assert len(served_by) >= 2
+
+
+@pytest.mark.slow
+async def test_thousand_jobs_through_three_workers_each_once(
+    redis_server: RedisServer, client: Client, queue: str, spawn: Spawn
+) -> None:
+    ids = await enqueue_counted(client, redis_server.url, queue, 1200)
+    workers = [spawn(redis_server.url, queue, "--concurrency", "10") for _ in range(3)]
+    for job_id in ids:
+        assert (await client.wait(job_id, timeout=120)).status is JobStatus.COMPLETED
+    await stop_all(*workers)
+    assert await run_counts(redis_server.url, f"runs:{queue}") == dict.fromkeys(ids, 1)
+    assert await client.depth(queue) == {"pending": 0, "active": 0, "scheduled": 0, "dead": 0}
+
+
+async def test_kill_9_mid_job_is_recovered_by_another_worker(
+    redis_server: RedisServer, client: Client, queue: str, spawn: Spawn
+) -> None:
+    doomed = spawn(redis_server.url, queue)
+    [job_id] = await enqueue_counted(client, redis_server.url, queue, 1, sleep=1.5)
+    await doomed.wait_for("job.started")
+    os.kill(doomed.pid, signal.SIGKILL)
+    await doomed.wait()
+    assert (await client.job(job_id)).status is JobStatus.RUNNING
+    rescuer = spawn(redis_server.url, queue)
+    info = await client.wait(job_id, timeout=60)
+    assert info.status is JobStatus.COMPLETED
+    assert info.attempts == 2
+    await rescuer.wait_for("job.recovered")
+    await stop_all(rescuer)
+    assert await run_counts(redis_server.url, f"runs:{queue}") == {job_id: 2}
+
+
+async def test_sigterm_drains_short_jobs_and_requeues_long_ones(
+    redis_server: RedisServer, client: Client, queue: str, spawn: Spawn
+) -> None:
+    worker = spawn(redis_server.url, queue, "--concurrency", "4", "--shutdown-timeout", "2")
+    short = [await client.enqueue("t.sleep", {"seconds": 0.5}, queue=queue) for _ in range(2)]
+    long = [await client.enqueue("t.sleep", {"seconds": 60}, queue=queue) for _ in range(2)]
+    await worker.wait_for("job.started", count=4)
+    worker.signal(signal.SIGTERM)
+    assert await worker.wait() == 0
+    for job_id in short:
+        assert (await client.job(job_id)).status is JobStatus.COMPLETED
+    for job_id in long:
+        info = await client.job(job_id)
+        assert info.status is JobStatus.QUEUED
+        assert info.attempts == 0
+    assert await client.depth(queue) == {"pending": 2, "active": 0, "scheduled": 0, "dead": 0}
+    names = worker.names()
+    assert names.count("job.requeued") == 2
+    assert names.index("worker.stopping") < names.index("job.requeued") < names.index("worker.stopped")
+
+
+async def test_second_signal_skips_the_drain_wait(
+    redis_server: RedisServer, client: Client, queue: str, spawn: Spawn
+) -> None:
+    worker = spawn(redis_server.url, queue, "--shutdown-timeout", "600")
+    job_id = await client.enqueue("t.sleep", {"seconds": 600}, queue=queue)
+    await worker.wait_for("job.started")
+    worker.signal(signal.SIGTERM)
+    await worker.wait_for("worker.draining")
+    worker.signal(signal.SIGINT)
+    assert await worker.wait() == 0
+    assert (await client.job(job_id)).status is JobStatus.QUEUED
+
+
+async def test_jobs_survive_a_worker_restart(
+    redis_server: RedisServer, client: Client, queue: str, spawn: Spawn
+) -> None:
+    ids = await enqueue_counted(client, redis_server.url, queue, 40, sleep=0.05)
+    first = spawn(redis_server.url, queue, "--concurrency", "2")
+    await first.wait_for("job.succeeded", count=5)
+    await stop_all(first)
+    second = spawn(redis_server.url, queue, "--concurrency", "2")
+    for job_id in ids:
+        assert (await client.wait(job_id, timeout=60)).status is JobStatus.COMPLETED
+    await stop_all(second)
+    assert await run_counts(redis_server.url, f"runs:{queue}") == dict.fromkeys(ids, 1)
+
+
+async def test_health_record_is_published_and_expires_when_the_worker_dies(
+    redis_server: RedisServer, client: Client, queue: str, spawn: Spawn
+) -> None:
+    worker = spawn(redis_server.url, queue, "--worker-id", f"hw-{queue}")
+    key = keys.worker_health(f"hw-{queue}")
+    async with aredis.Redis.from_url(redis_server.url) as r:
+        raw = await eventually(lambda: r.get(key), what="health record")
+        record = orjson.loads(raw)
+        assert record["worker_id"] == f"hw-{queue}"
+        assert record["status"] == "running"
+        assert record["queues"] == [queue]
+        for field in (
+            "last_heartbeat",
+            "current_job",
+            "jobs_processed",
+            "jobs_succeeded",
+            "jobs_failed",
+            "uptime_seconds",
+        ):
+            assert field in record
+        assert 0 < await r.ttl(key) <= 3
+        assert [w["worker_id"] for w in await client.workers(queue)] == [f"hw-{queue}"]
+        os.kill(worker.pid, signal.SIGKILL)
+        await worker.wait()
+        await eventually(lambda: _gone(r, key), what="record expiry")
+    assert await client.workers(queue) == []
+
+
+async def _gone(r: aredis.Redis, key: str) -> bool:
+    return not await r.exists(key)
+
+
+async def test_clean_exit_removes_the_health_record(
+    redis_server: RedisServer, client: Client, queue: str, spawn: Spawn
+) -> None:
+    worker = spawn(redis_server.url, queue)
+    await eventually(lambda: client.workers(queue), what="worker listed")
+    await stop_all(worker)
+    assert await client.workers(queue) == []
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def test_idle_worker_does_not_spin(redis_server: RedisServer, queue: str, spawn: Spawn) -> None:
+    """An idle worker sends a handful of commands (heartbeat, promotion, one blocking wait),
+    not a poll loop: counted in Redis's own statistics and in the process's CPU time."""
+    worker = spawn(redis_server.url, queue)
+    await worker.wait_for("worker.started")
+    await asyncio.sleep(1.0)
+    async with aredis.Redis.from_url(redis_server.url) as r:
+        before_cmds = (await r.info("stats"))["total_commands_processed"]
+        before_cpu = cpu_seconds(worker.pid)
+        await asyncio.sleep(3.0)
+        commands = (await r.info("stats"))["total_commands_processed"] - before_cmds
+        cpu = cpu_seconds(worker.pid) - before_cpu
+    await stop_all(worker)
+    assert commands < 150, f"{commands} commands in 3 s of idling"
+    assert cpu < 0.5, f"{cpu:.2f} s CPU in 3 s of idling"

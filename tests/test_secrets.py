@@ -1,0 +1,38 @@
+"""A password in the Redis URL works and never shows: not in logs, errors or the CLI."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+from botrix.client import Client
+from botrix.model import JobStatus
+from tests.conftest import WorkerProcess
+from tests.redisproc import RedisServer
+
+SECRET = "pw-Zq81-never-log-me"
+
+
+async def test_password_url_works_and_stays_secret(
+    tmp_path: Path, queue: str, spawn: Callable[..., WorkerProcess]
+) -> None:
+    server = RedisServer(tmp_path / "redis-auth")
+    server.password = SECRET
+    server.start()
+    try:
+        worker = spawn(server.url, queue)
+        async with Client.from_url(server.url) as client:
+            job_id = await client.enqueue("t.echo", {}, queue=queue)
+            assert (await client.wait(job_id, timeout=30)).status is JobStatus.COMPLETED
+        server.stop()  # an outage makes the worker log connection errors: they must not leak it
+        await worker.wait_for("redis.unavailable")
+        server.start()
+        await worker.wait_for("redis.recovered")
+        worker.signal(signal.SIGTERM)
+        assert await worker.wait() == 0
+        log = worker.log_path.read_text()
+        assert SECRET not in log
+        assert ":***@" in log
+    finally:
+        server.stop()
