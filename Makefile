@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-fast lint redis-server venv clean
+.PHONY: run test test-fast lint deps redis-server venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,20 +17,24 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Debian's redis-server, installed when missing (tests and `make run` start their own).
+# Debian's packages, installed when missing: redis-server (tests and `make run` start their
+# own) and prometheus (promtool and a real server for the metrics tests).
 redis-server:
-	@command -v redis-server >/dev/null 2>&1 || scripts/install-redis.sh
+	@scripts/install-deps.sh --redis-only
+
+deps:
+	@scripts/install-deps.sh
 
 ## run: a real worker on a throwaway local Redis with example jobs flowing (Ctrl-C stops it all)
 run: venv redis-server
 	$(BIN)/python scripts/demo.py
 
 ## test: the whole suite against a real redis-server, slow and chaos scenarios included
-test: venv redis-server
+test: venv deps
 	$(BIN)/python -m pytest -q -m '' $(PYTEST_ARGS)
 
 ## test-fast: the suite without the slow and chaos scenarios
-test-fast: venv redis-server
+test-fast: venv deps
 	$(BIN)/python -m pytest -q -m 'not slow and not chaos' $(PYTEST_ARGS)
 
 ## lint: ruff, mypy --strict and the layering contracts

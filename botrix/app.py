@@ -1,13 +1,18 @@
 """The composition root: builds the worker's components and runs them in order.
 
+Start order: the HTTP server listens first (probes answer "starting"), then the heartbeat, the
+loop-lag monitor, the recoverer, and last the runner, which begins claiming.
+
 Shutdown order (the reason for each step is in docs/design.md):
   1. SIGTERM/SIGINT sets ``stop``; a second signal sets ``force``. Handlers do nothing else.
-  2. ``stop``: the runner stops claiming, the recoverer stops; in-flight jobs keep running.
+  2. ``stop``: /ready turns 503 at once, the runner stops claiming, the recoverer stops;
+     in-flight jobs keep running.
   3. The runner drains: jobs get --shutdown-timeout (or until ``force``), then the rest are
      cancelled and requeued; it returns once every claimed job is written back.
   4. Only then does the heartbeat stop, so leases stay renewed through the drain, and it
      removes the worker's health record.
-  5. The Redis connections close; the process exits 0.
+  5. The HTTP server stops last, so probes answer until the very end; the Redis connections
+     close; the process exits 0.
 """
 
 from __future__ import annotations
@@ -17,13 +22,21 @@ import signal
 
 from botrix import __version__
 from botrix.config import Settings, redact_url
+from botrix.errors import BotrixError
 from botrix.health import WorkerState
 from botrix.heartbeat import Heartbeat
+from botrix.http import HttpServer
+from botrix.lag import LagMonitor
 from botrix.logs import Logger, get_logger
+from botrix.metrics import Metrics
 from botrix.recoverer import Recoverer
 from botrix.registry import Registry
 from botrix.runner import Runner
 from botrix.store import Connection, Store
+
+
+class ServeError(BotrixError):
+    """The worker could not start serving (e.g. its HTTP port is taken)."""
 
 
 class Worker:
@@ -36,6 +49,8 @@ class Worker:
         self.stop_event = asyncio.Event()
         self.force_event = asyncio.Event()
         self.log: Logger = get_logger(worker_id=settings.worker_id)
+        self.metrics = Metrics(self.state, registry.names(), __version__)
+        self.http: HttpServer | None = None
 
     def request_stop(self, reason: str = "requested") -> None:
         """Begin a graceful shutdown; a second call skips the wait for in-flight jobs."""
@@ -65,27 +80,35 @@ class Worker:
         """Run until stopped and drained."""
         s = self.settings
         store = Store(Connection(s.redis_url), blocking_timeout=min(5.0, s.lease_seconds))
-        runner = Runner(store, self.registry, s, self.state, self.log, self.force_event)
+        runner = Runner(store, self.registry, s, self.state, self.log, self.force_event, self.metrics)
         heartbeat = Heartbeat(store, s, self.state, self.log, runner.lease_lost)
-        recoverer = Recoverer(store, s, self.state, self.log)
-        drained = asyncio.Event()
-        self.log.info(
-            "worker.started",
-            version=__version__,
-            redis_url=redact_url(s.redis_url),
-            queues=list(s.queues),
-            concurrency=s.concurrency,
-            handlers=self.registry.names(),
-            lease_s=s.lease_seconds,
-        )
+        recoverer = Recoverer(store, s, self.state, self.log, self.metrics)
+        drained, http_stop = asyncio.Event(), asyncio.Event()
         try:
             async with asyncio.TaskGroup() as group:
-                group.create_task(heartbeat.run(drained), name="botrix-heartbeat")
+                if s.http_port >= 0:
+                    self.http = HttpServer(
+                        s, self.state, store, self.metrics, self.stop_event, __version__, self.log
+                    )
+                    await self._start_http(group.create_task(self.http.run(http_stop), name="botrix-http"))
+                self.log.info(
+                    "worker.started",
+                    version=__version__,
+                    redis_url=redact_url(s.redis_url),
+                    queues=list(s.queues),
+                    concurrency=s.concurrency,
+                    handlers=self.registry.names(),
+                    lease_s=s.lease_seconds,
+                )
+                beating = group.create_task(heartbeat.run(drained), name="botrix-heartbeat")
+                group.create_task(LagMonitor(self.state).run(drained), name="botrix-lag")
                 group.create_task(recoverer.run(self.stop_event), name="botrix-recoverer")
                 try:
                     await runner.run(self.stop_event)
                 finally:
                     drained.set()
+                    await asyncio.wait([beating])
+                    http_stop.set()
         finally:
             await store.aclose()
         c = self.state.counters
@@ -96,3 +119,13 @@ class Worker:
             jobs_failed=c.failed,
             uptime_s=round(self.state.uptime(), 3),
         )
+
+    async def _start_http(self, serving: asyncio.Task[None]) -> None:
+        assert self.http is not None
+        listening = asyncio.create_task(self.http.started.wait())
+        await asyncio.wait([serving, listening], return_when=asyncio.FIRST_COMPLETED)
+        if not self.http.started.is_set():
+            listening.cancel()
+            error = serving.exception() if serving.done() else None
+            s = self.settings
+            raise ServeError(f"cannot listen on {s.http_host}:{s.http_port}: {error}")

@@ -278,6 +278,7 @@ class Settings:
     max_payload_bytes: int = 1_048_576
     http_host: str = "0.0.0.0"
     http_port: int = 8080
+    live_max_lag: float = 5.0
     log_level: str = "info"
     log_format: str = "auto"
 

@@ -44,6 +44,14 @@ class Heartbeat:
     async def run(self, stop: asyncio.Event) -> None:
         """Beat until ``stop``; then remove the health record."""
         next_record = 0.0
+        self._state.heartbeat_running = True
+        try:
+            await self._loop(stop, next_record)
+        finally:
+            self._state.heartbeat_running = False
+        await self._goodbye()
+
+    async def _loop(self, stop: asyncio.Event, next_record: float) -> None:
         while True:
             self._state.last_heartbeat = time.monotonic()
             try:
@@ -55,8 +63,7 @@ class Heartbeat:
                 if time.monotonic() >= next_record:
                     next_record = time.monotonic() + self._settings.health_check_interval
             if await sleep_or_stop(stop, self._tick):
-                break
-        await self._goodbye()
+                return
 
     async def _beat(self, write_record: bool) -> None:
         rtt, version = await self._store.ping()

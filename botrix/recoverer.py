@@ -14,6 +14,7 @@ from botrix.aio import sleep_or_stop
 from botrix.config import Settings
 from botrix.health import WorkerState
 from botrix.logs import Logger
+from botrix.metrics import Metrics
 from botrix.store import Store, StoreUnavailable
 
 #: How long past its deadline a lease must be before its job is taken back.
@@ -25,11 +26,14 @@ PROMOTE_EVERY_S = 1.0
 class Recoverer:
     """Expired leases back to the queue (or the dead letters), due jobs onto the queue."""
 
-    def __init__(self, store: Store, settings: Settings, state: WorkerState, log: Logger) -> None:
+    def __init__(
+        self, store: Store, settings: Settings, state: WorkerState, log: Logger, metrics: Metrics
+    ) -> None:
         self._store = store
         self._settings = settings
         self._state = state
         self._log = log
+        self._metrics = metrics
         self._recover_every = min(settings.lease_seconds / 2, 5.0)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -53,6 +57,7 @@ class Recoverer:
         for queue in s.queues:
             for job in await self._store.recover(queue, GRACE_MS, s.max_retries, s.dead_letter_max):
                 self._state.counters.recovered += 1
+                self._metrics.recovered(queue, job.status)
                 event = "job.recovered" if job.status == "queued" else "job.dead"
                 self._log.warning(
                     event,

@@ -26,6 +26,7 @@ from botrix.errors import EnvelopeError
 from botrix.executor import backoff_ms, run_attempt
 from botrix.health import InFlight, Phase, WorkerState
 from botrix.logs import Logger
+from botrix.metrics import Metrics
 from botrix.model import (
     JSON,
     Claimed,
@@ -58,6 +59,7 @@ class Runner:
         state: WorkerState,
         log: Logger,
         force: asyncio.Event,
+        metrics: Metrics,
     ) -> None:
         self._store = store
         self._registry = registry
@@ -65,10 +67,11 @@ class Runner:
         self._state = state
         self._log = log
         self._force = force
+        self._metrics = metrics
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._settler = Settler(store, settings, state, log, self._release)
+        self._settler = Settler(store, settings, state, log, metrics, self._release)
         self._waker = Waker(store, settings.queues, self._wake.set, state.redis, log)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -188,7 +191,9 @@ class Runner:
             attempt=job.attempt,
             correlation_id=job.correlation_id,
         )
-        log.info("job.started", queue_wait_ms=max(0, int(time.time() * 1000) - job.enqueued_at_ms))
+        wait_ms = max(0, int(time.time() * 1000) - job.enqueued_at_ms)
+        self._metrics.job_started(queue, wait_ms / 1000)
+        log.info("job.started", queue_wait_ms=wait_ms)
         ctx = JobContext(
             job.id,
             job.type,

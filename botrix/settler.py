@@ -17,6 +17,7 @@ from botrix.aio import Backoff
 from botrix.config import Settings
 from botrix.health import WorkerState
 from botrix.logs import Logger
+from botrix.metrics import Metrics
 from botrix.model import Outcome, Settlement
 from botrix.store import Store, StoreUnavailable
 
@@ -30,6 +31,7 @@ class Settler:
         settings: Settings,
         state: WorkerState,
         log: Logger,
+        metrics: Metrics,
         release: Callable[[Settlement], None],
     ) -> None:
         self._store = store
@@ -37,6 +39,7 @@ class Settler:
         self._state = state
         self._log = log
         self._release = release
+        self._metrics = metrics
         self._buffer: list[Settlement] = []
         self._ready = asyncio.Event()
         self._abandon = False
@@ -112,12 +115,15 @@ class Settler:
             )
             if s.job_id in refused:
                 counters.refused_acks += 1
+                self._metrics.ack_refused(s.queue)
                 log.warning(
                     "job.ack_refused",
                     outcome=s.outcome.value,
                     reason="lease lost: the job was recovered or claimed by another worker",
                 )
                 continue
+            ran = s.duration_s > 0
+            self._metrics.job_finished(s.queue, s.job_type, s.outcome.value, s.duration_s if ran else None)
             if s.outcome is Outcome.REQUEUE:
                 log.info("job.requeued", reason="shutdown")
                 continue

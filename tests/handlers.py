@@ -72,7 +72,7 @@ async def items(ctx: JobContext, payload: dict[str, Any]) -> dict[str, int]:
 @handler("t.block")
 async def block(ctx: JobContext, payload: dict[str, Any]) -> str:
     await _count(ctx, payload)
-    time.sleep(float(payload["seconds"]))  # noqa: ASYNC251 - the point: a handler that blocks the loop
+    time.sleep(float(payload["seconds"]))  # the point: a handler that blocks the loop
     return "blocked"
 
 
@@ -106,5 +106,5 @@ async def block_once(ctx: JobContext, payload: dict[str, Any]) -> int:
     """Blocks the event loop on the first attempt only (a hung worker), then runs normally."""
     await _count(ctx, payload)
     if ctx.attempt == 1:
-        time.sleep(float(payload["seconds"]))  # noqa: ASYNC251 - the point: a blocked loop
+        time.sleep(float(payload["seconds"]))  # the point: a blocked loop
     return ctx.attempt

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import uvloop
 
-from botrix.app import Worker
+from botrix.app import ServeError, Worker
 from botrix.cli import Parser, fail
 from botrix.config import OPTIONS, Settings, resolve
 from botrix.errors import ConfigError, HandlerLoadError
@@ -65,7 +65,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         worker.install_signal_handlers()
         await worker.run()
 
-    uvloop.run(serve())
+    try:
+        uvloop.run(serve())
+    except* ServeError as group:
+        fail(PROG, str(group.exceptions[0]), 1)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,142 @@
+"""The worker's Prometheus metrics, on a registry of its own.
+
+Label sets stay bounded: queue names come from configuration, job types only from registered
+handlers (anything else is counted as ``unknown``), outcomes from a fixed set. No job id is
+ever a label.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable, Iterable, Mapping
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from botrix.health import WorkerState
+
+#: Job durations from a millisecond to an hour.
+DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+#: Enqueue-to-start waits: the latency a producer sees before its job runs.
+WAIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+
+class _StateCollector(Collector):
+    """Gauges read from the worker's state (and the cached queue depth) at scrape time."""
+
+    def __init__(self, state: WorkerState, depth: Callable[[], Mapping[str, Mapping[str, int]]]) -> None:
+        self._state = state
+        self._depth = depth
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        s = self._state
+        in_progress = GaugeMetricFamily("botrix_jobs_in_progress", "Jobs running now.", labels=["queue"])
+        for queue in s.queues:
+            in_progress.add_metric([queue], sum(1 for j in s.in_flight.values() if j.queue == queue))
+        yield in_progress
+        yield GaugeMetricFamily("botrix_concurrency", "Configured --concurrency.", value=s.concurrency)
+        depth = GaugeMetricFamily(
+            "botrix_queue_depth",
+            "Jobs in each queue by state (read from Redis, cached briefly).",
+            labels=["queue", "state"],
+        )
+        for queue, states in self._depth().items():
+            for name, count in states.items():
+                depth.add_metric([queue, name], count)
+        yield depth
+        yield GaugeMetricFamily(
+            "botrix_redis_up", "1 when Redis answered the last check.", value=int(s.redis.up)
+        )
+        yield GaugeMetricFamily(
+            "botrix_redis_rtt_seconds", "Round trip of the last Redis check.", value=s.redis.rtt_s
+        )
+        yield GaugeMetricFamily(
+            "botrix_event_loop_lag_seconds",
+            "How late the event loop woke a timer, lately.",
+            value=s.loop_lag_s,
+        )
+        yield GaugeMetricFamily(
+            "botrix_uptime_seconds", "Seconds since the worker started.", value=s.uptime()
+        )
+
+
+class Metrics:
+    """Every botrix metric; components call the ``job_*`` methods as things happen."""
+
+    def __init__(self, state: WorkerState, handler_types: Iterable[str], version: str) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._known_types = frozenset(handler_types)
+        self.depth_cache: dict[str, dict[str, int]] = {}
+        r = self.registry
+        self.jobs = Counter(
+            "botrix_jobs", "Finished attempts by outcome.", ["queue", "type", "outcome"], registry=r
+        )
+        self.duration = Histogram(
+            "botrix_job_duration_seconds",
+            "Handler run time of an attempt.",
+            ["queue", "type"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "botrix_job_queue_wait_seconds",
+            "From enqueue (or due time) to start.",
+            ["queue"],
+            buckets=WAIT_BUCKETS,
+            registry=r,
+        )
+        self.retries = Counter(
+            "botrix_job_retries", "Attempts that failed and were rescheduled.", ["queue", "type"], registry=r
+        )
+        self.dead = Counter("botrix_jobs_dead", "Jobs dead-lettered.", ["queue", "type"], registry=r)
+        self.recoveries = Counter(
+            "botrix_lease_recoveries",
+            "Jobs taken back from an expired lease.",
+            ["queue", "outcome"],
+            registry=r,
+        )
+        self.refused = Counter(
+            "botrix_acks_refused", "Results refused because the lease was lost.", ["queue"], registry=r
+        )
+        info = Gauge("botrix_build_info", "botrix version.", ["version", "python"], registry=r)
+        info.labels(version, platform.python_version()).set(1)
+        r.register(_StateCollector(state, lambda: self.depth_cache))
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+
+    def job_type(self, name: str) -> str:
+        """The label for a job type: its name if a handler is registered, else ``unknown``."""
+        return name if name in self._known_types else "unknown"
+
+    def job_started(self, queue: str, wait_s: float) -> None:
+        """An attempt started ``wait_s`` after its job was enqueued (or fell due)."""
+        self.queue_wait.labels(queue).observe(max(0.0, wait_s))
+
+    def job_finished(self, queue: str, job_type: str, outcome: str, duration_s: float | None) -> None:
+        """An attempt's outcome was written: completed, retry, dead or requeue."""
+        label = self.job_type(job_type)
+        self.jobs.labels(queue, label, outcome).inc()
+        if duration_s is not None:
+            self.duration.labels(queue, label).observe(duration_s)
+        if outcome == "retry":
+            self.retries.labels(queue, label).inc()
+        elif outcome == "dead":
+            self.dead.labels(queue, label).inc()
+
+    def ack_refused(self, queue: str) -> None:
+        """A late result was refused by the fencing token."""
+        self.refused.labels(queue).inc()
+
+    def recovered(self, queue: str, outcome: str) -> None:
+        """The recoverer took back a job: ``queued`` again or ``dead``."""
+        self.recoveries.labels(queue, outcome).inc()
+        if outcome == "dead":
+            self.dead.labels(queue, "unknown").inc()

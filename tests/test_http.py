@@ -1,0 +1,258 @@
+"""The probe and metrics server through real HTTP against a real worker, in each state."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from botrix.app import Worker
+from botrix.client import Client
+from tests.conftest import eventually, running_worker
+from tests.redisproc import RedisServer, free_port
+
+
+@asynccontextmanager
+async def http_worker(url: str, queue: str, **overrides: Any) -> AsyncIterator[tuple[Worker, str]]:
+    async with running_worker(url, queue, http_port=0, http_host="127.0.0.1", **overrides) as worker:
+        port = await eventually(lambda: worker.http and worker.http.port, what="http port")
+        yield worker, f"http://127.0.0.1:{port}"
+
+
+async def get(base: str, path: str, **headers: str) -> tuple[int, Any, str]:
+    async with aiohttp.ClientSession() as session, session.get(base + path, headers=headers) as r:
+        text = await r.text()
+        body = await r.json() if r.content_type == "application/json" else text
+        return r.status, body, r.headers.get("Content-Type", "")
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+async def ready(base: str) -> bool:
+    return (await get(base, "/ready"))[0] == 200
+
+
+async def test_probes_answer_when_ready(redis_server: RedisServer, queue: str) -> None:
+    async with http_worker(redis_server.url, queue) as (_, base):
+        await eventually(lambda: ready(base), what="ready")
+        assert await get(base, "/live") == (
+            200,
+            {"status": "ok", "reason": "ok", "event_loop_lag_s": pytest.approx(0, abs=5)},
+            "application/json; charset=utf-8",
+        )
+        status, body, _ = await get(base, "/ready")
+        assert (status, body) == (200, {"status": "ready", "reason": "ok"})
+        status, health, _ = await get(base, "/health")
+        assert status == 200 and health["status"] == "healthy"
+        assert health["checks"]["redis"]["status"] == "pass"
+        assert health["checks"]["redis"]["server_version"].startswith("7.")
+        assert health["checks"]["queues"] == {queue: {"pending": 0, "active": 0, "scheduled": 0, "dead": 0}}
+        assert health["concurrency"] == 5 and health["jobs_in_flight"] == 0
+        for key in ("version", "worker_id", "uptime_seconds", "counters"):
+            assert key in health
+
+
+async def test_unknown_paths_and_methods_answer_json(redis_server: RedisServer, queue: str) -> None:
+    async with http_worker(redis_server.url, queue) as (_, base), aiohttp.ClientSession() as session:
+        async with session.get(base + "/nope") as r:
+            assert r.status == 404 and await r.json() == {"error": "not_found", "path": "/nope"}
+        async with session.post(base + "/live") as r:
+            assert r.status == 405 and (await r.json())["error"] == "method_not_allowed"
+            assert "GET" in r.headers["Allow"]
+
+
+async def test_metrics_move_as_jobs_complete_fail_and_retry(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
+    async with http_worker(redis_server.url, queue, max_retries=1) as (_, base):
+        for job_type in ("t.echo", "t.echo", "t.fail", "t.flaky"):
+            job_id = await client.enqueue(job_type, {"fail_times": 1}, queue=queue)
+            await client.wait(job_id, timeout=30)
+        await client.enqueue("no.such.type", {}, queue=queue)
+        await eventually(
+            lambda: _has(base, "botrix_jobs_total", queue, "unknown", "dead"), what="dead counted"
+        )
+        status, text, content_type = await get(base, "/metrics")
+    assert status == 200 and content_type.startswith("text/plain")
+    m = samples(text)
+    q = ("queue", queue)
+    assert m[("botrix_jobs_total", (("outcome", "completed"), q, ("type", "t.echo")))] == 2
+    assert m[("botrix_jobs_total", (("outcome", "retry"), q, ("type", "t.fail")))] == 1
+    assert m[("botrix_jobs_total", (("outcome", "dead"), q, ("type", "t.fail")))] == 1
+    assert m[("botrix_jobs_total", (("outcome", "completed"), q, ("type", "t.flaky")))] == 1
+    assert m[("botrix_job_retries_total", (q, ("type", "t.flaky")))] == 1
+    assert m[("botrix_jobs_dead_total", (q, ("type", "unknown")))] == 1
+    assert m[("botrix_job_duration_seconds_count", (q, ("type", "t.echo")))] == 2
+    assert m[("botrix_job_queue_wait_seconds_count", (q,))] == 6  # the unknown type never started
+    assert m[("botrix_concurrency", ())] == 5
+    assert m[("botrix_redis_up", ())] == 1
+    assert m[("botrix_queue_depth", (q, ("state", "pending")))] == 0
+    assert ("process_resident_memory_bytes", ()) in m
+    assert any(name == "botrix_build_info" for name, _ in m)
+    assert not any("job_id" in dict(labels) for _, labels in m)
+
+
+async def _has(base: str, name: str, queue: str, job_type: str, outcome: str) -> bool:
+    text = (await get(base, "/metrics"))[1]
+    key = (name, (("outcome", outcome), ("queue", queue), ("type", job_type)))
+    return samples(text).get(key, 0) >= 1
+
+
+async def test_openmetrics_when_the_scraper_asks(redis_server: RedisServer, queue: str) -> None:
+    async with http_worker(redis_server.url, queue) as (_, base):
+        status, text, content_type = await get(
+            base, "/metrics", Accept="application/openmetrics-text; version=1.0.0"
+        )
+    assert status == 200 and content_type.startswith("application/openmetrics-text")
+    assert text.rstrip().endswith("# EOF")
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool comes with `make deps`")
+async def test_promtool_accepts_the_exposition(redis_server: RedisServer, client: Client, queue: str) -> None:
+    async with http_worker(redis_server.url, queue) as (_, base):
+        await client.wait(await client.enqueue("t.echo", {}, queue=queue), timeout=30)
+        text = (await get(base, "/metrics"))[1]
+    result = subprocess.run(
+        ["promtool", "check", "metrics"], input=text, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "" and result.stderr.strip() == ""
+
+
+async def test_redis_down_makes_ready_fail_but_not_live(own_redis: RedisServer, queue: str) -> None:
+    async with http_worker(own_redis.url, queue) as (_, base):
+        await eventually(lambda: ready(base), what="ready")
+        own_redis.stop()
+
+        async def unready() -> Any:
+            status, body, _ = await get(base, "/ready")
+            return body if status == 503 else None
+
+        body = await eventually(unready, what="ready 503")
+        assert body["reason"] == "redis_unreachable" and "detail" in body
+        assert (await get(base, "/live"))[0] == 200
+        status, health, _ = await get(base, "/health")
+        assert status == 200 and health["status"] == "degraded"
+        assert health["checks"]["redis"]["status"] == "fail"
+        own_redis.start()
+        await eventually(lambda: ready(base), what="ready again")
+
+
+async def test_ready_turns_503_the_moment_draining_starts(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
+    async with http_worker(redis_server.url, queue, shutdown_timeout=30) as (worker, base):
+        await eventually(lambda: ready(base), what="ready")
+        job_id = await client.enqueue("t.sleep", {"seconds": 1}, queue=queue)
+        await eventually(lambda: worker.state.in_flight, what="job running")
+        worker.request_stop("test")
+        status, body, _ = await get(base, "/ready")
+        assert (status, body) == (503, {"status": "not_ready", "reason": "draining"})
+        assert (await get(base, "/live"))[0] == 200
+        assert (await client.wait(job_id, timeout=30)).result == "slept"
+
+
+async def test_starting_worker_without_redis_is_not_ready(tmp_path: Path, queue: str) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    async with http_worker(url, queue) as (_, base):
+        status, body, _ = await get(base, "/ready")
+        assert status == 503 and body["reason"] in ("starting", "redis_unreachable")
+        assert (await get(base, "/live"))[0] == 200
+
+
+async def test_live_fails_after_a_handler_blocks_the_loop(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
+    async with http_worker(redis_server.url, queue, live_max_lag=0.3, lease_seconds=30) as (_, base):
+        await client.enqueue("t.block", {"seconds": 1.0}, queue=queue)
+        status, body, _ = await eventually(lambda: _live_failed(base), what="live 503")
+    assert status == 503 and body["reason"] == "event_loop_blocked" and body["event_loop_lag_s"] >= 0.3
+
+
+async def _live_failed(base: str) -> tuple[int, Any, str] | None:
+    answer = await get(base, "/live")
+    return answer if answer[0] == 503 else None
+
+
+async def test_no_secret_on_any_endpoint(tmp_path: Path, queue: str) -> None:
+    secret = "pw-http-9xQ-never"
+    server = RedisServer(tmp_path / "r")
+    server.password = secret
+    server.start()
+    try:
+        async with http_worker(server.url, queue) as (_, base):
+            await eventually(lambda: ready(base), what="ready")
+            server.stop()
+            await eventually(lambda: _not_ready(base), what="outage seen")
+            for path in ("/live", "/ready", "/health", "/metrics"):
+                assert secret not in str((await get(base, path))[1])
+            server.start()
+    finally:
+        server.stop()
+
+
+async def _not_ready(base: str) -> bool:
+    return not await ready(base)
+
+
+@pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus comes with `make deps`")
+async def test_a_real_prometheus_scrapes_the_worker(
+    redis_server: RedisServer, client: Client, queue: str, tmp_path: Path
+) -> None:
+    async with http_worker(redis_server.url, queue) as (worker, _):
+        await client.wait(await client.enqueue("t.echo", {}, queue=queue), timeout=30)
+        assert worker.http is not None
+        config = tmp_path / "prometheus.yml"
+        config.write_text(
+            "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+            "scrape_configs:\n"
+            f"  - job_name: botrix\n    static_configs: [{{targets: ['127.0.0.1:{worker.http.port}']}}]\n"
+        )
+        port = free_port()
+        prom = subprocess.Popen(
+            [
+                "prometheus",
+                f"--config.file={config}",
+                f"--storage.tsdb.path={tmp_path / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            query = f"http://127.0.0.1:{port}/api/v1/query?query=botrix_jobs_total"
+
+            async def answered() -> Any:
+                try:
+                    async with aiohttp.ClientSession() as s, s.get(query) as r:
+                        data = await r.json()
+                except aiohttp.ClientError:
+                    return None
+                return data["data"]["result"] if data.get("status") == "success" else None
+
+            deadline = time.monotonic() + 60
+            result = None
+            while not result and time.monotonic() < deadline:
+                result = await answered()
+                await asyncio.sleep(0.5)
+            assert result, "prometheus never returned botrix_jobs_total"
+            series = {(r["metric"]["queue"], r["metric"]["outcome"]): float(r["value"][1]) for r in result}
+            assert series[(queue, "completed")] >= 1
+        finally:
+            prom.terminate()
+            prom.wait(timeout=30)
