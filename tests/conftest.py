@@ -118,7 +118,7 @@ class WorkerProcess:
             "0.05",
             *extra,
         ]
-        full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+        full_env = {**os.environ, "PYTHONPATH": str(ROOT), "BOTRIX_TEST_WORKER_PROCESS": "1", **(env or {})}
         with open(log_path, "ab") as log_file:
             self.proc = subprocess.Popen(
                 args, cwd=ROOT, env=full_env, stdout=log_file, stderr=subprocess.STDOUT

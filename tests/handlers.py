@@ -15,11 +15,22 @@ import redis.asyncio as aredis
 
 from botrix import InvalidPayloadError, JobContext, handler
 
+# Worker processes started by the tests keep one counting client (they have one event loop);
+# in the pytest process each test has its own loop, so a client is opened per call there.
+_SHARED: dict[str, aredis.Redis] = {}
+_IN_WORKER_PROCESS = os.environ.get("BOTRIX_TEST_WORKER_PROCESS") == "1"
+
 
 async def _count(ctx: JobContext, payload: dict[str, Any]) -> None:
-    if "count_url" in payload:
-        async with aredis.Redis.from_url(payload["count_url"]) as r:
-            await r.hincrby(payload["count_key"], ctx.job_id, 1)
+    if "count_url" not in payload:
+        return
+    url = payload["count_url"]
+    if _IN_WORKER_PROCESS:
+        client = _SHARED.setdefault(url, aredis.Redis.from_url(url))
+        await client.hincrby(payload["count_key"], ctx.job_id, 1)
+        return
+    async with aredis.Redis.from_url(url) as r:
+        await r.hincrby(payload["count_key"], ctx.job_id, 1)
 
 
 @handler("t.echo")
@@ -33,6 +44,14 @@ async def count(ctx: JobContext, payload: dict[str, Any]) -> int:
     if payload.get("sleep"):
         await asyncio.sleep(float(payload["sleep"]))
     return int(payload.get("n", 0))
+
+
+@handler("t.work")
+async def work(ctx: JobContext, payload: dict[str, Any]) -> int:
+    """Counts its run, then sleeps a duration given in milliseconds (0 for a no-op)."""
+    await _count(ctx, payload)
+    await asyncio.sleep(int(payload.get("ms", 0)) / 1000)
+    return ctx.attempt
 
 
 @handler("t.sleep")
