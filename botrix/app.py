@@ -29,6 +29,7 @@ from botrix.http import HttpServer
 from botrix.lag import LagMonitor
 from botrix.logs import Logger, get_logger
 from botrix.metrics import Metrics
+from botrix.notify import SystemdNotifier
 from botrix.recoverer import Recoverer
 from botrix.registry import Registry
 from botrix.runner import Runner
@@ -42,8 +43,11 @@ class ServeError(BotrixError):
 class Worker:
     """One botrix worker process: runner, heartbeat and recoverer over one Redis."""
 
-    def __init__(self, settings: Settings, registry: Registry) -> None:
+    def __init__(
+        self, settings: Settings, registry: Registry, notifier: SystemdNotifier | None = None
+    ) -> None:
         self.settings = settings
+        self.notifier = notifier or SystemdNotifier(None)
         self.registry = registry
         self.state = WorkerState(settings.worker_id, settings.queues, settings.concurrency)
         self.stop_event = asyncio.Event()
@@ -101,6 +105,7 @@ class Worker:
                     lease_s=s.lease_seconds,
                 )
                 beating = group.create_task(heartbeat.run(drained), name="botrix-heartbeat")
+                group.create_task(self._systemd(drained), name="botrix-systemd")
                 group.create_task(LagMonitor(self.state).run(drained), name="botrix-lag")
                 group.create_task(recoverer.run(self.stop_event), name="botrix-recoverer")
                 try:
@@ -119,6 +124,17 @@ class Worker:
             jobs_failed=c.failed,
             uptime_s=round(self.state.uptime(), 3),
         )
+
+    async def _systemd(self, drained: asyncio.Event) -> None:
+        """READY=1 now, watchdog pings while the heartbeat lives, STOPPING=1 at the first signal."""
+        s = self.settings
+        self.notifier.ready(f"serving {','.join(s.queues)} with concurrency {s.concurrency}")
+        watchdog = asyncio.create_task(
+            self.notifier.run_watchdog(drained, healthy=lambda: self.state.heartbeat_running)
+        )
+        await self.stop_event.wait()
+        self.notifier.stopping(f"draining {len(self.state.in_flight)} job(s)")
+        await watchdog
 
     async def _start_http(self, serving: asyncio.Task[None]) -> None:
         assert self.http is not None

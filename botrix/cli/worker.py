@@ -13,6 +13,7 @@ from botrix.cli import Parser, fail
 from botrix.config import OPTIONS, Settings, resolve
 from botrix.errors import ConfigError, HandlerLoadError
 from botrix.logs import configure
+from botrix.notify import SystemdNotifier
 from botrix.registry import default_registry, load_apps
 
 PROG = "botrix-worker"
@@ -61,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         fail(PROG, str(exc))
 
     async def serve() -> None:
-        worker = Worker(settings, registry)
+        worker = Worker(settings, registry, SystemdNotifier.from_environ(unset=True))
         worker.install_signal_handlers()
         await worker.run()
 
