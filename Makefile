@@ -37,12 +37,13 @@ test: venv deps
 test-fast: venv deps
 	$(BIN)/python -m pytest -q -m 'not slow and not chaos' $(PYTEST_ARGS)
 
-## lint: ruff, mypy --strict and the layering contracts
+## lint: ruff, mypy --strict, the layering contracts, and the deployment artifacts (mk/ops.mk)
 lint: venv
 	$(BIN)/ruff check botrix tests scripts
 	$(BIN)/ruff format --check botrix tests scripts
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	$(MAKE) --no-print-directory lint-ops
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

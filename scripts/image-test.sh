@@ -140,10 +140,10 @@ grep -E '^botrix_jobs_total\{.*type="example.hello".*\} [1-9]' "$work/metrics.tx
 pass "/metrics counts it: $(grep -E '^botrix_jobs_total\{.*example.hello' "$work/metrics.txt" | head -n 1)"
 # Every botrix metric the alert rules and docs/operations.md use is exported.
 missing_metrics=""
-for name in $(grep -ohE 'botrix_[a-z_]+' deploy/prometheus/alerts.yml docs/operations.md \
-    | sed -E 's/_(bucket|count|sum)$//' | sort -u); do
+while read -r name; do
     grep -qE "^# TYPE $name " "$work/metrics.txt" || missing_metrics="$missing_metrics $name"
-done
+done < <(grep -ohE 'botrix_[a-z_]+' deploy/prometheus/alerts.yml docs/operations.md \
+    | sed -E 's/_(bucket|count|sum)$//' | sort -u)
 [ -z "$missing_metrics" ] || fail "metrics used by alerts/docs but not exported:$missing_metrics"
 pass "every botrix_* metric named in alerts.yml and docs/operations.md is exported"
 
