@@ -1,51 +1,36 @@
-"""Claims jobs into free slots, runs them, and hands what happened to the settler.
+"""The consuming loop: settle what finished and claim into the freed slots, in one call.
 
-The loop takes its slots before it claims: it asks the claim script for at most as many jobs
-as it has free slots, in strict priority order of its queues, so it never holds more than
-``--concurrency`` jobs and never hoards work an idle worker beside it could run. When nothing
-is pending it arms the waker and sleeps until a job lands, a slot frees up, or it is told to
-stop.
+Each pass sends one ``exchange`` script call per queue that has something to settle or room
+to claim, in strict priority order: the script first writes the finished attempts back, then
+claims at most as many jobs as the worker has free slots. So the worker never holds more than
+``--concurrency`` leases, never hoards work an idle worker beside it could run, and under load
+needs one round trip per batch. A lower-priority queue claims only in a pass where every
+queue above it came back short. When there is nothing to write and nothing pending, the loop
+arms the waker and sleeps until a job lands, a job finishes, or it is told to stop.
 
-Shutdown: fetching stops at once; in-flight jobs get ``--shutdown-timeout`` (their leases still
-renewed by the heartbeat); what is still running then is cancelled and requeued without
+Shutdown: claiming stops at once; in-flight jobs get ``--shutdown-timeout`` (their leases
+still renewed by the heartbeat); what is still running then is cancelled and requeued without
 counting an attempt. A second signal (``force``) skips the wait.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from typing import TypeVar
-
-import orjson
 
 from botrix.aio import Backoff, sleep_or_stop
+from botrix.attempt import Attempts
 from botrix.config import Settings
-from botrix.context import JobContext
-from botrix.errors import EnvelopeError
-from botrix.executor import backoff_ms, run_attempt
 from botrix.health import InFlight, Phase, WorkerState
 from botrix.logs import Logger
 from botrix.metrics import Metrics
-from botrix.model import (
-    JSON,
-    Claimed,
-    ErrorInfo,
-    Job,
-    Outcome,
-    ProgressSink,
-    Settlement,
-    parse_job,
-)
+from botrix.model import Claimed, Outcome, Settlement
 from botrix.registry import Registry
 from botrix.settler import Settler
-from botrix.store import Store, StoreUnavailable
+from botrix.store import Consumer, Store, StoreUnavailable
 from botrix.waker import Waker
 
 #: After the shutdown timeout, how long cancelled jobs get to be written back as requeued.
 REQUEUE_GRACE_S = 10.0
-
-T = TypeVar("T")
 
 
 class Runner:
@@ -62,23 +47,26 @@ class Runner:
         metrics: Metrics,
     ) -> None:
         self._store = store
-        self._registry = registry
         self._settings = settings
         self._state = state
         self._log = log
         self._force = force
-        self._metrics = metrics
+        self._consumer = Consumer(
+            settings.worker_id,
+            settings.lease_ms,
+            settings.max_payload_bytes,
+            settings.result_ttl,
+            settings.dead_letter_max,
+        )
+        self._attempts = Attempts(store, registry, settings, log, metrics)
+        self._settler = Settler(state, log, metrics)
         self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._settler = Settler(store, settings, state, log, metrics, self._release)
         self._waker = Waker(store, settings.queues, self._wake.set, state.redis, log)
+        self._backoff = Backoff()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop``, then drain; returns once every claimed job is settled."""
-        settled = asyncio.Event()
         waker_stop = asyncio.Event()
-        settler = asyncio.create_task(self._settler.run(settled), name="botrix-settler")
         waker = asyncio.create_task(self._waker.run(waker_stop), name="botrix-waker")
         relay = asyncio.create_task(self._relay(stop), name="botrix-stop-relay")
         try:
@@ -88,8 +76,6 @@ class Runner:
             waker_stop.set()
             relay.cancel()
             await self._drain()
-            settled.set()
-            await settler
             await waker
 
     def lease_lost(self, queue: str, job_ids: list[str]) -> None:
@@ -111,155 +97,89 @@ class Runner:
         await stop.wait()
         self._wake.set()
 
+    def _free(self) -> int:
+        # Finished jobs still hold their slot until the exchange that writes them frees it.
+        return self._settings.concurrency - len(self._state.in_flight) + len(self._settler)
+
     async def _consume(self, stop: asyncio.Event) -> None:
-        backoff = Backoff()
-        while True:
+        while not stop.is_set():
             self._wake.clear()
-            if stop.is_set():
-                return
-            free = self._settings.concurrency - len(self._state.in_flight)
-            if free > 0:
-                try:
-                    claimed = await self._claim(free)
-                except StoreUnavailable as exc:
-                    if self._state.redis.down(str(exc)):
-                        self._log.warning("redis.unavailable", reason=str(exc), during="claim")
-                    await sleep_or_stop(stop, backoff.next())
-                    continue
-                backoff.reset()
-                if self._state.redis.ok():
-                    self._log.info("redis.recovered")
-                if claimed:
-                    for queue, job in claimed:
-                        self._start(queue, job)
-                    continue
+            exhausted = await self._pass(claiming=True, stop=stop)
+            if len(self._settler) or stop.is_set():
+                continue
+            if exhausted is None:  # Redis failed; the pass already backed off
+                continue
+            if self._free() > 0 and not exhausted:
+                continue
+            if self._free() > 0:
                 self._waker.arm()
             # The timeout only guards against a wake-up lost with a dead connection.
             await sleep_or_stop(self._wake, self._store.blocking_timeout + 1)
 
-    async def _claim(self, free: int) -> list[tuple[str, Claimed]]:
-        s = self._settings
-        claimed: list[tuple[str, Claimed]] = []
-        for queue in s.queues:
-            jobs = await self._store.claim(
-                queue,
-                free - len(claimed),
-                s.worker_id,
-                s.lease_ms,
-                s.max_payload_bytes,
-                s.dead_letter_max,
+    async def _pass(self, *, claiming: bool, stop: asyncio.Event | None) -> bool | None:
+        """One round of exchanges, queue by queue in priority order.
+
+        Returns True when the queues ran dry (a claim came back short), False when a claim
+        was filled (there may be more), None when Redis failed.
+        """
+        batches = self._settler.take()
+        exhausted = True
+        for queue in self._settings.queues:
+            items = batches.pop(queue, [])
+            # Only this call's settlements free slots for its claim; jobs finishing meanwhile
+            # keep theirs until a later call writes them.
+            want = (
+                max(0, self._settings.concurrency - len(self._state.in_flight) + len(items))
+                if claiming
+                else 0
             )
-            claimed += [(queue, job) for job in jobs]
-            if len(claimed) == free:
-                break
-        return claimed
+            if not items and want == 0:
+                continue
+            try:
+                refused, claimed = await self._store.exchange(queue, items, want, self._consumer)
+            except StoreUnavailable as exc:
+                batches[queue] = items
+                self._settler.put_back(batches)
+                if self._state.redis.down(str(exc)):
+                    self._log.warning(
+                        "redis.unavailable", reason=str(exc), during="exchange", unsettled=len(self._settler)
+                    )
+                await sleep_or_stop(stop or asyncio.Event(), self._backoff.next())
+                return None
+            self._backoff.reset()
+            if self._state.redis.ok():
+                self._log.info("redis.recovered")
+            for settlement in items:
+                self._forget(settlement.queue, settlement.job_id)
+            self._settler.written(items, refused)
+            for job in claimed:
+                self._start(queue, job)
+            if want and len(claimed) == want:
+                exhausted = False
+                claiming = False  # strict priority: lower queues wait for a pass where this one is dry
+        return exhausted
 
     def _start(self, queue: str, claimed: Claimed) -> None:
         entry = InFlight(claimed.job_id, queue, claimed.delivery)
         self._state.in_flight[(queue, claimed.job_id)] = entry
-        self._idle.clear()
         entry.task = asyncio.create_task(self._run_job(queue, claimed, entry))
 
     async def _run_job(self, queue: str, claimed: Claimed, entry: InFlight) -> None:
         try:
-            settlement = await self._attempt(queue, claimed)
+            settlement = await self._attempts.run(queue, claimed)
         except asyncio.CancelledError:
             if entry.cancel_reason == "lease_lost":
                 self._forget(queue, claimed.job_id)
+                self._wake.set()
                 return
             settlement = Settlement(
                 claimed.job_id, queue, claimed.delivery, Outcome.REQUEUE, attempt=claimed.attempt
             )
         self._settler.submit(settlement)
-
-    async def _attempt(self, queue: str, claimed: Claimed) -> Settlement:
-        s = self._settings
-        try:
-            job = parse_job(claimed, queue)
-        except EnvelopeError as exc:
-            return self._dead(queue, claimed, ErrorInfo("EnvelopeError", str(exc)))
-        handler = self._registry.get(job.type)
-        if handler is None:
-            reason = f"no handler registered for job type {job.type!r}"
-            return self._dead(queue, claimed, ErrorInfo("UnknownJobType", reason), job.type)
-        max_retries = _first(job.max_retries, handler.max_retries, s.max_retries)
-        timeout = _first(job.timeout, handler.timeout, s.job_timeout)
-        log = self._log.bind(
-            queue=queue,
-            job_id=job.id,
-            type=job.type,
-            attempt=job.attempt,
-            correlation_id=job.correlation_id,
-        )
-        wait_ms = max(0, int(time.time() * 1000) - job.enqueued_at_ms)
-        self._metrics.job_started(queue, wait_ms / 1000)
-        log.info("job.started", queue_wait_ms=wait_ms)
-        ctx = JobContext(
-            job.id,
-            job.type,
-            queue,
-            job.attempt,
-            max_retries,
-            job.correlation_id,
-            log,
-            self._progress_sink(job),
-        )
-        started = time.perf_counter()
-        attempt = await run_attempt(handler.func, ctx, job.payload, timeout)
-        duration = time.perf_counter() - started
-        if attempt.error is None:
-            return self._settlement(job, Outcome.COMPLETED, attempt.result or b"null", duration)
-        if attempt.retryable and job.attempt <= max_retries:
-            settlement = self._settlement(job, Outcome.RETRY, attempt.error.to_json(), duration)
-            settlement.delay_ms = backoff_ms(job.attempt, s.retry_backoff, s.retry_backoff_max)
-        else:
-            settlement = self._settlement(job, Outcome.DEAD, attempt.error.to_json(), duration)
-        settlement.error = attempt.error
-        return settlement
-
-    def _progress_sink(self, job: Job) -> ProgressSink:
-        store = self._store
-
-        async def publish(value: JSON) -> None:
-            await store.publish_progress(job.queue, job.id, orjson.dumps(value))
-
-        return publish
-
-    @staticmethod
-    def _settlement(job: Job, outcome: Outcome, data: bytes, duration: float) -> Settlement:
-        return Settlement(
-            job.id,
-            job.queue,
-            job.delivery,
-            outcome,
-            data,
-            duration_s=duration,
-            job_type=job.type,
-            attempt=job.attempt,
-            correlation_id=job.correlation_id,
-        )
-
-    @staticmethod
-    def _dead(queue: str, claimed: Claimed, error: ErrorInfo, job_type: str = "") -> Settlement:
-        return Settlement(
-            claimed.job_id,
-            queue,
-            claimed.delivery,
-            Outcome.DEAD,
-            error.to_json(),
-            job_type=job_type,
-            attempt=claimed.attempt,
-            error=error,
-        )
-
-    def _release(self, settlement: Settlement) -> None:
-        self._forget(settlement.queue, settlement.job_id)
         self._wake.set()
 
     def _forget(self, queue: str, job_id: str) -> None:
         self._state.in_flight.pop((queue, job_id), None)
-        if not self._state.in_flight:
-            self._idle.set()
 
     async def _drain(self) -> None:
         self._state.phase = Phase.DRAINING
@@ -269,27 +189,36 @@ class Runner:
                 in_flight=len(self._state.in_flight),
                 timeout_s=self._settings.shutdown_timeout,
             )
-            await self._wait_idle(self._settings.shutdown_timeout, self._force)
+            await self._settle_until_idle(self._settings.shutdown_timeout, self._force)
         running = [e for e in self._state.in_flight.values() if e.task and not e.task.done()]
         for entry in running:
             entry.cancel_reason = "shutdown"
             assert entry.task is not None
             entry.task.cancel()
-        if self._state.in_flight and not await self._wait_idle(REQUEUE_GRACE_S, None):
+        if self._state.in_flight and not await self._settle_until_idle(REQUEUE_GRACE_S, None):
             self._settler.abandon()
 
-    async def _wait_idle(self, timeout: float, unless: asyncio.Event | None) -> bool:
-        """Wait until every claimed job is settled; False on timeout or once ``unless`` is set."""
-        waits = [asyncio.create_task(self._idle.wait())]
+    async def _settle_until_idle(self, timeout: float, unless: asyncio.Event | None) -> bool:
+        """Keep writing finished jobs back until none is held; False on timeout or ``unless``."""
+        try:
+            async with asyncio.timeout(timeout):
+                while self._state.in_flight and not (unless and unless.is_set()):
+                    self._wake.clear()
+                    if len(self._settler):
+                        await self._pass(claiming=False, stop=unless)
+                        continue
+                    await self._wait_for(self._wake, unless)
+        except TimeoutError:
+            return False
+        return not self._state.in_flight
+
+    @staticmethod
+    async def _wait_for(event: asyncio.Event, unless: asyncio.Event | None) -> None:
+        waits = [asyncio.create_task(event.wait())]
         if unless is not None:
             waits.append(asyncio.create_task(unless.wait()))
         try:
-            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for waiting in waits:
                 waiting.cancel()
-        return self._idle.is_set()
-
-
-def _first(*values: T | None) -> T:
-    return next(v for v in values if v is not None)

@@ -1,111 +1,52 @@
-"""Writes finished attempts back to Redis in batches and frees their slots.
+"""What happens to finished attempts: buffered until the runner writes them, then reported.
 
-Jobs that finish while a write is in flight wait in a buffer and go together in the next one:
-one round trip settles a whole batch under load, and a lone job is written at once when idle.
-A slot is freed only after its job's state is in Redis, so a worker never holds more than
-``--concurrency`` leases. While Redis is down the batch is kept and retried; results of jobs
-that finished meanwhile are written once it is back.
+Jobs that finish while an exchange call is in flight wait here and go together in the next
+call, so under load one round trip settles a whole batch. Once Redis has the batch, each
+attempt is logged, counted and measured here, in one place.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections import defaultdict
-from collections.abc import Callable
 
-from botrix.aio import Backoff
-from botrix.config import Settings
 from botrix.health import WorkerState
 from botrix.logs import Logger
 from botrix.metrics import Metrics
 from botrix.model import Outcome, Settlement
-from botrix.store import Store, StoreUnavailable
 
 
 class Settler:
-    """Buffers settlements and flushes them; ``release`` is called for each one written."""
+    """The buffer of finished attempts and the report of written ones."""
 
-    def __init__(
-        self,
-        store: Store,
-        settings: Settings,
-        state: WorkerState,
-        log: Logger,
-        metrics: Metrics,
-        release: Callable[[Settlement], None],
-    ) -> None:
-        self._store = store
-        self._settings = settings
+    def __init__(self, state: WorkerState, log: Logger, metrics: Metrics) -> None:
         self._state = state
         self._log = log
-        self._release = release
         self._metrics = metrics
         self._buffer: list[Settlement] = []
-        self._ready = asyncio.Event()
-        self._abandon = False
 
     def submit(self, settlement: Settlement) -> None:
         """Queue a finished attempt for the next write."""
         self._buffer.append(settlement)
-        self._ready.set()
 
-    def abandon(self) -> None:
-        """Stop retrying: what is unwritten stays leased in Redis and is recovered later."""
-        self._abandon = True
-        self._ready.set()
+    def __len__(self) -> int:
+        return len(self._buffer)
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Flush until ``stop`` is set and nothing is left to write."""
-        stopper = asyncio.create_task(self._wake_on(stop))
-        backoff = Backoff()
-        try:
-            while not (stop.is_set() and not self._buffer) and not self._abandon:
-                await self._ready.wait()
-                self._ready.clear()
-                while self._buffer and not self._abandon:
-                    batch, self._buffer = self._buffer, []
-                    try:
-                        refused = await self._write(batch)
-                    except StoreUnavailable as exc:
-                        self._buffer = batch + self._buffer
-                        if self._state.redis.down(str(exc)):
-                            self._log.warning(
-                                "redis.unavailable",
-                                reason=str(exc),
-                                during="settle",
-                                unsettled=len(self._buffer),
-                            )
-                        await asyncio.sleep(backoff.next())
-                        continue
-                    backoff.reset()
-                    self._done(batch, refused)
-        finally:
-            stopper.cancel()
-        for settlement in self._buffer:
-            self._log.warning(
-                "job.settle_abandoned",
-                job_id=settlement.job_id,
-                queue=settlement.queue,
-                reason="redis unavailable at shutdown; the lease will expire and "
-                "another worker will recover the job",
-            )
-            self._release(settlement)
-
-    async def _wake_on(self, stop: asyncio.Event) -> None:
-        await stop.wait()
-        self._ready.set()
-
-    async def _write(self, batch: list[Settlement]) -> set[str]:
+    def take(self) -> dict[str, list[Settlement]]:
+        """Everything buffered, by queue; the buffer is emptied."""
         by_queue: dict[str, list[Settlement]] = defaultdict(list)
-        for settlement in batch:
+        for settlement in self._buffer:
             by_queue[settlement.queue].append(settlement)
-        s = self._settings
-        return await self._store.settle(by_queue, s.result_ttl, s.dead_letter_max)
+        self._buffer = []
+        return by_queue
 
-    def _done(self, batch: list[Settlement], refused: set[str]) -> None:
+    def put_back(self, batches: dict[str, list[Settlement]]) -> None:
+        """Return unwritten settlements (Redis failed) to the front of the buffer."""
+        self._buffer = [s for batch in batches.values() for s in batch] + self._buffer
+
+    def written(self, batch: list[Settlement], refused: set[str]) -> None:
+        """Log, count and measure a batch that Redis has accepted (or refused, for lost leases)."""
         counters = self._state.counters
         for s in batch:
-            self._release(s)
             log = self._log.bind(
                 queue=s.queue,
                 job_id=s.job_id,
@@ -143,3 +84,14 @@ class Settler:
             else:
                 counters.dead += 1
                 log.error("job.dead", error=error, reason=message)
+
+    def abandon(self) -> None:
+        """Give up on what is unwritten (Redis gone at shutdown): leases expire, jobs are recovered."""
+        for settlement in self._buffer:
+            self._log.warning(
+                "job.settle_abandoned",
+                job_id=settlement.job_id,
+                queue=settlement.queue,
+                reason="redis unavailable at shutdown; another worker recovers the job after its lease",
+            )
+        self._buffer = []

@@ -7,7 +7,6 @@ method here. Nothing outside this module sees a Redis type: callers get botrix's
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -55,6 +54,17 @@ class Connection:
 
 
 @dataclass(frozen=True, slots=True)
+class Consumer:
+    """Who claims, and on what terms: the per-worker constants of every exchange call."""
+
+    worker_id: str
+    lease_ms: int
+    max_envelope_bytes: int
+    result_ttl: int
+    dead_cap: int
+
+
+@dataclass(frozen=True, slots=True)
 class RecoveredJob:
     """A job taken back from a lost lease: ``queued`` again or ``dead`` (attempts exhausted)."""
 
@@ -90,8 +100,7 @@ class Store:
             name: self._redis.register_script(_load_script(f"{name}.lua"))
             for name in (
                 "enqueue",
-                "claim",
-                "settle",
+                "exchange",
                 "renew",
                 "recover",
                 "promote",
@@ -142,20 +151,34 @@ class Store:
 
     # -- consuming -------------------------------------------------------------------------
 
-    async def claim(
-        self, queue: str, count: int, worker_id: str, lease_ms: int, max_bytes: int, dead_cap: int
-    ) -> list[Claimed]:
-        """Claim up to ``count`` jobs from the head of ``queue``, each under a fresh lease."""
+    async def exchange(
+        self, queue: str, settlements: Sequence[Settlement], want: int, consumer: Consumer
+    ) -> tuple[set[str], list[Claimed]]:
+        """Settle finished attempts, then claim up to ``want`` jobs, in one round trip.
+
+        Returns the ids whose ack was refused (their lease was lost) and the claimed jobs.
+        """
         k = keys.queue_keys(queue)
-        flat = await self._run(
-            "claim",
-            [k.pending, k.active, k.seq, k.events, k.dead],
-            [count, lease_ms, worker_id, k.job_prefix, max_bytes, queue, dead_cap],
+        args: list[Any] = [
+            k.job_prefix,
+            consumer.result_ttl,
+            consumer.dead_cap,
+            queue,
+            want,
+            consumer.lease_ms,
+            consumer.worker_id,
+            consumer.max_envelope_bytes,
+        ]
+        for s in settlements:
+            args += [s.job_id, s.delivery, s.outcome.value, s.data, s.delay_ms]
+        refused, flat = await self._run(
+            "exchange", [k.pending, k.active, k.scheduled, k.dead, k.events, k.seq], args
         )
-        return [
+        claimed = [
             Claimed(flat[i].decode(), flat[i + 1], int(flat[i + 2]), int(flat[i + 3]), int(flat[i + 4]))
             for i in range(0, len(flat), 5)
         ]
+        return {job_id.decode() for job_id in refused}, claimed
 
     async def wait_for_jobs(self, queue: str) -> bool:
         """Block until the queue has an entry (True) or the blocking timeout passes (False).
@@ -168,24 +191,6 @@ class Store:
             self._blocking.blmove(pending, pending, self.blocking_timeout, "LEFT", "LEFT")  # type: ignore[arg-type]
         )
         return reply is not None
-
-    async def settle(
-        self, batches: Mapping[str, Sequence[Settlement]], result_ttl: int, dead_cap: int
-    ) -> set[str]:
-        """Write back finished attempts, one script call per queue, the queues concurrently.
-
-        Returns the ids whose ack was refused because the lease had been lost.
-        """
-        calls = []
-        for queue, items in batches.items():
-            k = keys.queue_keys(queue)
-            args: list[Any] = [k.job_prefix, result_ttl, dead_cap, queue]
-            for s in items:
-                args += [s.job_id, s.delivery, s.outcome.value, s.data, s.delay_ms]
-            calls.append(self._run("settle", [k.active, k.scheduled, k.dead, k.pending, k.events], args))
-        # Separate calls, not a pipeline: a pipeline with scripts costs an extra SCRIPT EXISTS.
-        replies = await asyncio.gather(*calls)
-        return {job_id.decode() for reply in replies for job_id in reply}
 
     async def renew(self, queue: str, held: Sequence[tuple[str, int]], lease_ms: int) -> list[str]:
         """Extend the leases of jobs still held; returns the ids whose lease was lost."""

@@ -10,7 +10,7 @@ import redis.asyncio as aredis
 
 from botrix.client import Client
 from botrix.model import Outcome, Settlement
-from botrix.store import Connection, Store
+from botrix.store import Connection, Consumer, Store
 from tests.conftest import WorkerProcess, running_worker
 from tests.redisproc import RedisServer
 
@@ -19,21 +19,23 @@ async def test_ack_from_a_worker_that_lost_its_lease_is_refused(
     redis_server: RedisServer, client: Client, queue: str
 ) -> None:
     store = Store(Connection(redis_server.url))
+    worker_a = Consumer("worker-a", lease_ms=50, max_envelope_bytes=10_000, result_ttl=60, dead_cap=10)
+    worker_b = Consumer("worker-b", lease_ms=30_000, max_envelope_bytes=10_000, result_ttl=60, dead_cap=10)
     try:
         job_id = await client.enqueue("t.echo", {}, queue=queue)
-        [first] = await store.claim(queue, 1, "worker-a", lease_ms=50, max_bytes=10_000, dead_cap=10)
+        _, [first] = await store.exchange(queue, [], 1, worker_a)
         await asyncio.sleep(0.2)  # let the 50 ms lease run out on the server's clock
         recovered = await store.recover(queue, grace_ms=0, max_retries=3, dead_cap=10)
         assert [(r.job_id, r.status) for r in recovered] == [(job_id, "queued")]
-        [second] = await store.claim(queue, 1, "worker-b", lease_ms=30_000, max_bytes=10_000, dead_cap=10)
+        _, [second] = await store.exchange(queue, [], 1, worker_b)
         assert (second.attempt, second.delivery) == (2, 2)
 
         def done(claimed_delivery: int, result: bytes) -> Settlement:
             return Settlement(job_id, queue, claimed_delivery, Outcome.COMPLETED, result)
 
-        assert await store.settle({queue: [done(first.delivery, b'"stale"')]}, 60, 10) == {job_id}
+        assert await store.exchange(queue, [done(first.delivery, b'"stale"')], 0, worker_a) == ({job_id}, [])
         assert await store.renew(queue, [(job_id, first.delivery)], 30_000) == [job_id]
-        assert await store.settle({queue: [done(second.delivery, b'"fresh"')]}, 60, 10) == set()
+        assert await store.exchange(queue, [done(second.delivery, b'"fresh"')], 0, worker_b) == (set(), [])
     finally:
         await store.aclose()
     info = await client.job(job_id)
@@ -46,7 +48,8 @@ async def test_recovery_dead_letters_when_attempts_are_used_up(
     store = Store(Connection(redis_server.url))
     try:
         job_id = await client.enqueue("t.echo", {}, queue=queue, max_retries=0)
-        await store.claim(queue, 1, "worker-a", lease_ms=50, max_bytes=10_000, dead_cap=10)
+        worker_a = Consumer("worker-a", lease_ms=50, max_envelope_bytes=10_000, result_ttl=60, dead_cap=10)
+        await store.exchange(queue, [], 1, worker_a)
         await asyncio.sleep(0.2)
         recovered = await store.recover(queue, grace_ms=0, max_retries=3, dead_cap=10)
     finally:

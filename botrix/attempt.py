@@ -1,0 +1,119 @@
+"""Turns one claimed job into a settlement: validate, find the handler, run it, decide.
+
+Retry or dead letter is decided here, from the attempt number, the job's (or handler's, or
+worker's) ``max_retries``, and whether the error is retryable. Nothing here talks to Redis
+except through the progress sink the caller provides.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TypeVar
+
+import orjson
+
+from botrix.config import Settings
+from botrix.context import JobContext
+from botrix.errors import EnvelopeError
+from botrix.executor import backoff_ms, run_attempt
+from botrix.logs import Logger
+from botrix.metrics import Metrics
+from botrix.model import JSON, Claimed, ErrorInfo, Job, Outcome, ProgressSink, Settlement, parse_job
+from botrix.registry import Registry
+from botrix.store import Store
+
+T = TypeVar("T")
+
+
+def _first(*values: T | None) -> T:
+    return next(v for v in values if v is not None)
+
+
+class Attempts:
+    """Runs attempts of claimed jobs with the worker's registry and defaults."""
+
+    def __init__(
+        self, store: Store, registry: Registry, settings: Settings, log: Logger, metrics: Metrics
+    ) -> None:
+        self._store = store
+        self._registry = registry
+        self._settings = settings
+        self._log = log
+        self._metrics = metrics
+
+    async def run(self, queue: str, claimed: Claimed) -> Settlement:
+        """Run one attempt to its settlement (cancellation propagates to the caller)."""
+        s = self._settings
+        try:
+            job = parse_job(claimed, queue)
+        except EnvelopeError as exc:
+            return _dead(queue, claimed, ErrorInfo("EnvelopeError", str(exc)))
+        handler = self._registry.get(job.type)
+        if handler is None:
+            reason = f"no handler registered for job type {job.type!r}"
+            return _dead(queue, claimed, ErrorInfo("UnknownJobType", reason), job.type)
+        max_retries = _first(job.max_retries, handler.max_retries, s.max_retries)
+        timeout = _first(job.timeout, handler.timeout, s.job_timeout)
+        log = self._log.bind(
+            queue=queue, job_id=job.id, type=job.type, attempt=job.attempt, correlation_id=job.correlation_id
+        )
+        wait_ms = max(0, int(time.time() * 1000) - job.enqueued_at_ms)
+        self._metrics.job_started(queue, wait_ms / 1000)
+        log.info("job.started", queue_wait_ms=wait_ms)
+        ctx = JobContext(
+            job.id,
+            job.type,
+            queue,
+            job.attempt,
+            max_retries,
+            job.correlation_id,
+            log,
+            self._progress_sink(job),
+        )
+        started = time.perf_counter()
+        attempt = await run_attempt(handler.func, ctx, job.payload, timeout)
+        duration = time.perf_counter() - started
+        if attempt.error is None:
+            return _settlement(job, Outcome.COMPLETED, attempt.result or b"null", duration)
+        if attempt.retryable and job.attempt <= max_retries:
+            settlement = _settlement(job, Outcome.RETRY, attempt.error.to_json(), duration)
+            settlement.delay_ms = backoff_ms(job.attempt, s.retry_backoff, s.retry_backoff_max)
+        else:
+            settlement = _settlement(job, Outcome.DEAD, attempt.error.to_json(), duration)
+        settlement.error = attempt.error
+        return settlement
+
+    def _progress_sink(self, job: Job) -> ProgressSink:
+        store = self._store
+
+        async def publish(value: JSON) -> None:
+            await store.publish_progress(job.queue, job.id, orjson.dumps(value))
+
+        return publish
+
+
+def _settlement(job: Job, outcome: Outcome, data: bytes, duration: float) -> Settlement:
+    return Settlement(
+        job.id,
+        job.queue,
+        job.delivery,
+        outcome,
+        data,
+        duration_s=duration,
+        job_type=job.type,
+        attempt=job.attempt,
+        correlation_id=job.correlation_id,
+    )
+
+
+def _dead(queue: str, claimed: Claimed, error: ErrorInfo, job_type: str = "") -> Settlement:
+    return Settlement(
+        claimed.job_id,
+        queue,
+        claimed.delivery,
+        Outcome.DEAD,
+        error.to_json(),
+        job_type=job_type,
+        attempt=claimed.attempt,
+        error=error,
+    )

@@ -1,0 +1,50 @@
+-- settle_batch: write back finished attempts, each only if the worker still holds its lease.
+-- Pulled into scripts by `--- @include "_settle.lua"` (needs _event.lua first).
+--
+-- The delivery number is a fencing token: it grows on every claim, so an ack from a worker
+-- whose lease expired (and whose job was recovered or claimed again) no longer matches.
+-- `first` is the ARGV index of the first of five entries a job: id, delivery, outcome, data,
+-- delay ms. Outcomes:
+--   completed: data is the result (JSON)
+--   retry:     data is the error (JSON); run again after the delay
+--   dead:      data is the error (JSON)
+--   requeue:   back to the head of the queue, the attempt not counted (shutdown)
+-- Returns the ids whose ack was refused.
+local function settle_batch(k, prefix, ttl, dead_cap, queue, now, first)
+  local refused = {}
+  for i = first, #ARGV, 5 do
+    local id, delivery, outcome, data = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+    local record = prefix .. id
+    local state = redis.call('HMGET', record, 'status', 'delivery', 'attempts')
+    if state[1] ~= 'running' or state[2] ~= delivery then
+      refused[#refused + 1] = id
+    else
+      redis.call('ZREM', k.active, id)
+      local attempt = tonumber(state[3])
+      if outcome == 'completed' then
+        redis.call('HSET', record, 'status', 'completed', 'result', data, 'finished_at', now)
+        redis.call('HDEL', record, 'error', 'run_at')
+        if ttl > 0 then
+          redis.call('EXPIRE', record, ttl)
+        end
+        publish(k.events, 'completed', id, queue, now, {attempt = attempt})
+      elseif outcome == 'retry' then
+        local run_at = now + tonumber(ARGV[i + 4])
+        redis.call('HSET', record, 'status', 'retrying', 'error', data, 'run_at', run_at)
+        redis.call('ZADD', k.scheduled, run_at, id)
+        publish(k.events, 'retrying', id, queue, now, {attempt = attempt, run_at = run_at})
+      elseif outcome == 'dead' then
+        redis.call('HSET', record, 'status', 'dead', 'error', data, 'finished_at', now)
+        redis.call('ZADD', k.dead, now, id)
+        cap_dead(k.dead, prefix, dead_cap)
+        publish(k.events, 'dead', id, queue, now, {attempt = attempt})
+      else
+        redis.call('HINCRBY', record, 'attempts', -1)
+        redis.call('HSET', record, 'status', 'queued')
+        redis.call('LPUSH', k.pending, id)
+        publish(k.events, 'requeued', id, queue, now, {attempt = attempt})
+      end
+    end
+  end
+  return refused
+end

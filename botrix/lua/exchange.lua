@@ -1,0 +1,31 @@
+-- The worker's one round trip: settle what finished, then claim into the freed slots.
+--
+-- Settling first frees the slots the claim then fills, so under load a worker needs one call
+-- per batch instead of two. Either half may be empty: no settlements (a pure claim) or
+-- ARGV[5] = 0 (a pure settle, e.g. while draining).
+--
+-- KEYS[1] pending list   KEYS[2] active zset   KEYS[3] scheduled zset   KEYS[4] dead zset
+-- KEYS[5] events channel KEYS[6] id sequence
+-- ARGV[1] job record key prefix   ARGV[2] finished record TTL s   ARGV[3] dead set cap
+-- ARGV[4] queue name   ARGV[5] how many to claim   ARGV[6] lease ms   ARGV[7] worker id
+-- ARGV[8] max envelope bytes
+-- ARGV[9..] five entries per settled job: id, delivery, outcome, data, delay ms
+-- Returns {refused ids, claimed jobs (five entries a job: id, envelope, attempt, delivery,
+-- enqueued_at)}.
+--- @include "_event.lua"
+--- @include "_settle.lua"
+--- @include "_claim.lua"
+
+local k = {pending = KEYS[1], active = KEYS[2], scheduled = KEYS[3], dead = KEYS[4],
+  events = KEYS[5], seq = KEYS[6]}
+local prefix, queue = ARGV[1], ARGV[4]
+local dead_cap = tonumber(ARGV[3])
+local now = now_ms()
+local refused = settle_batch(k, prefix, tonumber(ARGV[2]), dead_cap, queue, now, 9)
+local claimed = {}
+local want = tonumber(ARGV[5])
+if want > 0 then
+  claimed = claim_batch(k, prefix, queue, now, want, tonumber(ARGV[6]), ARGV[7],
+    tonumber(ARGV[8]), dead_cap)
+end
+return {refused, claimed}
