@@ -3,44 +3,113 @@
 JSON lines when stderr is not a terminal (what log shippers read), a readable console when it
 is. Job lines carry worker_id, queue, job_id, type, attempt and correlation_id, bound once per
 job so no call site repeats them.
+
+Logging is on the hot path (two lines a job), so two things are cheaper than structlog's
+defaults: the timestamp formats the date once a second, and lines written during one
+event-loop iteration go out in a single write at its end instead of one flushed write each. A
+``kill -9`` can therefore lose the lines of the iteration it interrupts, never more.
 """
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import logging
 import sys
-from typing import Any, TextIO
+import threading
+import time
+from typing import Any, BinaryIO
 
 import orjson
 import structlog
+from structlog.typing import EventDict, WrappedLogger
 
 Logger = Any
 """A structlog bound logger (structlog's own type is not precise enough to be useful)."""
 
 
-def _dumps(obj: Any, default: Any = None) -> str:
-    return orjson.dumps(obj, default=default or str).decode()
+class LineWriter:
+    """A structlog logger that batches lines per event-loop iteration into one write."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self._lines: list[bytes] = []
+        self._lock = threading.Lock()
+        self._scheduled = False
+        atexit.register(self.flush)
+
+    def msg(self, message: bytes | str) -> None:
+        """Queue one line; it is written when the current loop iteration ends."""
+        line = message.encode() if isinstance(message, str) else message
+        with self._lock:
+            self._lines.append(line)
+            if self._scheduled:
+                return
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+            if loop is not None:
+                loop.call_soon(self.flush)
+                self._scheduled = True
+                return
+        self.flush()  # no loop in this thread: write at once
+
+    log = debug = info = warn = warning = error = critical = exception = fatal = msg
+
+    def flush(self) -> None:
+        """Write every queued line."""
+        with self._lock:
+            lines, self._lines, self._scheduled = self._lines, [], False
+        if lines:
+            try:
+                self._stream.write(b"\n".join(lines) + b"\n")
+                self._stream.flush()
+            except (OSError, ValueError):
+                pass  # a closed or broken stream must not take the worker down
 
 
-def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
+class _Timestamp:
+    """ISO-8601 UTC timestamps with microseconds; the date part is formatted once a second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, logger: WrappedLogger, name: str, event: EventDict) -> EventDict:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        event["timestamp"] = f"{self._prefix}.{int((now - second) * 1_000_000):06d}Z"
+        return event
+
+
+def _dumps(obj: Any, default: Any = None) -> bytes:
+    return orjson.dumps(obj, default=default or str)
+
+
+def configure(level: str = "info", fmt: str = "auto", stream: BinaryIO | None = None) -> None:
     """Set up structlog for the process: level filter, timestamps, renderer."""
-    out = stream or sys.stderr
+    out = stream or sys.stderr.buffer
     use_console = fmt == "console" or (fmt == "auto" and out.isatty())
     renderer: Any = (
         structlog.dev.ConsoleRenderer(colors=out.isatty())
         if use_console
         else structlog.processors.JSONRenderer(serializer=_dumps)
     )
+    writer = LineWriter(out)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _Timestamp(),
             structlog.processors.format_exc_info,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        logger_factory=lambda *args: writer,
         cache_logger_on_first_use=True,
     )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -75,6 +76,9 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self._known_types = frozenset(handler_types)
         self.depth_cache: dict[str, dict[str, int]] = {}
+        # Label lookups cost more than the increments: children are looked up once and kept.
+        self._waits: dict[str, Any] = {}
+        self._finished: dict[tuple[str, str, str], tuple[Any, Any, Any]] = {}
         r = self.registry
         self.jobs = Counter(
             "botrix_jobs", "Finished attempts by outcome.", ["queue", "type", "outcome"], registry=r
@@ -118,18 +122,29 @@ class Metrics:
 
     def job_started(self, queue: str, wait_s: float) -> None:
         """An attempt started ``wait_s`` after its job was enqueued (or fell due)."""
-        self.queue_wait.labels(queue).observe(max(0.0, wait_s))
+        child = self._waits.get(queue)
+        if child is None:
+            child = self._waits[queue] = self.queue_wait.labels(queue)
+        child.observe(max(0.0, wait_s))
 
     def job_finished(self, queue: str, job_type: str, outcome: str, duration_s: float | None) -> None:
         """An attempt's outcome was written: completed, retry, dead or requeue."""
-        label = self.job_type(job_type)
-        self.jobs.labels(queue, label, outcome).inc()
+        key = (queue, job_type, outcome)
+        children = self._finished.get(key)
+        if children is None:
+            label = self.job_type(job_type)
+            extra = {"retry": self.retries, "dead": self.dead}.get(outcome)
+            children = self._finished[key] = (
+                self.jobs.labels(queue, label, outcome),
+                self.duration.labels(queue, label),
+                extra.labels(queue, label) if extra is not None else None,
+            )
+        count, duration, extra_count = children
+        count.inc()
         if duration_s is not None:
-            self.duration.labels(queue, label).observe(duration_s)
-        if outcome == "retry":
-            self.retries.labels(queue, label).inc()
-        elif outcome == "dead":
-            self.dead.labels(queue, label).inc()
+            duration.observe(duration_s)
+        if extra_count is not None:
+            extra_count.inc()
 
     def ack_refused(self, queue: str) -> None:
         """A late result was refused by the fencing token."""
