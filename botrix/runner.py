@@ -104,12 +104,12 @@ class Runner:
     async def _consume(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             self._wake.clear()
-            exhausted = await self._pass(claiming=True, stop=stop)
+            dry = await self._pass(claiming=True, stop=stop)
             if len(self._settler) or stop.is_set():
                 continue
-            if exhausted is None:  # Redis failed; the pass already backed off
+            if dry is None:  # Redis failed; the pass already backed off
                 continue
-            if self._free() > 0 and not exhausted:
+            if self._free() > 0 and not dry:
                 continue
             if self._free() > 0:
                 self._waker.arm()
@@ -119,11 +119,11 @@ class Runner:
     async def _pass(self, *, claiming: bool, stop: asyncio.Event | None) -> bool | None:
         """One round of exchanges, queue by queue in priority order.
 
-        Returns True when the queues ran dry (a claim came back short), False when a claim
-        was filled (there may be more), None when Redis failed.
+        Returns True when the queues ran dry (the last claim came back short), False when a
+        claim was filled or none was made (look again), None when Redis failed.
         """
         batches = self._settler.take()
-        exhausted = True
+        dry = False
         for queue in self._settings.queues:
             items = batches.pop(queue, [])
             # Only this call's settlements free slots for its claim; jobs finishing meanwhile
@@ -133,6 +133,8 @@ class Runner:
                 if claiming
                 else 0
             )
+            if want == 0:
+                claiming = False  # this queue was not looked at, so the ones below it wait too
             if not items and want == 0:
                 continue
             try:
@@ -154,10 +156,11 @@ class Runner:
             self._settler.written(items, refused)
             for job in claimed:
                 self._start(queue, job)
-            if want and len(claimed) == want:
-                exhausted = False
-                claiming = False  # strict priority: lower queues wait for a pass where this one is dry
-        return exhausted
+            if want:
+                dry = len(claimed) < want
+                # Strict priority: lower queues claim only in a pass where this one ran dry.
+                claiming = dry
+        return dry
 
     def _start(self, queue: str, claimed: Claimed) -> None:
         entry = InFlight(claimed.job_id, queue, claimed.delivery)
