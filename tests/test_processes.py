@@ -48,8 +48,6 @@ async def test_several_workers_never_run_a_job_twice(
     await stop_all(*workers)
     counts = await run_counts(redis_server.url, f"runs:{queue}")
     assert counts == dict.fromkeys(ids, 1)
-    served_by = {(await client.job(i)).worker for i in ids}
-    assert len(served_by) >= 2
 
 
 @pytest.mark.slow
@@ -71,6 +69,7 @@ async def test_kill_9_mid_job_is_recovered_by_another_worker(
     doomed = spawn(redis_server.url, queue)
     [job_id] = await enqueue_counted(client, redis_server.url, queue, 1, sleep=1.5)
     await doomed.wait_for("job.started")
+    await eventually(lambda: run_counts(redis_server.url, f"runs:{queue}"), what="the first run counted")
     os.kill(doomed.pid, signal.SIGKILL)
     await doomed.wait()
     assert (await client.job(job_id)).status is JobStatus.RUNNING

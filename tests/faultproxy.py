@@ -1,0 +1,220 @@
+"""A fault-injecting TCP proxy for the tests: sits between a worker and Redis on loopback.
+
+It runs on the test's own event loop, so a test must not block that loop while traffic is
+meant to flow (nothing in the tests does: they await everything). Faults, all reversible:
+
+- ``set_delay(s)``: every chunk waits ``s`` seconds before it is forwarded (both directions).
+- ``stall()``: no byte moves in either direction, the sockets stay open: a hung network.
+  Bytes that were sent before or during the stall are delivered after ``resume()``, as TCP
+  would deliver them if the network came back (so a command whose sender gave up may still
+  run on the server).
+- ``cut()``: every live connection is reset (``SO_LINGER 0``, so the peers see RST).
+- ``refuse()``: the listening socket is closed, so new connections get ECONNREFUSED; live
+  ones are left alone (combine with ``cut()`` for an outage).
+- ``resume()``: back to pass-through: listening, flowing, no delay.
+
+The port is chosen below the kernel's ephemeral range, so while the proxy is refusing no
+outgoing connection can be handed that port, and re-listening on it cannot fail that way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import socket
+import struct
+from dataclasses import dataclass, field
+
+CHUNK = 65536
+
+
+def _port_below_ephemeral_range() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for _ in range(200):
+        port = random.randint(max(1025, low - 12000), low - 1)
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port for the fault proxy")
+
+
+def _reset(writer: asyncio.StreamWriter | None) -> None:
+    """Close at once with an RST instead of a FIN, dropping anything unsent."""
+    if writer is None or writer.transport.is_closing():
+        return
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError, ValueError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+@dataclass(eq=False)
+class _Link:
+    """One proxied connection: the accepted client side and the connection to upstream."""
+
+    client: asyncio.StreamWriter
+    task: asyncio.Task[None]
+    upstream: asyncio.StreamWriter | None = None
+    pumps: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+class FaultProxy:
+    """Forwards 127.0.0.1:``port`` to the upstream address, with faults switched on demand."""
+
+    def __init__(self, upstream_port: int, upstream_host: str = "127.0.0.1") -> None:
+        self.upstream = (upstream_host, upstream_port)
+        self.port = _port_below_ephemeral_range()
+        self._server: asyncio.Server | None = None
+        self._links: set[_Link] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+        self._delay = 0.0
+        #: Connections accepted so far (a reconnecting client makes this grow).
+        self.accepted = 0
+        #: Connections reset by ``cut()`` so far.
+        self.resets = 0
+        #: Bytes forwarded so far, both directions.
+        self.forwarded = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> FaultProxy:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Listen (again) on the proxy's port."""
+        if self._server is None:
+            self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port, reuse_address=True)
+
+    async def aclose(self) -> None:
+        """Stop listening and reset every live connection; returns when all are gone."""
+        self._stop_listening()
+        self._flowing.set()
+        await self.cut()
+
+    def url(self, db: int = 0) -> str:
+        """A ``redis://`` URL that goes through the proxy."""
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    @property
+    def live(self) -> int:
+        """How many connections are open through the proxy now."""
+        return len(self._links)
+
+    def upstream_addresses(self) -> set[str]:
+        """``host:port`` of each live connection's upstream side, as ``CLIENT LIST`` names it."""
+        out = set()
+        for link in self._links:
+            if link.upstream is not None:
+                host, port = link.upstream.get_extra_info("sockname")[:2]
+                out.add(f"{host}:{port}")
+        return out
+
+    # -- faults ----------------------------------------------------------------------------
+
+    def set_delay(self, seconds: float) -> None:
+        """Hold every chunk for ``seconds`` before forwarding it (0: no delay)."""
+        self._delay = seconds
+
+    def stall(self) -> None:
+        """Stop moving bytes in both directions; connections stay open."""
+        self._flowing.clear()
+
+    async def cut(self) -> int:
+        """Reset every live connection; returns how many were reset."""
+        links = list(self._links)
+        for link in links:
+            link.task.cancel()
+            for pump in link.pumps:
+                pump.cancel()
+            _reset(link.client)
+            _reset(link.upstream)
+        if links:
+            await asyncio.wait([link.task for link in links])
+        self.resets += len(links)
+        return len(links)
+
+    def refuse(self) -> None:
+        """Refuse new connections (ECONNREFUSED) until ``resume()``; live ones are untouched."""
+        self._stop_listening()
+
+    async def resume(self) -> None:
+        """Back to pass-through: accept connections, move bytes, no delay."""
+        self._delay = 0.0
+        self._flowing.set()
+        await self.start()
+
+    # -- forwarding ------------------------------------------------------------------------
+
+    def _stop_listening(self) -> None:
+        if self._server is not None:
+            # close() closes the listening sockets at once; the accepted ones are ours to end.
+            self._server.close()
+            self._server = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # asyncio's server task must not end cancelled (Python 3.11 then logs an error), so
+        # the connection lives in a task of our own that ``cut()`` may cancel.
+        relay = asyncio.create_task(self._relay(reader, writer))
+        await asyncio.wait([relay])
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        link = _Link(writer, task)
+        self._links.add(link)
+        self.accepted += 1
+        try:
+            try:
+                up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+            except OSError:
+                return
+            link.upstream = up_writer
+            link.pumps = [
+                asyncio.create_task(self._pump(reader, up_writer)),
+                asyncio.create_task(self._pump(up_reader, writer)),
+            ]
+            # Ends when both directions reached EOF, or at once when either side broke.
+            await asyncio.wait(link.pumps, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            self._links.discard(link)
+            for pump in link.pumps:
+                pump.cancel()
+            if link.pumps:
+                await asyncio.wait(link.pumps)
+            for pump in link.pumps:
+                if not pump.cancelled():
+                    pump.exception()  # retrieved: a peer's reset is the expected way to end
+            _reset(writer)
+            _reset(link.upstream)
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Copy one direction, chunk by chunk, obeying stall and delay; half-close at EOF."""
+        while True:
+            await self._flowing.wait()
+            data = await reader.read(CHUNK)
+            if not data:
+                break
+            if self._delay > 0:
+                await asyncio.sleep(self._delay)
+            await self._flowing.wait()
+            writer.write(data)
+            await writer.drain()
+            self.forwarded += len(data)
+        await self._flowing.wait()
+        if writer.can_write_eof() and not writer.is_closing():
+            writer.write_eof()

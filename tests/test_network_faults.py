@@ -1,0 +1,282 @@
+"""Network faults between a worker and Redis (marker: chaos, run by `make test`).
+
+A real worker process reaches Redis through :class:`tests.faultproxy.FaultProxy` (its
+``--redis-url`` is the proxy's port); the test's own client and the counting handler talk to
+Redis directly, so what the faults do to the worker is measured, not disturbed. Every handler
+run is counted in Redis by job id (``t.count``). Each scenario asserts: no crash, no stuck job,
+no silent stop of consumption (bullmq #648, dramatiq #207), nothing lost, duplicates only where
+a fault could cause them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import aiohttp
+import orjson
+import pytest
+import redis.asyncio as aredis
+
+from botrix import keys
+from botrix.client import Client
+from botrix.model import JobInfo, JobStatus
+from tests.conftest import WorkerProcess, eventually
+from tests.faultproxy import FaultProxy
+from tests.redisproc import RedisServer
+from tests.test_processes import enqueue_counted, run_counts
+
+pytestmark = pytest.mark.chaos
+Spawn = Callable[..., WorkerProcess]
+#: A probe that does not answer within this is as good as a hung one (Kubernetes uses 1 s).
+PROBE_TIMEOUT_S = 2.0
+
+
+@pytest.fixture
+async def proxy(redis_server: RedisServer) -> AsyncIterator[FaultProxy]:
+    async with FaultProxy(redis_server.port) as p:
+        yield p
+
+
+async def settled(client: Client, queue: str) -> bool:
+    d = await client.depth(queue)
+    return d["pending"] == d["active"] == d["scheduled"] == 0
+
+
+async def assert_every_job_completed(client: Client, queue: str, ids: list[str], timeout: float = 60) -> None:
+    """Wait (a guard, not a timing check) until every job is completed; say which are not."""
+
+    async def unfinished() -> list[JobInfo]:
+        infos = [await client.job(i, queue) for i in ids]
+        return [info for info in infos if info.status is not JobStatus.COMPLETED]
+
+    async def all_done() -> bool:
+        return not await unfinished() and await settled(client, queue)
+
+    try:
+        await eventually(all_done, timeout=timeout, what="every job completed")
+    except AssertionError:
+        stuck = await unfinished()
+        detail = [(i.id, i.status.value, i.attempts, i.worker) for i in stuck[:10]]
+        raise AssertionError(f"{len(stuck)} unfinished, depth {await client.depth(queue)}: {detail}") from None
+    assert await client.depth(queue) == {"pending": 0, "active": 0, "scheduled": 0, "dead": 0}
+
+
+def assert_no_crash(worker: WorkerProcess) -> None:
+    """Still running, and nothing in its log but structured lines below error level."""
+    assert worker.proc.poll() is None, f"worker exited with {worker.proc.returncode}"
+    bad = [e for e in worker.events() if e.get("event") == "<non-json>" or e.get("level") in ("error", "critical")]
+    assert bad == [], bad[:5]
+
+
+async def stop(worker: WorkerProcess) -> None:
+    worker.signal(signal.SIGTERM)
+    assert await worker.wait() == 0
+
+
+async def probe(port: int, path: str) -> int:
+    """One probe request with a short client timeout: a slow answer fails the test."""
+    timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)
+    async with aiohttp.ClientSession(timeout=timeout) as s, s.get(f"http://127.0.0.1:{port}{path}") as r:
+        return r.status
+
+
+def http_port(worker: WorkerProcess) -> int:
+    return int(next(e["port"] for e in worker.events() if e.get("event") == "http.listening"))
+
+
+async def test_cutting_live_connections_while_jobs_flow_loses_nothing(
+    redis_server: RedisServer, proxy: FaultProxy, client: Client, queue: str, spawn: Spawn
+) -> None:
+    """Connections reset again and again (some cuts followed by a spell of refused connects)
+    while 300 jobs run: every job completes, duplicates stay within the jobs that were in
+    flight at the cuts, nothing is left leased, and the worker still consumes afterwards."""
+    concurrency = 4
+    rng = random.Random(2024)
+    url = redis_server.url
+    # A short lease: a claim whose reply a cut swallowed is recovered within seconds.
+    worker = spawn(proxy.url(), queue, "--concurrency", str(concurrency), "--lease-seconds", "4")
+    # 300 x 50 ms over 4 slots cannot finish in under 3.75 s: the cuts land while jobs flow.
+    ids = await enqueue_counted(client, url, queue, 300, sleep=0.05)
+    await worker.wait_for("job.succeeded", count=5)
+    cuts = under_load = refusals = 0
+    while cuts < 12:
+        await asyncio.sleep(rng.uniform(0.1, 0.4))
+        depth = await client.depth(queue)
+        under_load += depth["pending"] + depth["active"] > 0
+        if cuts % 4 == 3:
+            proxy.refuse()
+            await proxy.cut()
+            await asyncio.sleep(rng.uniform(0.3, 1.0))
+            await proxy.resume()
+            refusals += 1
+        else:
+            await proxy.cut()
+        cuts += 1
+    accepted_at_last_cut = proxy.accepted
+
+    await assert_every_job_completed(client, queue, ids)
+    counts = await run_counts(url, f"runs:{queue}")
+    lost = [i for i in ids if counts.get(i, 0) == 0]
+    duplicates = sum(counts.values()) - len(counts)
+    print(
+        f"cuts: jobs={len(ids)} cuts={cuts} (under load {under_load}, with refusal {refusals}) "
+        f"resets={proxy.resets} reconnects={proxy.accepted} lost={len(lost)} duplicates={duplicates}"
+    )
+    assert lost == []
+    assert duplicates <= cuts * concurrency
+    assert under_load >= 3, "the cuts should land while jobs are still flowing"
+    assert "redis.unavailable" in worker.names()  # the refusals were noticed ...
+
+    # ... and consumption goes on after the last cut, over fresh connections.
+    [final] = await enqueue_counted(client, url, queue, 1)
+    assert (await client.wait(final, timeout=30)).status is JobStatus.COMPLETED
+    assert proxy.accepted > accepted_at_last_cut
+    assert_no_crash(worker)
+    await stop(worker)
+
+
+async def test_stalled_network_hangs_neither_the_worker_nor_its_probes(
+    redis_server: RedisServer, proxy: FaultProxy, client: Client, queue: str, spawn: Spawn
+) -> None:
+    """No byte moves for longer than the client's socket timeout (5 s) while jobs run: the
+    probes answer at once throughout (/live 200, /ready 503), the worker logs the outage and
+    its end, and every job, including those queued during the stall, completes afterwards."""
+    url = redis_server.url
+    concurrency = 4
+    worker = spawn(
+        proxy.url(),
+        queue,
+        "--concurrency",
+        str(concurrency),
+        # Longer than the stall, so leases of the jobs running through it survive; a claim
+        # whose request the stall delivered late (reply lost) comes back within the test.
+        "--lease-seconds",
+        "15",
+        "--http-port",
+        "0",
+        "--http-host",
+        "127.0.0.1",
+    )
+    await worker.wait_for("http.listening")
+    port = http_port(worker)
+    await eventually(lambda: _status_is(port, "/ready", 200), what="ready")
+
+    before = await enqueue_counted(client, url, queue, 20)
+    for job_id in before:
+        assert (await client.wait(job_id, timeout=30)).status is JobStatus.COMPLETED
+    running = await enqueue_counted(client, url, queue, concurrency, sleep=1.0)
+    await worker.wait_for("job.started", count=len(before) + len(running))
+
+    proxy.stall()
+    during = await enqueue_counted(client, url, queue, 10)
+    live_checks = 0
+
+    async def unready_while_live() -> bool:
+        nonlocal live_checks
+        assert await probe(port, "/live") == 200
+        live_checks += 1
+        return await probe(port, "/ready") == 503 and "redis.unavailable" in worker.names()
+
+    await eventually(unready_while_live, timeout=30, what="/ready 503 and redis.unavailable")
+    for _ in range(5):  # the stall goes on a little longer: the probes keep answering
+        assert await probe(port, "/live") == 200
+        assert await probe(port, "/ready") == 503
+        await asyncio.sleep(0.2)
+    assert worker.proc.poll() is None
+
+    await proxy.resume()
+    await worker.wait_for("redis.recovered")
+    await eventually(lambda: _status_is(port, "/ready", 200), timeout=30, what="ready again")
+
+    ids = before + running + during
+    await assert_every_job_completed(client, queue, ids)
+    [after] = await enqueue_counted(client, url, queue, 1)
+    assert (await client.wait(after, timeout=30)).status is JobStatus.COMPLETED
+    counts = await run_counts(url, f"runs:{queue}")
+    assert [i for i in ids + [after] if counts.get(i, 0) == 0] == []
+    assert sum(counts.values()) - len(counts) <= concurrency
+    print(f"stall: live checks during the stall={live_checks + 5}, runs={sum(counts.values())}")
+    assert await probe(port, "/live") == 200
+    assert_no_crash(worker)
+    await stop(worker)
+
+
+async def _status_is(port: int, path: str, status: int) -> bool:
+    try:
+        return await probe(port, path) == status
+    except (aiohttp.ClientError, TimeoutError):
+        return False
+
+
+async def test_slow_network_still_runs_every_job_once(
+    redis_server: RedisServer, proxy: FaultProxy, client: Client, queue: str, spawn: Spawn
+) -> None:
+    """Every chunk held 50 ms each way: slower, but every job runs exactly once."""
+    proxy.set_delay(0.05)
+    worker = spawn(proxy.url(), queue, "--concurrency", "8", "--lease-seconds", "10")
+    ids = await enqueue_counted(client, redis_server.url, queue, 100)
+    await assert_every_job_completed(client, queue, ids)
+    assert await run_counts(redis_server.url, f"runs:{queue}") == dict.fromkeys(ids, 1)
+    assert_no_crash(worker)
+    await stop(worker)
+
+
+async def blocked_through(r: aredis.Redis, proxy: FaultProxy) -> bool:
+    """True when one of the proxy's connections is blocked in the waker's BLMOVE."""
+    ours = proxy.upstream_addresses()
+    return any(
+        c["addr"] in ours and c["cmd"] == "blmove" and "b" in c["flags"] for c in await r.client_list()
+    )
+
+
+async def push_raw(r: aredis.Redis, queue: str, job_id: str, url: str) -> None:
+    """What a foreign producer does: one RPUSH of a JSON envelope."""
+    body = {"count_url": url, "count_key": f"runs:{queue}"}
+    envelope = {"type": "t.count", "id": job_id, "payload": body}
+    await r.rpush(keys.queue_keys(queue).pending, orjson.dumps(envelope))
+
+
+@pytest.mark.parametrize("fault", ["cut", "cut_and_refuse", "stall_then_cut"])
+async def test_idle_worker_consumes_again_after_its_connections_are_cut(
+    redis_server: RedisServer, proxy: FaultProxy, client: Client, queue: str, spawn: Spawn, fault: str
+) -> None:
+    """The worker is idle, blocked waiting for jobs, when its connections die: it blocks again
+    by itself, and jobs pushed afterwards (with one plain RPUSH) are picked up."""
+    url = redis_server.url
+    worker = spawn(proxy.url(), queue, "--lease-seconds", "10")
+    async with aredis.Redis.from_url(url) as r:
+        [warm] = await enqueue_counted(client, url, queue, 1)
+        assert (await client.wait(warm, timeout=30)).status is JobStatus.COMPLETED
+        pushed = [warm]
+        for _ in range(3):
+            await eventually(lambda: blocked_through(r, proxy), timeout=30, what="worker blocked on its queue")
+            if fault == "cut":
+                await proxy.cut()
+            elif fault == "cut_and_refuse":
+                outages, recoveries = (worker.names().count(e) for e in ("redis.unavailable", "redis.recovered"))
+                proxy.refuse()
+                await proxy.cut()
+                # Reconnects fail for a while: the outage is noticed, not silently swallowed.
+                await worker.wait_for("redis.unavailable", count=outages + 1)
+                await proxy.resume()
+                await worker.wait_for("redis.recovered", count=recoveries + 1)
+            else:
+                proxy.stall()
+                await asyncio.sleep(1.0)
+                await proxy.cut()
+                await proxy.resume()
+            # The waker's blocking call comes back on a fresh connection, then a push wakes it.
+            await eventually(lambda: blocked_through(r, proxy), timeout=30, what="blocked again after the fault")
+            job_id = f"raw-{uuid.uuid4().hex}"
+            await push_raw(r, queue, job_id, url)
+            info = await client.wait(job_id, timeout=30, queue=queue)
+            assert info.status is JobStatus.COMPLETED
+            pushed.append(job_id)
+    assert await run_counts(url, f"runs:{queue}") == dict.fromkeys(pushed, 1)
+    assert await client.depth(queue) == {"pending": 0, "active": 0, "scheduled": 0, "dead": 0}
+    assert_no_crash(worker)
+    await stop(worker)
