@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-fast lint deps redis-server venv clean
+.PHONY: run test test-fast lint deps redis-server venv clean soak
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,3 +49,7 @@ clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
 
 -include mk/*.mk
+
+## soak: 100,000 jobs through one worker; RSS and Redis memory must stay flat (docs/reliability.md)
+soak: venv redis-server
+	PYTHONPATH=. $(BIN)/python scripts/soak.py
