@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from collections.abc import Callable
 
 import orjson
@@ -70,11 +71,15 @@ async def test_kill_9_mid_job_is_recovered_by_another_worker(
     [job_id] = await enqueue_counted(client, redis_server.url, queue, 1, sleep=1.5)
     await doomed.wait_for("job.started")
     await eventually(lambda: run_counts(redis_server.url, f"runs:{queue}"), what="the first run counted")
+    killed_at_ms = time.time() * 1000
     os.kill(doomed.pid, signal.SIGKILL)
     await doomed.wait()
     assert (await client.job(job_id)).status is JobStatus.RUNNING
     rescuer = spawn(redis_server.url, queue)
     info = await client.wait(job_id, timeout=60)
+    assert info.started_at_ms is not None
+    recovery_s = (info.started_at_ms - killed_at_ms) / 1000
+    print(f"kill -9 recovery: restarted {recovery_s:.2f} s after the kill (lease 2 s)")
     assert info.status is JobStatus.COMPLETED
     assert info.attempts == 2
     await rescuer.wait_for("job.recovered")
