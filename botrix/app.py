@@ -86,7 +86,9 @@ class Worker:
         store = Store(Connection(s.redis_url), blocking_timeout=min(5.0, s.lease_seconds))
         runner = Runner(store, self.registry, s, self.state, self.log, self.force_event, self.metrics)
         heartbeat = Heartbeat(store, s, self.state, self.log, runner.lease_lost)
-        recoverer = Recoverer(store, s, self.state, self.log, self.metrics)
+        recoverer = Recoverer(
+            store, s, self.state, self.log, self.metrics, self.registry.max_retries_by_type()
+        )
         drained, http_stop = asyncio.Event(), asyncio.Event()
         try:
             async with asyncio.TaskGroup() as group:

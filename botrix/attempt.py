@@ -87,7 +87,7 @@ class Attempts:
         store = self._store
 
         async def publish(value: JSON) -> None:
-            await store.publish_progress(job.queue, job.id, orjson.dumps(value))
+            await store.publish_progress(job.queue, job.id, job.delivery, orjson.dumps(value))
 
         return publish
 

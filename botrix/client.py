@@ -19,7 +19,11 @@ DEFAULT_MAX_PAYLOAD_BYTES = 1_048_576
 
 
 def _int(raw: bytes | None) -> int | None:
-    return None if raw is None else int(float(raw))
+    # Records may hold what a foreign producer wrote; a bad number must not break listings.
+    try:
+        return None if raw is None else int(float(raw))
+    except (ValueError, OverflowError):
+        return None
 
 
 def _json(raw: bytes | None) -> Any:

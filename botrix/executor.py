@@ -57,13 +57,20 @@ async def run_attempt(handler: HandlerFunc, ctx: JobContext, payload: object, ti
     timer = asyncio.get_running_loop().call_later(timeout, expire)
     try:
         value = await handler(ctx, payload)
-    except asyncio.CancelledError:
+    except asyncio.CancelledError as exc:
         if expired and task.uncancel() == 0:
             return Attempt(error=ErrorInfo("JobTimeout", f"attempt exceeded its {timeout:g}s timeout"))
+        if task.cancelling() == 0:
+            # Nobody cancelled this task: the handler raised CancelledError itself (awaiting
+            # something that was cancelled). That is a failed attempt, not a shutdown, or the
+            # job would be given its attempt back and redelivered forever.
+            return Attempt(error=error_info(exc))
         raise
     except NonRetryableError as exc:
         return Attempt(error=error_info(exc), retryable=False)
     except Exception as exc:
+        return Attempt(error=error_info(exc))
+    except BaseException as exc:  # SystemExit and friends from a handler: a failed attempt, not a crash
         return Attempt(error=error_info(exc))
     finally:
         timer.cancel()

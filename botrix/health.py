@@ -80,7 +80,7 @@ class WorkerState:
     queues: tuple[str, ...]
     concurrency: int
     phase: Phase = Phase.STARTING
-    in_flight: dict[tuple[str, str], InFlight] = field(default_factory=dict)
+    in_flight: dict[tuple[str, str, int], InFlight] = field(default_factory=dict)
     counters: Counters = field(default_factory=Counters)
     redis: RedisLink = field(default_factory=RedisLink)
     started_monotonic: float = field(default_factory=time.monotonic)

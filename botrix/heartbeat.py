@@ -31,7 +31,7 @@ class Heartbeat:
         settings: Settings,
         state: WorkerState,
         log: Logger,
-        on_lost: Callable[[str, list[str]], None],
+        on_lost: Callable[[str, list[tuple[str, int]]], None],
     ) -> None:
         self._store = store
         self._settings = settings

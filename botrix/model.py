@@ -7,6 +7,7 @@ onto a queue. Only ``type`` is required; botrix fills in the rest.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -20,6 +21,9 @@ from botrix.errors import EnvelopeError
 MAX_ID_LENGTH = 200
 #: Longest handler name.
 MAX_TYPE_LENGTH = 200
+#: What a job id may be made of: ids become Redis key names and log fields, so a safe ASCII set.
+JOB_ID = re.compile(r"[A-Za-z0-9_.:@/+=#-]{1,200}")
+JOB_ID_RULE = "1-200 of A-Z a-z 0-9 _ . : @ / + = # -"
 
 JSON = Any
 """Any value that ``orjson`` can serialise."""
@@ -109,7 +113,7 @@ def parse_job(claimed: Claimed, queue: str) -> Job:
         raise EnvelopeError("field 'type' is required: the handler's name, a non-empty string")
     given_id = envelope.get("id")
     if given_id is not None and given_id != claimed.job_id:
-        raise EnvelopeError(f"field 'id' must be a non-empty string of at most {MAX_ID_LENGTH} characters")
+        raise EnvelopeError(f"field 'id' must be a string of {JOB_ID_RULE}")
     correlation_id = _optional_str(envelope, "correlation_id", MAX_ID_LENGTH)
     return Job(
         id=claimed.job_id,
@@ -126,9 +130,9 @@ def parse_job(claimed: Claimed, queue: str) -> Job:
 
 
 def validate_job_id(job_id: str) -> None:
-    """Refuse ids that could not round-trip through a queue (they would read as envelopes)."""
-    if not job_id or len(job_id) > MAX_ID_LENGTH or job_id.startswith("{"):
-        raise ValueError(f"job id must be 1-{MAX_ID_LENGTH} characters and not start with '{{'")
+    """Refuse ids that the claim script would not take as given (see :data:`JOB_ID`)."""
+    if not JOB_ID.fullmatch(job_id):
+        raise ValueError(f"job id must be {JOB_ID_RULE}, got {job_id!r:.60}")
 
 
 def build_envelope(

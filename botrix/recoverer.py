@@ -27,13 +27,20 @@ class Recoverer:
     """Expired leases back to the queue (or the dead letters), due jobs onto the queue."""
 
     def __init__(
-        self, store: Store, settings: Settings, state: WorkerState, log: Logger, metrics: Metrics
+        self,
+        store: Store,
+        settings: Settings,
+        state: WorkerState,
+        log: Logger,
+        metrics: Metrics,
+        retries_by_type: dict[str, int],
     ) -> None:
         self._store = store
         self._settings = settings
         self._state = state
         self._log = log
         self._metrics = metrics
+        self._retries_by_type = retries_by_type
         self._recover_every = min(settings.lease_seconds / 2, 5.0)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -55,7 +62,10 @@ class Recoverer:
     async def _recover(self) -> None:
         s = self._settings
         for queue in s.queues:
-            for job in await self._store.recover(queue, GRACE_MS, s.max_retries, s.dead_letter_max):
+            recovered = await self._store.recover(
+                queue, GRACE_MS, s.max_retries, s.dead_letter_max, self._retries_by_type
+            )
+            for job in recovered:
                 self._state.counters.recovered += 1
                 self._metrics.recovered(queue, job.status)
                 event = "job.recovered" if job.status == "queued" else "job.dead"

@@ -51,6 +51,10 @@ class Registry:
         """The handler for a job type, or None."""
         return self._handlers.get(name)
 
+    def max_retries_by_type(self) -> dict[str, int]:
+        """The handlers that set their own ``max_retries`` (recovery honours them too)."""
+        return {n: h.max_retries for n, h in self._handlers.items() if h.max_retries is not None}
+
     def names(self) -> list[str]:
         """Registered job types, sorted."""
         return sorted(self._handlers)

@@ -23,7 +23,7 @@ from botrix.config import Settings
 from botrix.health import InFlight, Phase, WorkerState
 from botrix.logs import Logger
 from botrix.metrics import Metrics
-from botrix.model import Claimed, Outcome, Settlement
+from botrix.model import Claimed, ErrorInfo, Outcome, Settlement
 from botrix.registry import Registry
 from botrix.settler import Settler
 from botrix.store import Consumer, Store, StoreUnavailable
@@ -78,20 +78,22 @@ class Runner:
             await self._drain()
             await waker
 
-    def lease_lost(self, queue: str, job_ids: list[str]) -> None:
+    def lease_lost(self, queue: str, lost: list[tuple[str, int]]) -> None:
         """The heartbeat found these leases gone: stop running jobs another worker may own."""
-        for job_id in job_ids:
-            entry = self._state.in_flight.get((queue, job_id))
-            if entry is None or entry.task is None or entry.task.done():
-                continue
-            entry.cancel_reason = "lease_lost"
-            entry.task.cancel()
-            self._log.warning(
-                "job.lease_lost",
-                queue=queue,
-                job_id=job_id,
-                reason="lease expired or taken over; the attempt is abandoned",
-            )
+        for job_id, delivery in lost:
+            self._cancel_lost(self._state.in_flight.get((queue, job_id, delivery)))
+
+    def _cancel_lost(self, entry: InFlight | None) -> None:
+        if entry is None or entry.task is None or entry.task.done():
+            return
+        entry.cancel_reason = "lease_lost"
+        entry.task.cancel()
+        self._log.warning(
+            "job.lease_lost",
+            queue=entry.queue,
+            job_id=entry.job_id,
+            reason="lease expired or taken over; the attempt is abandoned",
+        )
 
     async def _relay(self, stop: asyncio.Event) -> None:
         await stop.wait()
@@ -152,7 +154,7 @@ class Runner:
             if self._state.redis.ok():
                 self._log.info("redis.recovered")
             for settlement in items:
-                self._forget(settlement.queue, settlement.job_id)
+                self._forget(settlement.queue, settlement.job_id, settlement.delivery)
             self._settler.written(items, refused)
             for job in claimed:
                 self._start(queue, job)
@@ -163,26 +165,43 @@ class Runner:
         return dry
 
     def _start(self, queue: str, claimed: Claimed) -> None:
+        # This worker may still run an older attempt of the same job whose lease it lost (it
+        # was recovered, and we claimed it again): that attempt must stop now.
+        for (q, job_id, _), entry in list(self._state.in_flight.items()):
+            if q == queue and job_id == claimed.job_id:
+                self._cancel_lost(entry)
         entry = InFlight(claimed.job_id, queue, claimed.delivery)
-        self._state.in_flight[(queue, claimed.job_id)] = entry
+        self._state.in_flight[(queue, claimed.job_id, claimed.delivery)] = entry
         entry.task = asyncio.create_task(self._run_job(queue, claimed, entry))
 
     async def _run_job(self, queue: str, claimed: Claimed, entry: InFlight) -> None:
         try:
             settlement = await self._attempts.run(queue, claimed)
         except asyncio.CancelledError:
-            if entry.cancel_reason == "lease_lost":
-                self._forget(queue, claimed.job_id)
+            if entry.cancel_reason != "shutdown":  # lease lost: another worker owns the job now
+                self._forget(queue, claimed.job_id, claimed.delivery)
                 self._wake.set()
                 return
             settlement = Settlement(
                 claimed.job_id, queue, claimed.delivery, Outcome.REQUEUE, attempt=claimed.attempt
             )
+        except Exception as exc:  # a bug of ours: the job is dead-lettered with it, never stuck
+            self._log.exception("job.internal_error", queue=queue, job_id=claimed.job_id)
+            error = ErrorInfo("InternalError", f"botrix failed running the job: {exc!r}"[:1000])
+            settlement = Settlement(
+                claimed.job_id,
+                queue,
+                claimed.delivery,
+                Outcome.DEAD,
+                error.to_json(),
+                attempt=claimed.attempt,
+                error=error,
+            )
         self._settler.submit(settlement)
         self._wake.set()
 
-    def _forget(self, queue: str, job_id: str) -> None:
-        self._state.in_flight.pop((queue, job_id), None)
+    def _forget(self, queue: str, job_id: str, delivery: int) -> None:
+        self._state.in_flight.pop((queue, job_id, delivery), None)
 
     async def _drain(self) -> None:
         self._state.phase = Phase.DRAINING

@@ -18,10 +18,8 @@ from typing import Any
 import orjson
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from botrix import keys
 from botrix.errors import BotrixError
@@ -47,9 +45,6 @@ class Connection:
     url: str
     socket_timeout: float = 5.0
     connect_timeout: float = 3.0
-    #: One quick reconnect covers a pooled connection that a Redis restart closed; longer
-    #: outages are the callers' loops to ride out, with their own backoff.
-    retries: int = 1
     max_connections: int = 100
 
 
@@ -81,8 +76,9 @@ def _open(conn: Connection, socket_timeout: float | None) -> redis.Redis:
         timeout=conn.socket_timeout,
         socket_timeout=socket_timeout,
         socket_connect_timeout=conn.connect_timeout,
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), conn.retries),
-        retry_on_error=[RedisConnectionError],
+        # No client-side retries: a retried script may have run already (its reply was lost),
+        # so every caller owns its retries and backs off through StoreUnavailable instead.
+        retry=Retry(NoBackoff(), 0, supported_errors=()),
         health_check_interval=15,
     )
     return redis.Redis.from_pool(pool)
@@ -106,6 +102,7 @@ class Store:
                 "promote",
                 "redrive",
                 "purge",
+                "progress",
             )
         }
         self.last_ok = 0.0
@@ -121,11 +118,7 @@ class Store:
     async def ping(self) -> tuple[float, str]:
         """Round-trip time in seconds and the server's version."""
         started = time.perf_counter()
-        try:
-            info = await self._redis.info("server")
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(_describe(exc)) from None
-        self.last_ok = time.monotonic()
+        info = await self._call(self._redis.info("server"))
         return time.perf_counter() - started, str(info.get("redis_version", "?"))
 
     # -- producing -------------------------------------------------------------------------
@@ -135,7 +128,7 @@ class Store:
         k = keys.queue_keys(queue)
         reply = await self._run(
             "enqueue",
-            [k.pending, k.scheduled, k.job(job_id), k.events],
+            [k.pending, k.scheduled, k.job(job_id), k.events, k.dead],
             [job_id, envelope, delay_ms, queue],
         )
         return bool(reply)
@@ -175,10 +168,10 @@ class Store:
             "exchange", [k.pending, k.active, k.scheduled, k.dead, k.events, k.seq], args
         )
         claimed = [
-            Claimed(flat[i].decode(), flat[i + 1], int(flat[i + 2]), int(flat[i + 3]), int(flat[i + 4]))
+            Claimed(_text(flat[i]), flat[i + 1], int(flat[i + 2]), int(flat[i + 3]), int(flat[i + 4]))
             for i in range(0, len(flat), 5)
         ]
-        return {job_id.decode() for job_id in refused}, claimed
+        return {_text(job_id) for job_id in refused}, claimed
 
     async def wait_for_jobs(self, queue: str) -> bool:
         """Block until the queue has an entry (True) or the blocking timeout passes (False).
@@ -192,26 +185,37 @@ class Store:
         )
         return reply is not None
 
-    async def renew(self, queue: str, held: Sequence[tuple[str, int]], lease_ms: int) -> list[str]:
-        """Extend the leases of jobs still held; returns the ids whose lease was lost."""
+    async def renew(
+        self, queue: str, held: Sequence[tuple[str, int]], lease_ms: int
+    ) -> list[tuple[str, int]]:
+        """Extend the leases of jobs still held; returns the (id, delivery) of leases lost."""
         k = keys.queue_keys(queue)
         args: list[Any] = [lease_ms, k.job_prefix]
         for job_id, delivery in held:
             args += [job_id, delivery]
-        lost = await self._run("renew", [k.active], args)
-        return [job_id.decode() for job_id in lost]
+        flat = await self._run("renew", [k.active], args)
+        return [(_text(flat[i]), int(flat[i + 1])) for i in range(0, len(flat), 2)]
 
     async def recover(
-        self, queue: str, grace_ms: int, max_retries: int, dead_cap: int, batch: int = 100
+        self,
+        queue: str,
+        grace_ms: int,
+        max_retries: int,
+        dead_cap: int,
+        by_type: Mapping[str, int] | None = None,
+        batch: int = 100,
     ) -> list[RecoveredJob]:
-        """Take back jobs whose lease expired more than ``grace_ms`` ago."""
+        """Take back jobs whose lease expired more than ``grace_ms`` ago.
+
+        ``by_type`` gives the handlers' own ``max_retries``, which come before ``max_retries``.
+        """
         k = keys.queue_keys(queue)
         flat = await self._run(
             "recover",
             [k.active, k.pending, k.dead, k.events],
-            [grace_ms, k.job_prefix, max_retries, batch, dead_cap, queue],
+            [grace_ms, k.job_prefix, max_retries, batch, dead_cap, queue, orjson.dumps(by_type or {})],
         )
-        return [RecoveredJob(flat[i].decode(), flat[i + 1].decode()) for i in range(0, len(flat), 2)]
+        return [RecoveredJob(_text(flat[i]), _text(flat[i + 1])) for i in range(0, len(flat), 2)]
 
     async def promote(self, queue: str, batch: int = 500) -> tuple[int, int | None]:
         """Queue due scheduled jobs; returns how many moved and ms until the next one is due."""
@@ -221,26 +225,12 @@ class Store:
         )
         return int(moved), (None if int(next_due) < 0 else int(next_due))
 
-    async def publish_progress(self, queue: str, job_id: str, progress: bytes) -> None:
-        """Record a running job's progress and announce it on the queue's event channel."""
+    async def publish_progress(self, queue: str, job_id: str, delivery: int, progress: bytes) -> bool:
+        """Record a running job's progress and announce it; False once the attempt lost the job."""
         k = keys.queue_keys(queue)
-        event = (
-            orjson.dumps(
-                {
-                    "event": "progress",
-                    "job_id": job_id,
-                    "queue": queue,
-                    "ts": int(time.time() * 1000),
-                }
-            )[:-1]
-            + b',"progress":'
-            + progress
-            + b"}"
+        return bool(
+            await self._run("progress", [k.job(job_id), k.events], [job_id, delivery, progress, queue])
         )
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.hset(k.job(job_id), "progress", progress)
-        pipe.publish(k.events, event)
-        await self._call(pipe.execute())
 
     # -- inspecting ------------------------------------------------------------------------
 
@@ -323,12 +313,20 @@ class Store:
         return [orjson.loads(r) for r in records if r is not None]
 
     async def _call(self, awaitable: Any) -> Any:
+        # Every Redis error backs the caller off, not only lost connections: OOM, READONLY
+        # after a failover, BUSY from someone's long script and LOADING are all "Redis cannot
+        # take this now", and a worker that crashed on them would leave its jobs leased.
         try:
             reply = await awaitable
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        except (RedisError, OSError) as exc:
             raise StoreUnavailable(_describe(exc)) from None
         self.last_ok = time.monotonic()
         return reply
+
+
+def _text(raw: bytes) -> str:
+    # Ids are ASCII by construction; a stray byte must not crash the worker that reads it.
+    return raw.decode(errors="replace")
 
 
 def _describe(exc: BaseException) -> str:

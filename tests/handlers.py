@@ -127,3 +127,23 @@ async def block_once(ctx: JobContext, payload: dict[str, Any]) -> int:
     if ctx.attempt == 1:
         time.sleep(float(payload["seconds"]))  # the point: a blocked loop
     return ctx.attempt
+
+
+@handler("t.self_cancel")
+async def self_cancel(ctx: JobContext, payload: Any) -> None:
+    """Raises CancelledError itself (awaits a future someone cancelled): a failed attempt."""
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    future.cancel()
+    await future
+
+
+@handler("t.sys_exit")
+async def sys_exit(ctx: JobContext, payload: Any) -> None:
+    raise SystemExit(3)
+
+
+@handler("t.exit_no_retry", max_retries=0)
+async def exit_no_retry(ctx: JobContext, payload: dict[str, Any]) -> None:
+    """A non-idempotent handler (max_retries=0) whose process dies: recovery must not rerun it."""
+    await _count(ctx, payload)
+    os._exit(17)

@@ -34,7 +34,7 @@ async def test_ack_from_a_worker_that_lost_its_lease_is_refused(
             return Settlement(job_id, queue, claimed_delivery, Outcome.COMPLETED, result)
 
         assert await store.exchange(queue, [done(first.delivery, b'"stale"')], 0, worker_a) == ({job_id}, [])
-        assert await store.renew(queue, [(job_id, first.delivery)], 30_000) == [job_id]
+        assert await store.renew(queue, [(job_id, first.delivery)], 30_000) == [(job_id, first.delivery)]
         assert await store.exchange(queue, [done(second.delivery, b'"fresh"')], 0, worker_b) == (set(), [])
     finally:
         await store.aclose()

@@ -31,7 +31,9 @@ local function claim_batch(k, prefix, queue, now, want, lease_ms, worker, max_by
     end
     local ok, envelope = pcall(cjson.decode, raw)
     local given = ok and type(envelope) == 'table' and envelope['id']
-    if type(given) == 'string' and #given > 0 and #given <= 200 and string.byte(given, 1) ~= 123 then
+    -- Ids become key names and log fields: only a safe ASCII set is taken as given (anything
+    -- else gets a generated id, and the worker dead-letters the envelope for its bad id).
+    if type(given) == 'string' and #given <= 200 and string.find(given, '^[%w_.:@/+=#-]+$') then
       id = given
       local status = redis.call('HGET', prefix .. id, 'status')
       if status and status ~= 'completed' and status ~= 'dead' then
@@ -39,23 +41,29 @@ local function claim_batch(k, prefix, queue, now, want, lease_ms, worker, max_by
         return nil
       end
       redis.call('DEL', prefix .. id)
+      redis.call('ZREM', k.dead, id)
     else
       id = new_id()
     end
     local enqueued = now
-    if ok and type(envelope) == 'table' and type(envelope['enqueued_at']) == 'number' then
-      enqueued = envelope['enqueued_at']
+    local given_at = ok and type(envelope) == 'table' and envelope['enqueued_at']
+    if type(given_at) == 'number' and given_at > 0 and given_at < 1e14 then  -- finite ms, not NaN
+      enqueued = math.floor(given_at)
     end
     redis.call('HSET', prefix .. id, 'envelope', raw, 'status', 'queued', 'enqueued_at', enqueued,
       'attempts', 0, 'delivery', 0)
     return id
   end
 
-  while claimed < want do
+  -- Entries that are dropped (duplicates) or dead-lettered do not fill a slot; the pops are
+  -- still bounded so a flood of them cannot turn one call into a long-running script.
+  local pops = 0
+  while claimed < want and pops < want + 100 do
     local item = redis.call('LPOP', k.pending)
     if not item then
       break
     end
+    pops = pops + 1
     local id = item
     -- An entry that is neither an envelope nor a known id is garbage from some producer: adopt
     -- it like an envelope so that it is dead-lettered with a reason rather than dropped.
@@ -63,18 +71,27 @@ local function claim_batch(k, prefix, queue, now, want, lease_ms, worker, max_by
       id = adopt(item)
     end
     local record = prefix .. (id or '')
-    if id and redis.call('HGET', record, 'status') == 'queued' then
+    local fields = id and redis.call('HMGET', record, 'status', 'envelope', 'enqueued_at')
+    local envelope = fields and fields[2] or ''
+    if fields and fields[1] == 'queued' and #envelope > max_bytes then
+      -- A stored envelope over the limit (re-driven, or enqueued under a larger limit).
+      local reason = string.format('envelope is %d bytes, over the %d byte limit', #envelope, max_bytes)
+      redis.call('HSET', record, 'status', 'dead', 'finished_at', now,
+        'error', cjson.encode({type = 'EnvelopeError', message = reason, traceback = ''}))
+      redis.call('ZADD', k.dead, now, id)
+      cap_dead(k.dead, prefix, dead_cap)
+      publish(k.events, 'dead', id, queue, now, {reason = reason})
+    elseif fields and fields[1] == 'queued' then
       local attempt = redis.call('HINCRBY', record, 'attempts', 1)
       local delivery = redis.call('HINCRBY', record, 'delivery', 1)
       redis.call('HSET', record, 'status', 'running', 'worker', worker, 'started_at', now)
       redis.call('ZADD', k.active, deadline, id)
-      local fields = redis.call('HMGET', record, 'envelope', 'enqueued_at')
       publish(k.events, 'started', id, queue, now, {attempt = attempt, worker = worker})
       out[#out + 1] = id
-      out[#out + 1] = fields[1]
+      out[#out + 1] = envelope
       out[#out + 1] = attempt
       out[#out + 1] = delivery
-      out[#out + 1] = tonumber(fields[2]) or now
+      out[#out + 1] = tonumber(fields[3]) or now
       claimed = claimed + 1
     end
   end

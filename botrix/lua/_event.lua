@@ -23,7 +23,9 @@ local function cap_dead(dead_key, job_prefix, cap)
   if excess > 0 then
     local oldest = redis.call('ZPOPMIN', dead_key, excess)
     for i = 1, #oldest, 2 do
-      redis.call('DEL', job_prefix .. oldest[i])
+      if redis.call('HGET', job_prefix .. oldest[i], 'status') == 'dead' then
+        redis.call('DEL', job_prefix .. oldest[i])
+      end
     end
   end
 end

@@ -1,7 +1,7 @@
 -- Enqueue one job from a botrix client: write its record, then queue or schedule its id.
 --
 -- KEYS[1] pending list     KEYS[2] scheduled zset     KEYS[3] the job's record hash
--- KEYS[4] events channel
+-- KEYS[4] events channel   KEYS[5] dead zset
 -- ARGV[1] job id           ARGV[2] envelope (JSON)    ARGV[3] delay in ms (0 = now)
 -- ARGV[4] queue name
 -- Returns 1 when enqueued, 0 when a live job with this id already exists (idempotent enqueue).
@@ -13,7 +13,10 @@ if status and status ~= 'completed' and status ~= 'dead' then
   return 0
 end
 if status then
+  -- A finished job's id is being reused: the old record goes, and so does its dead-set entry,
+  -- or purging or capping the dead set later would delete the new job's record.
   redis.call('DEL', record)
+  redis.call('ZREM', KEYS[5], ARGV[1])
 end
 local now = now_ms()
 local delay = tonumber(ARGV[3])

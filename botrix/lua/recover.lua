@@ -6,6 +6,7 @@
 -- KEYS[1] active zset   KEYS[2] pending list   KEYS[3] dead zset   KEYS[4] events channel
 -- ARGV[1] grace ms past the deadline   ARGV[2] job record key prefix
 -- ARGV[3] default max retries   ARGV[4] batch size   ARGV[5] dead set cap   ARGV[6] queue name
+-- ARGV[7] JSON object: max retries by job type, for handlers that set their own
 -- Returns a flat array, two entries a job: id, and 'queued' or 'dead'.
 --- @include "_event.lua"
 
@@ -23,9 +24,15 @@ for _, id in ipairs(expired) do
   if state[1] == 'running' then
     local attempts = tonumber(state[2]) or 1
     local max_retries = tonumber(ARGV[3])
-    local ok, envelope = pcall(cjson.decode, state[3])
-    if ok and type(envelope) == 'table' and type(envelope['max_retries']) == 'number' then
-      max_retries = envelope['max_retries']
+    -- The same precedence as a normal attempt: the envelope, then the handler, then the worker.
+    local by_type = cjson.decode(ARGV[7])
+    local ok, envelope = pcall(cjson.decode, state[3] or '')
+    if ok and type(envelope) == 'table' then
+      if type(envelope['max_retries']) == 'number' then
+        max_retries = envelope['max_retries']
+      elseif type(envelope['type']) == 'string' and type(by_type[envelope['type']]) == 'number' then
+        max_retries = by_type[envelope['type']]
+      end
     end
     local worker = state[4] or '?'
     if attempts > max_retries then

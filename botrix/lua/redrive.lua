@@ -2,7 +2,7 @@
 --
 -- KEYS[1] dead zset   KEYS[2] pending list   KEYS[3] events channel
 -- ARGV[1] job record key prefix   ARGV[2] queue name   ARGV[3..] ids, or none for every dead job
--- Returns the ids sent back.
+-- Only records still dead are touched. Returns the ids sent back.
 --- @include "_event.lua"
 
 local now = now_ms()
@@ -14,8 +14,8 @@ else
 end
 local moved = {}
 for _, id in ipairs(ids) do
-  if redis.call('ZREM', KEYS[1], id) == 1 then
-    local record = ARGV[1] .. id
+  local record = ARGV[1] .. id
+  if redis.call('ZREM', KEYS[1], id) == 1 and redis.call('HGET', record, 'status') == 'dead' then
     redis.call('HSET', record, 'status', 'queued', 'attempts', 0)
     redis.call('HDEL', record, 'finished_at', 'run_at')
     redis.call('PERSIST', record)

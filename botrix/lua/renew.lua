@@ -3,7 +3,7 @@
 -- KEYS[1] active zset
 -- ARGV[1] lease length ms   ARGV[2] job record key prefix
 -- then two entries a job: id, delivery
--- Returns the ids whose lease is lost (recovered, or claimed again by another worker).
+-- Returns a flat array, two entries a lost lease (recovered, or claimed again): id, delivery.
 --- @include "_event.lua"
 
 local deadline = now_ms() + tonumber(ARGV[1])
@@ -15,6 +15,7 @@ for i = 3, #ARGV, 2 do
     redis.call('ZADD', KEYS[1], 'XX', deadline, id)
   else
     lost[#lost + 1] = id
+    lost[#lost + 1] = ARGV[i + 1]
   end
 end
 return lost
