@@ -30,7 +30,7 @@ from botrix.store import Consumer, Store, StoreUnavailable
 from botrix.waker import Waker
 
 #: After the shutdown timeout, how long cancelled jobs get to be written back as requeued.
-REQUEUE_GRACE_S = 10.0
+REQUEUE_GRACE_S = 5.0
 
 
 class Runner:
