@@ -11,8 +11,8 @@ from typing import Any
 
 import orjson
 
-from botrix.errors import JobNotFoundError, PayloadTooLargeError
-from botrix.model import JSON, JobInfo, JobStatus, build_envelope, validate_job_id
+from botrix.errors import EnvelopeError, JobNotFoundError, PayloadTooLargeError
+from botrix.model import JSON, Claimed, JobInfo, JobStatus, build_envelope, parse_job, validate_job_id
 from botrix.store import Connection, Store
 
 DEFAULT_MAX_PAYLOAD_BYTES = 1_048_576
@@ -113,6 +113,10 @@ class Client:
             timeout=timeout,
             correlation_id=correlation_id,
         )
+        try:  # refuse here what every worker would dead-letter, with the same reason
+            parse_job(Claimed(job_id, envelope, 0, 0, 0), queue)
+        except EnvelopeError as exc:
+            raise ValueError(str(exc)) from None
         if len(envelope) > self._max_payload_bytes:
             raise PayloadTooLargeError(
                 f"job envelope is {len(envelope)} bytes, over the {self._max_payload_bytes} byte limit"

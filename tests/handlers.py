@@ -147,3 +147,9 @@ async def exit_no_retry(ctx: JobContext, payload: dict[str, Any]) -> None:
     """A non-idempotent handler (max_retries=0) whose process dies: recovery must not rerun it."""
     await _count(ctx, payload)
     os._exit(17)
+
+
+@handler("t.ignore")
+async def ignore(ctx: JobContext, payload: Any) -> str:
+    """Accepts any payload and returns a constant (a deep payload cannot be echoed back)."""
+    return "ok"

@@ -15,6 +15,10 @@ local function claim_batch(k, prefix, queue, now, want, lease_ms, worker, max_by
     return string.format('%d-%d', now, redis.call('INCR', k.seq))
   end
 
+  -- The worker's JSON parser accepts nesting up to 1024 levels; cjson's default stops at 1000,
+  -- which would lose the id of a deep but valid envelope.
+  cjson.decode_max_depth(1024)
+
   -- Turns a foreign envelope into a record; returns its id, or nil when it is not to be run.
   local function adopt(raw)
     local id
