@@ -8,7 +8,6 @@ except through the progress sink the caller provides.
 from __future__ import annotations
 
 import time
-from typing import TypeVar
 
 import orjson
 
@@ -18,15 +17,9 @@ from botrix.errors import EnvelopeError
 from botrix.executor import backoff_ms, run_attempt
 from botrix.logs import Logger
 from botrix.metrics import Metrics
-from botrix.model import JSON, Claimed, ErrorInfo, Job, Outcome, ProgressSink, Settlement, parse_job
+from botrix.model import JSON, Claimed, ErrorInfo, Job, Outcome, Settlement, parse_job
 from botrix.registry import Registry
 from botrix.store import Store
-
-T = TypeVar("T")
-
-
-def _first(*values: T | None) -> T:
-    return next(v for v in values if v is not None)
 
 
 class Attempts:
@@ -52,8 +45,12 @@ class Attempts:
         if handler is None:
             reason = f"no handler registered for job type {job.type!r}"
             return _dead(queue, claimed, ErrorInfo("UnknownJobType", reason), job.type)
-        max_retries = _first(job.max_retries, handler.max_retries, s.max_retries)
-        timeout = _first(job.timeout, handler.timeout, s.job_timeout)
+        max_retries = job.max_retries
+        if max_retries is None:
+            max_retries = s.max_retries if handler.max_retries is None else handler.max_retries
+        timeout = job.timeout
+        if timeout is None:
+            timeout = s.job_timeout if handler.timeout is None else handler.timeout
         log = self._log.bind(
             queue=queue, job_id=job.id, type=job.type, attempt=job.attempt, correlation_id=job.correlation_id
         )
@@ -68,7 +65,8 @@ class Attempts:
             max_retries,
             job.correlation_id,
             log,
-            self._progress_sink(job),
+            self._progress,
+            job.delivery,
         )
         started = time.perf_counter()
         attempt = await run_attempt(handler.func, ctx, job.payload, timeout)
@@ -83,13 +81,8 @@ class Attempts:
         settlement.error = attempt.error
         return settlement
 
-    def _progress_sink(self, job: Job) -> ProgressSink:
-        store = self._store
-
-        async def publish(value: JSON) -> None:
-            await store.publish_progress(job.queue, job.id, job.delivery, orjson.dumps(value))
-
-        return publish
+    async def _progress(self, queue: str, job_id: str, delivery: int, value: JSON) -> None:
+        await self._store.publish_progress(queue, job_id, delivery, orjson.dumps(value))
 
 
 def _settlement(job: Job, outcome: Outcome, data: bytes, duration: float) -> Settlement:

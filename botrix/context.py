@@ -27,10 +27,11 @@ class JobContext:
     correlation_id: str
     log: Any
     _progress: ProgressSink
+    _delivery: int
 
     async def progress(self, value: JSON) -> None:
         """Publish a progress event (any JSON value) and keep it in the job's record."""
-        await self._progress(value)
+        await self._progress(self.queue, self.job_id, self._delivery, value)
 
     def dumps(self, value: JSON) -> bytes:
         """Serialise a value the way botrix stores results."""

@@ -102,7 +102,6 @@ def configure(level: str = "info", fmt: str = "auto", stream: BinaryIO | None = 
     writer = LineWriter(out)
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             _Timestamp(),
             structlog.processors.format_exc_info,

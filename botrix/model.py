@@ -235,5 +235,5 @@ class JobInfo:
         }
 
 
-ProgressSink = Callable[[JSON], Awaitable[None]]
-"""Publishes a progress value for the running job."""
+ProgressSink = Callable[[str, str, int, JSON], Awaitable[None]]
+"""Publishes a progress value: ``(queue, job_id, delivery, value)``."""

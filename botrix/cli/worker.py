@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from collections.abc import Sequence
@@ -60,6 +61,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         registry = load_apps(settings.app, default_registry)
     except HandlerLoadError as exc:
         fail(PROG, str(exc))
+
+    # Everything imported so far lives as long as the process: freezing it keeps the cyclic
+    # GC from rescanning ~50 MB of modules on every full collection (pauses of several ms).
+    gc.freeze()
 
     async def serve() -> None:
         worker = Worker(settings, registry, SystemdNotifier.from_environ(unset=True))
