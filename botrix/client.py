@@ -12,7 +12,16 @@ from typing import Any
 import orjson
 
 from botrix.errors import EnvelopeError, JobNotFoundError, PayloadTooLargeError
-from botrix.model import JSON, Claimed, JobInfo, JobStatus, build_envelope, parse_job, validate_job_id
+from botrix.model import (
+    JSON,
+    Claimed,
+    JobInfo,
+    JobStatus,
+    build_envelope,
+    parse_job,
+    validate_job_id,
+    validate_queue_name,
+)
 from botrix.store import Connection, Store
 
 DEFAULT_MAX_PAYLOAD_BYTES = 1_048_576
@@ -102,6 +111,7 @@ class Client:
         """
         job_id = job_id or uuid.uuid4().hex
         validate_job_id(job_id)
+        validate_queue_name(queue)
         if run_at is not None:
             delay = max(0.0, run_at.timestamp() - time.time())
         envelope = build_envelope(

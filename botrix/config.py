@@ -84,8 +84,8 @@ def _apps(text: str) -> tuple[str, ...]:
 
 
 def _worker_id(text: str) -> str:
-    if not re.match(r"^[\w.@:-]{1,100}$", text):
-        raise ValueError("must be 1-100 of letters, digits, _ . @ : -")
+    if not re.match(r"^[A-Za-z0-9_.@:-]{1,100}$", text):
+        raise ValueError("must be 1-100 of A-Z a-z 0-9 _ . @ : -")
     return text
 
 

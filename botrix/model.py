@@ -129,6 +129,16 @@ def parse_job(claimed: Claimed, queue: str) -> Job:
     )
 
 
+#: What a queue name may be made of (it is part of every key of the queue, and of events).
+QUEUE_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
+
+
+def validate_queue_name(queue: str) -> None:
+    """Refuse queue names that could not be part of a key and an event (see :data:`QUEUE_NAME`)."""
+    if not QUEUE_NAME.fullmatch(queue):
+        raise ValueError(f"queue name must be 1-100 of A-Z a-z 0-9 _ . : -, got {queue!r:.60}")
+
+
 def validate_job_id(job_id: str) -> None:
     """Refuse ids that the claim script would not take as given (see :data:`JOB_ID`)."""
     if not JOB_ID.fullmatch(job_id):

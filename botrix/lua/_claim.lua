@@ -69,13 +69,17 @@ local function claim_batch(k, prefix, queue, now, want, lease_ms, worker, max_by
     end
     pops = pops + 1
     local id = item
+    local fields = false
+    if string.byte(item, 1) ~= 123 and #item <= 200 then
+      fields = redis.call('HMGET', prefix .. item, 'status', 'envelope', 'enqueued_at', 'attempts', 'delivery')
+    end
     -- An entry that is neither an envelope nor a known id is garbage from some producer: adopt
     -- it like an envelope so that it is dead-lettered with a reason rather than dropped.
-    if string.byte(item, 1) == 123 or #item > 200 or redis.call('EXISTS', prefix .. item) == 0 then
+    if not (fields and fields[1]) then
       id = adopt(item)
+      fields = id and redis.call('HMGET', prefix .. id, 'status', 'envelope', 'enqueued_at', 'attempts', 'delivery')
     end
     local record = prefix .. (id or '')
-    local fields = id and redis.call('HMGET', record, 'status', 'envelope', 'enqueued_at')
     local envelope = fields and fields[2] or ''
     if fields and fields[1] == 'queued' and #envelope > max_bytes then
       -- A stored envelope over the limit (re-driven, or enqueued under a larger limit).
@@ -86,11 +90,16 @@ local function claim_batch(k, prefix, queue, now, want, lease_ms, worker, max_by
       cap_dead(k.dead, prefix, dead_cap)
       publish(k.events, 'dead', id, queue, now, {reason = reason})
     elseif fields and fields[1] == 'queued' then
-      local attempt = redis.call('HINCRBY', record, 'attempts', 1)
-      local delivery = redis.call('HINCRBY', record, 'delivery', 1)
-      redis.call('HSET', record, 'status', 'running', 'worker', worker, 'started_at', now)
+      local attempt = (tonumber(fields[4]) or 0) + 1
+      local delivery = (tonumber(fields[5]) or 0) + 1
+      redis.call('HSET', record, 'status', 'running', 'worker', worker, 'started_at', now,
+        'attempts', attempt, 'delivery', delivery)
       redis.call('ZADD', k.active, deadline, id)
-      publish(k.events, 'started', id, queue, now, {attempt = attempt, worker = worker})
+      -- Ids, queue and worker names are restricted to plain ASCII, so no JSON escaping is
+      -- needed; formatting the event by hand is much cheaper than building a cjson table.
+      redis.call('PUBLISH', k.events, string.format(
+        '{"event":"started","job_id":"%s","queue":"%s","ts":%d,"attempt":%d,"worker":"%s"}',
+        id, queue, now, attempt, worker))
       out[#out + 1] = id
       out[#out + 1] = envelope
       out[#out + 1] = attempt

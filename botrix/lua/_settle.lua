@@ -22,12 +22,13 @@ local function settle_batch(k, prefix, ttl, dead_cap, queue, now, first)
       redis.call('ZREM', k.active, id)
       local attempt = tonumber(state[3])
       if outcome == 'completed' then
+        -- The error of an earlier failed attempt stays: "the latest failure" is still useful.
         redis.call('HSET', record, 'status', 'completed', 'result', data, 'finished_at', now)
-        redis.call('HDEL', record, 'error', 'run_at')
         if ttl > 0 then
           redis.call('EXPIRE', record, ttl)
         end
-        publish(k.events, 'completed', id, queue, now, {attempt = attempt})
+        redis.call('PUBLISH', k.events, string.format(
+          '{"event":"completed","job_id":"%s","queue":"%s","ts":%d,"attempt":%d}', id, queue, now, attempt))
       elseif outcome == 'retry' then
         local run_at = now + tonumber(ARGV[i + 4])
         redis.call('HSET', record, 'status', 'retrying', 'error', data, 'run_at', run_at)
