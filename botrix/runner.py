@@ -61,8 +61,14 @@ class Runner:
         self._attempts = Attempts(store, registry, settings, log, metrics)
         self._settler = Settler(state, log, metrics)
         self._wake = asyncio.Event()
-        self._waker = Waker(store, settings.queues, self._wake.set, state.redis, log)
+        self._waker = Waker(store, settings.queues, self._work_arrived, state.redis, log)
         self._backoff = Backoff()
+        self._reserved = 0  # slots exchanges in flight may fill
+        self._dry = False  # the last claim came back short: the queues looked empty
+        self._failure: BaseException | None = None
+        # Two exchanges in flight overlap Redis's work with ours. With several queues only one,
+        # so that strict priority is decided on a consistent view.
+        self._max_passes = 2 if len(settings.queues) == 1 else 1
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop``, then drain; returns once every claimed job is settled."""
@@ -100,23 +106,48 @@ class Runner:
         self._wake.set()
 
     def _free(self) -> int:
-        # Finished jobs still hold their slot until the exchange that writes them frees it.
-        return self._settings.concurrency - len(self._state.in_flight) + len(self._settler)
+        # Finished jobs keep their slot until an exchange writes them; slots that an exchange in
+        # flight may fill are reserved.
+        return self._settings.concurrency - len(self._state.in_flight) - self._reserved + len(self._settler)
 
     async def _consume(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            self._wake.clear()
-            dry = await self._pass(claiming=True, stop=stop)
-            if len(self._settler) or stop.is_set():
-                continue
-            if dry is None:  # Redis failed; the pass already backed off
-                continue
-            if self._free() > 0 and not dry:
-                continue
-            if self._free() > 0:
-                self._waker.arm()
-            # The timeout only guards against a wake-up lost with a dead connection.
-            await sleep_or_stop(self._wake, self._store.blocking_timeout + 1)
+        passes: set[asyncio.Task[bool | None]] = set()
+        try:
+            while not stop.is_set():
+                self._wake.clear()
+                if self._failure is not None:
+                    raise self._failure
+                work = len(self._settler) > 0 or (self._free() > 0 and not self._dry)
+                if work and len(passes) < self._max_passes:
+                    task = asyncio.create_task(self._pass(claiming=True, stop=stop))
+                    passes.add(task)
+                    task.add_done_callback(lambda t: self._pass_done(t, passes))
+                    await asyncio.sleep(0)  # let it take its batch and reserve its slots
+                    continue
+                if passes:
+                    await self._wake.wait()  # a job or an exchange finishing sets it
+                    continue
+                if self._free() > 0:
+                    self._waker.arm()
+                # The timeout only guards against a wake-up lost with a dead connection.
+                await sleep_or_stop(self._wake, self._store.blocking_timeout + 1)
+        finally:
+            if passes:
+                await asyncio.wait(passes)
+
+    def _work_arrived(self) -> None:
+        self._dry = False
+        self._wake.set()
+
+    def _pass_done(self, task: asyncio.Task[bool | None], passes: set[asyncio.Task[bool | None]]) -> None:
+        passes.discard(task)
+        if task.cancelled():
+            return
+        if task.exception() is not None:
+            self._failure = task.exception()
+        elif task.result() is not None:
+            self._dry = bool(task.result())
+        self._wake.set()
 
     async def _pass(self, *, claiming: bool, stop: asyncio.Event | None) -> bool | None:
         """One round of exchanges, queue by queue in priority order.
@@ -131,7 +162,7 @@ class Runner:
             # Only this call's settlements free slots for its claim; jobs finishing meanwhile
             # keep theirs until a later call writes them.
             want = (
-                max(0, self._settings.concurrency - len(self._state.in_flight) + len(items))
+                max(0, self._settings.concurrency - len(self._state.in_flight) - self._reserved + len(items))
                 if claiming
                 else 0
             )
@@ -139,6 +170,7 @@ class Runner:
                 claiming = False  # this queue was not looked at, so the ones below it wait too
             if not items and want == 0:
                 continue
+            self._reserved += want
             try:
                 refused, claimed = await self._store.exchange(queue, items, want, self._consumer)
             except StoreUnavailable as exc:
@@ -150,6 +182,8 @@ class Runner:
                     )
                 await sleep_or_stop(stop or asyncio.Event(), self._backoff.next())
                 return None
+            finally:
+                self._reserved -= want
             self._backoff.reset()
             if self._state.redis.ok():
                 self._log.info("redis.recovered")

@@ -104,7 +104,7 @@ async def test_oversized_raw_envelope_is_dead_lettered_without_reaching_a_worker
 async def test_duplicate_id_of_a_live_job_is_dropped(
     redis_server: RedisServer, client: Client, queue: str
 ) -> None:
-    job_id = await client.enqueue("t.sleep", {"seconds": 0.5}, queue=queue, job_id="dup-1")
+    job_id = await client.enqueue("t.sleep", {"seconds": 2}, queue=queue, job_id="dup-1")
     async with running_worker(redis_server.url, queue):
         await eventually(lambda: _is_running(client, job_id), what="running")
         await push_raw(redis_server.url, queue, b'{"id": "dup-1", "type": "t.echo"}')
