@@ -64,6 +64,7 @@ class Runner:
         self._waker = Waker(store, settings.queues, self._work_arrived, state.redis, log)
         self._backoff = Backoff()
         self._reserved = 0  # slots exchanges in flight may fill
+        self._latest: dict[tuple[str, str], InFlight] = {}  # the newest attempt of each job held
         self._dry = False  # the last claim came back short: the queues looked empty
         self._failure: BaseException | None = None
         # Two exchanges in flight overlap Redis's work with ours. With several queues only one,
@@ -201,11 +202,10 @@ class Runner:
     def _start(self, queue: str, claimed: Claimed) -> None:
         # This worker may still run an older attempt of the same job whose lease it lost (it
         # was recovered, and we claimed it again): that attempt must stop now.
-        for (q, job_id, _), entry in list(self._state.in_flight.items()):
-            if q == queue and job_id == claimed.job_id:
-                self._cancel_lost(entry)
+        self._cancel_lost(self._latest.get((queue, claimed.job_id)))
         entry = InFlight(claimed.job_id, queue, claimed.delivery)
         self._state.in_flight[(queue, claimed.job_id, claimed.delivery)] = entry
+        self._latest[(queue, claimed.job_id)] = entry
         entry.task = asyncio.create_task(self._run_job(queue, claimed, entry))
 
     async def _run_job(self, queue: str, claimed: Claimed, entry: InFlight) -> None:
@@ -235,7 +235,9 @@ class Runner:
         self._wake.set()
 
     def _forget(self, queue: str, job_id: str, delivery: int) -> None:
-        self._state.in_flight.pop((queue, job_id, delivery), None)
+        entry = self._state.in_flight.pop((queue, job_id, delivery), None)
+        if entry is not None and self._latest.get((queue, job_id)) is entry:
+            del self._latest[(queue, job_id)]
 
     async def _drain(self) -> None:
         self._state.phase = Phase.DRAINING
