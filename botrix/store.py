@@ -320,6 +320,14 @@ class Store:
             reply = await awaitable
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(_describe(exc)) from None
+        except RuntimeError as exc:
+            # uvloop reports a write on a connection the peer reset while it sat idle in the
+            # pool as a RuntimeError ("unable to perform operation on <TCPTransport closed=True>;
+            # the handler is closed", MagicStack/uvloop#506). redis-py has already dropped the
+            # connection; the caller backs off and the next call reconnects.
+            if "handler is closed" not in str(exc) and "unable to perform operation" not in str(exc):
+                raise
+            raise StoreUnavailable(f"connection reset: {_describe(exc)}") from None
         self.last_ok = time.monotonic()
         return reply
 
