@@ -14,52 +14,14 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+from localredis import start_redis
+
 from botrix.client import Client
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        sys.exit("redis-server is not installed: run `make run` (it installs it) or set REDIS_URL")
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(workdir),
-            "--save",
-            "",
-            "--appendonly",
-            "yes",
-            "--maxmemory-policy",
-            "noeviction",
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return proc, f"redis://127.0.0.1:{port}/0"
-        time.sleep(0.05)
-    proc.kill()
-    sys.exit("redis-server did not start")
 
 
 def say(text: str) -> None:
@@ -97,7 +59,7 @@ async def main(once: bool) -> int:
     redis_proc = None
     url = os.environ.get("REDIS_URL")
     if not url:
-        redis_proc, url = start_redis(workdir)
+        redis_proc, url = start_redis(workdir, appendonly=True)
         say(f"throwaway Redis at {url} (data in {workdir})")
     worker_bin = Path(sys.executable).with_name("botrix-worker")
     worker = subprocess.Popen(

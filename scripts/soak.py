@@ -14,7 +14,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,16 +21,11 @@ import time
 from pathlib import Path
 
 import redis.asyncio as aredis
+from localredis import start_redis
 
 from botrix.client import Client
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def rss_mb(pid: int) -> float:
@@ -48,27 +42,7 @@ async def _drained(client: Client) -> bool:
 
 async def soak(total: int, result_ttl: int) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="botrix-soak-"))
-    port = free_port()
-    url = f"redis://127.0.0.1:{port}/0"
-    redis_proc = subprocess.Popen(
-        [
-            shutil.which("redis-server") or "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(workdir),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--maxmemory-policy",
-            "noeviction",
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    await asyncio.sleep(0.5)
+    redis_proc, url = start_redis(workdir, appendonly=False)
     worker = subprocess.Popen(
         [
             str(Path(sys.executable).with_name("botrix-worker")),
