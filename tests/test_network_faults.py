@@ -40,18 +40,13 @@ PROBE_TIMEOUT_S = 2.0
 
 
 class ResetCrash(AssertionError):
-    """The worker died of uvloop's "handler is closed" RuntimeError after a connection reset."""
+    """The worker died of uvloop's "handler is closed" RuntimeError after a connection reset.
 
-
-UVLOOP_RESET_BUG = (
-    "botrix bug: under uvloop (the worker's loop), the first command on a pooled Redis connection "
-    "that the peer reset while it sat idle raises RuntimeError('unable to perform operation on "
-    "<TCPTransport closed=True ...>; the handler is closed') (MagicStack/uvloop#506). redis-py "
-    "neither retries it nor maps it to ConnectionError, Store._call does not map it to "
-    "StoreUnavailable, so the calling component (heartbeat, recoverer, runner, settler) dies and "
-    "the worker's TaskGroup exits 1. Under the default asyncio loop the same reset is a silent "
-    "reconnect. Fix: see test_store_rides_out_a_connection_reset_under_uvloop."
-)
+    Under uvloop (the worker's loop) the first command on a pooled connection that the peer
+    reset while it sat idle raises RuntimeError, not OSError (MagicStack/uvloop#506). These
+    tests found it crashing the worker (the component's task died, the TaskGroup exited 1);
+    ``Store._call`` now turns it into StoreUnavailable. A distinct type names a regression.
+    """
 
 
 @pytest.fixture
@@ -361,26 +356,10 @@ async def test_idle_worker_consumes_again_after_its_connections_are_cut(
 
 
 def test_store_rides_out_a_connection_reset_under_uvloop(redis_server: RedisServer) -> None:
-    """The minimal reproduction of the crash above, on the worker's own event loop (uvloop):
-    a pooled connection is reset (RST) while idle; the next call must reconnect (redis-py's one
-    retry) or at worst raise StoreUnavailable, which every component rides out.
-
-    Suggested fix (botrix/store.py): give both pools a connection class that turns this
-    RuntimeError into redis-py's ConnectionError, so the existing retry reconnects::
-
-        class _ResetAware:
-            async def send_packed_command(self, command, check_health=True):
-                try:
-                    await super().send_packed_command(command, check_health)
-                except RuntimeError as exc:  # uvloop: transport closed by a peer reset
-                    if "handler is closed" not in str(exc):
-                        raise
-                    raise RedisConnectionError(f"connection reset: {exc}") from None
-
-    (redis.Connection and redis.SSLConnection subclasses, passed as ``connection_class``; for
-    rediss:// URLs set it after ``parse_url``, since ``from_url`` lets the URL's scheme choose
-    the class.) With it, every scenario in this module passes.
-    """
+    """The minimal reproduction of the crash :class:`ResetCrash` names, on the worker's own
+    event loop (uvloop): a pooled connection is reset (RST) while idle; the next call may raise
+    StoreUnavailable (the callers back off and retry), never RuntimeError, and the one after it
+    reconnects."""
 
     async def scenario() -> None:
         async with FaultProxy(redis_server.port) as proxy:

@@ -36,3 +36,21 @@ async def test_password_url_works_and_stays_secret(
         assert ":***@" in log
     finally:
         server.stop()
+
+
+async def test_password_on_the_command_line_is_not_in_the_process_title(
+    tmp_path: Path, queue: str, spawn: Callable[..., WorkerProcess]
+) -> None:
+    server = RedisServer(tmp_path / "redis-title")
+    server.password = SECRET
+    server.start()
+    try:
+        worker = spawn(server.url, queue)
+        await worker.wait_for("worker.started")
+        cmdline = Path(f"/proc/{worker.pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        assert SECRET not in cmdline
+        assert ":***@" in cmdline and "--redis-url" in cmdline
+        worker.signal(signal.SIGTERM)
+        assert await worker.wait() == 0
+    finally:
+        server.stop()
