@@ -6,6 +6,10 @@ import argparse
 import sys
 from typing import NoReturn
 
+import setproctitle
+
+from botrix.config import redact_url
+
 
 class Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line and exit code 2."""
@@ -20,3 +24,19 @@ def fail(prog: str, message: str, code: int = 2) -> NoReturn:
     """Report a problem as one line and exit."""
     sys.stderr.write(f"{prog}: error: {message}\n")
     raise SystemExit(code)
+
+
+def _redact_arg(arg: str) -> str:
+    if "://" not in arg:
+        return arg
+    if arg.startswith("--") and "=" in arg:  # --redis-url=URL
+        flag, _, url = arg.partition("=")
+        return f"{flag}={redact_url(url)}"
+    return redact_url(arg)
+
+
+def hide_secrets_in_title() -> None:
+    """Show the command line with every password in it redacted (``ps``, ``/proc/<pid>/cmdline``)."""
+    shown = [_redact_arg(arg) for arg in sys.argv]
+    if shown != sys.argv:
+        setproctitle.setproctitle(" ".join(shown))

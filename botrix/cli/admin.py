@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 import uvloop
 
-from botrix.cli import Parser, fail
+from botrix.cli import Parser, fail, hide_secrets_in_title
 from botrix.client import Client
 from botrix.config import OPTIONS, redact_url
 from botrix.errors import ConfigError, JobNotFoundError, PayloadTooLargeError
@@ -138,6 +138,7 @@ async def _run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of ``botrix``."""
+    hide_secrets_in_title()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["worker"]:
         from botrix.cli.worker import main as worker_main

@@ -7,12 +7,11 @@ import os
 import sys
 from collections.abc import Sequence
 
-import setproctitle
 import uvloop
 
 from botrix.app import ServeError, Worker
-from botrix.cli import Parser, fail
-from botrix.config import OPTIONS, Settings, redact_url, resolve
+from botrix.cli import Parser, fail, hide_secrets_in_title
+from botrix.config import OPTIONS, Settings, resolve
 from botrix.errors import ConfigError, HandlerLoadError
 from botrix.logs import configure
 from botrix.notify import SystemdNotifier
@@ -49,22 +48,6 @@ def parse_settings(argv: Sequence[str], env: dict[str, str]) -> Settings:
     if not settings.app:
         fail(PROG, "no handler module: pass --app MODULE (or set BOTRIX_APP)")
     return settings
-
-
-def _redact_arg(arg: str) -> str:
-    if "://" not in arg:
-        return arg
-    if arg.startswith("--") and "=" in arg:  # --redis-url=URL
-        flag, _, url = arg.partition("=")
-        return f"{flag}={redact_url(url)}"
-    return redact_url(arg)
-
-
-def hide_secrets_in_title() -> None:
-    """Show the command line with every password in it redacted (``ps``, ``/proc/<pid>/cmdline``)."""
-    shown = [_redact_arg(arg) for arg in sys.argv]
-    if shown != sys.argv:
-        setproctitle.setproctitle(" ".join(shown))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
