@@ -26,8 +26,8 @@ import uvloop
 from botrix import keys
 from botrix.client import Client
 from botrix.errors import JobNotFoundError
-from botrix.model import JobInfo, JobStatus
-from botrix.store import Connection, Store, StoreUnavailable
+from botrix.model import JobInfo, JobStatus, Outcome, Settlement
+from botrix.store import Connection, Consumer, Store, StoreUnavailable
 from tests.conftest import WorkerProcess, eventually
 from tests.faultproxy import FaultProxy
 from tests.redisproc import RedisServer
@@ -379,3 +379,31 @@ def test_store_rides_out_a_connection_reset_under_uvloop(redis_server: RedisServ
                 await store.aclose()
 
     uvloop.run(scenario())
+
+
+async def test_a_settle_whose_reply_was_lost_is_not_reported_as_refused(
+    proxy: FaultProxy, client: Client, queue: str
+) -> None:
+    """The request of a settle gets through, its reply does not (the caller times out); the
+    settler retries the same settlement: that retry must not be reported as a lost lease."""
+    consumer = Consumer(
+        worker_id=f"w-{queue}", lease_ms=30_000, max_envelope_bytes=1 << 20, result_ttl=600, dead_cap=100
+    )
+    store = Store(Connection(proxy.url(), socket_timeout=1.0))
+    try:
+        job_id = await client.enqueue("t.echo", {}, queue=queue)
+        _, [claimed] = await store.exchange(queue, [], 1, consumer)
+        done = Settlement(job_id, queue, claimed.delivery, Outcome.COMPLETED, b'"ok"')
+        proxy.stall()
+        with pytest.raises(StoreUnavailable):
+            await store.exchange(queue, [done], 0, consumer)
+        await proxy.resume()  # the held request reaches Redis now, after its sender gave up
+
+        async def completed_by_the_first_try() -> bool:
+            return (await client.job(job_id, queue)).status is JobStatus.COMPLETED
+
+        await eventually(completed_by_the_first_try, timeout=10, what="the late settle applied")
+        refused, _ = await store.exchange(queue, [done], 0, consumer)  # the settler's retry
+        assert refused == set()
+    finally:
+        await store.aclose()

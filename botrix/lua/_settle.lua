@@ -2,7 +2,8 @@
 -- Pulled into scripts by `--- @include "_settle.lua"` (needs _event.lua first).
 --
 -- The delivery number is a fencing token: it grows on every claim, so an ack from a worker
--- whose lease expired (and whose job was recovered or claimed again) no longer matches.
+-- whose lease expired (and whose job was recovered or claimed again) no longer matches. The
+-- record remembers which delivery was settled, so a retried call (its reply lost) is harmless.
 -- `first` is the ARGV index of the first of five entries a job: id, delivery, outcome, data,
 -- delay ms. Outcomes:
 --   completed: data is the result (JSON)
@@ -15,10 +16,13 @@ local function settle_batch(k, prefix, ttl, dead_cap, queue, now, first)
   for i = first, #ARGV, 5 do
     local id, delivery, outcome, data = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
     local record = prefix .. id
-    local state = redis.call('HMGET', record, 'status', 'delivery', 'attempts')
-    if state[1] ~= 'running' or state[2] ~= delivery then
+    local state = redis.call('HMGET', record, 'status', 'delivery', 'attempts', 'settled')
+    if state[4] == delivery then
+      -- Already applied: a retry of a call whose reply was lost. Neither refused nor redone.
+    elseif state[1] ~= 'running' or state[2] ~= delivery then
       refused[#refused + 1] = id
     else
+      redis.call('HSET', record, 'settled', delivery)
       redis.call('ZREM', k.active, id)
       local attempt = tonumber(state[3])
       if outcome == 'completed' then
