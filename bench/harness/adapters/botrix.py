@@ -13,14 +13,13 @@ WINDOW = 64
 
 
 def command(ctx: WorkerContext) -> list[str]:
-    """``botrix-worker`` with its defaults; only concurrency and log level are given."""
+    """``botrix-worker`` with its defaults, logging included; only concurrency and the port are given."""
     return [
         str(ctx.project_bin / "botrix-worker"),
         "--redis-url", ctx.redis_url,
         "--app", "jobs_botrix",
         "--concurrency", str(ctx.concurrency),
         "--queues", QUEUE,
-        "--log-level", "warning",
         "--http-host", "127.0.0.1",
         "--http-port", "0",
     ]  # fmt: skip
@@ -34,7 +33,8 @@ ADAPTER = Adapter(
     model="async",
     backlog_keys=(("list", "botrix:{default}:pending"), ("zset", "botrix:{default}:active")),
     notes=(
-        "--log-level warning (default info; no line per job, like every system here)",
+        "default log level (info: two JSON lines a job, written to a pipe) while the peers log at "
+        "WARNING: the issue asks for botrix with its defaults, and this errs against botrix",
         "--http-port 0 --http-host 127.0.0.1: probes and metrics stay on, on a free local port",
     ),
 )
