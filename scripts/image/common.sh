@@ -26,7 +26,7 @@ ensure_tools() {
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
             "${missing[@]}" >/dev/null
     fi
-    command -v redis-server >/dev/null 2>&1 || bash "$here/../install-redis.sh"
+    command -v redis-server >/dev/null 2>&1 || bash "$here/../install-deps.sh" --redis-only
 }
 
 # host_ca_bundle: the CA bundle the host's pip trusts (this network re-signs HTTPS).
