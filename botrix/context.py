@@ -6,8 +6,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from botrix.model import JSON, ProgressSink
 
 
@@ -32,10 +30,6 @@ class JobContext:
     async def progress(self, value: JSON) -> None:
         """Publish a progress event (any JSON value) and keep it in the job's record."""
         await self._progress(self.queue, self.job_id, self._delivery, value)
-
-    def dumps(self, value: JSON) -> bytes:
-        """Serialise a value the way botrix stores results."""
-        return orjson.dumps(value)
 
 
 HandlerFunc = Callable[[JobContext, Any], Awaitable[Any]]

@@ -105,7 +105,6 @@ class Store:
                 "progress",
             )
         }
-        self.last_ok = 0.0
 
     async def aclose(self) -> None:
         """Close both connection pools."""
@@ -328,7 +327,6 @@ class Store:
             if "handler is closed" not in str(exc) and "unable to perform operation" not in str(exc):
                 raise
             raise StoreUnavailable(f"connection reset: {_describe(exc)}") from None
-        self.last_ok = time.monotonic()
         return reply
 
 
