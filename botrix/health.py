@@ -85,8 +85,6 @@ class WorkerState:
     redis: RedisLink = field(default_factory=RedisLink)
     started_monotonic: float = field(default_factory=time.monotonic)
     started_wall: float = field(default_factory=time.time)
-    #: Monotonic time of the heartbeat's last pass.
-    last_heartbeat: float = field(default_factory=time.monotonic)
     #: True while the heartbeat component runs; /live fails if it died.
     heartbeat_running: bool = False
     #: Worst event-loop lag over the recent window, and when the loop last ticked (monotonic).

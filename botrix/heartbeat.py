@@ -53,7 +53,6 @@ class Heartbeat:
 
     async def _loop(self, stop: asyncio.Event, next_record: float) -> None:
         while True:
-            self._state.last_heartbeat = time.monotonic()
             try:
                 await self._beat(time.monotonic() >= next_record)
             except StoreUnavailable as exc:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+import pytest
 
 from botrix.client import Client
 from botrix.model import JobStatus
@@ -14,43 +16,43 @@ from tests.redisproc import RedisServer
 SECRET = "pw-Zq81-never-log-me"
 
 
-async def test_password_url_works_and_stays_secret(
-    tmp_path: Path, queue: str, spawn: Callable[..., WorkerProcess]
-) -> None:
+@pytest.fixture
+def auth_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A server of the test's own that requires SECRET."""
     server = RedisServer(tmp_path / "redis-auth")
     server.password = SECRET
     server.start()
     try:
-        worker = spawn(server.url, queue)
-        async with Client.from_url(server.url) as client:
-            job_id = await client.enqueue("t.echo", {}, queue=queue)
-            assert (await client.wait(job_id, timeout=30)).status is JobStatus.COMPLETED
-        server.stop()  # an outage makes the worker log connection errors: they must not leak it
-        await worker.wait_for("redis.unavailable")
-        server.start()
-        await worker.wait_for("redis.recovered")
-        worker.signal(signal.SIGTERM)
-        assert await worker.wait() == 0
-        log = worker.log_path.read_text()
-        assert SECRET not in log
-        assert ":***@" in log
+        yield server
     finally:
         server.stop()
+
+
+async def test_password_url_works_and_stays_secret(
+    auth_redis: RedisServer, queue: str, spawn: Callable[..., WorkerProcess]
+) -> None:
+    worker = spawn(auth_redis.url, queue)
+    async with Client.from_url(auth_redis.url) as client:
+        job_id = await client.enqueue("t.echo", {}, queue=queue)
+        assert (await client.wait(job_id, timeout=30)).status is JobStatus.COMPLETED
+    auth_redis.stop()  # an outage makes the worker log connection errors: they must not leak it
+    await worker.wait_for("redis.unavailable")
+    auth_redis.start()
+    await worker.wait_for("redis.recovered")
+    worker.signal(signal.SIGTERM)
+    assert await worker.wait() == 0
+    log = worker.log_path.read_text()
+    assert SECRET not in log
+    assert ":***@" in log
 
 
 async def test_password_on_the_command_line_is_not_in_the_process_title(
-    tmp_path: Path, queue: str, spawn: Callable[..., WorkerProcess]
+    auth_redis: RedisServer, queue: str, spawn: Callable[..., WorkerProcess]
 ) -> None:
-    server = RedisServer(tmp_path / "redis-title")
-    server.password = SECRET
-    server.start()
-    try:
-        worker = spawn(server.url, queue)
-        await worker.wait_for("worker.started")
-        cmdline = Path(f"/proc/{worker.pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        assert SECRET not in cmdline
-        assert ":***@" in cmdline and "--redis-url" in cmdline
-        worker.signal(signal.SIGTERM)
-        assert await worker.wait() == 0
-    finally:
-        server.stop()
+    worker = spawn(auth_redis.url, queue)
+    await worker.wait_for("worker.started")
+    cmdline = Path(f"/proc/{worker.pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    assert SECRET not in cmdline
+    assert ":***@" in cmdline and "--redis-url" in cmdline
+    worker.signal(signal.SIGTERM)
+    assert await worker.wait() == 0
