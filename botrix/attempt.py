@@ -51,12 +51,19 @@ class Attempts:
         timeout = job.timeout
         if timeout is None:
             timeout = s.job_timeout if handler.timeout is None else handler.timeout
-        log = self._log.bind(
-            queue=queue, job_id=job.id, type=job.type, attempt=job.attempt, correlation_id=job.correlation_id
-        )
         wait_ms = max(0, int(time.time() * 1000) - job.enqueued_at_ms)
         self._metrics.job_started(queue, wait_ms / 1000)
-        log.info("job.started", queue_wait_ms=wait_ms)
+        # DEBUG: at INFO a job gets one line, its outcome, which carries the wait too. Who runs
+        # what now is in /health, the job records and the event stream.
+        self._log.debug(
+            "job.started",
+            queue=queue,
+            job_id=job.id,
+            type=job.type,
+            attempt=job.attempt,
+            correlation_id=job.correlation_id,
+            queue_wait_ms=wait_ms,
+        )
         ctx = JobContext(
             job.id,
             job.type,
@@ -64,7 +71,7 @@ class Attempts:
             job.attempt,
             max_retries,
             job.correlation_id,
-            log,
+            self._log,
             self._progress,
             job.delivery,
         )
@@ -72,12 +79,12 @@ class Attempts:
         attempt = await run_attempt(handler.func, ctx, job.payload, timeout)
         duration = time.perf_counter() - started
         if attempt.error is None:
-            return _settlement(job, Outcome.COMPLETED, attempt.result or b"null", duration)
+            return _settlement(job, Outcome.COMPLETED, attempt.result or b"null", duration, wait_ms)
         if attempt.retryable and job.attempt <= max_retries:
-            settlement = _settlement(job, Outcome.RETRY, attempt.error.to_json(), duration)
+            settlement = _settlement(job, Outcome.RETRY, attempt.error.to_json(), duration, wait_ms)
             settlement.delay_ms = backoff_ms(job.attempt, s.retry_backoff, s.retry_backoff_max)
         else:
-            settlement = _settlement(job, Outcome.DEAD, attempt.error.to_json(), duration)
+            settlement = _settlement(job, Outcome.DEAD, attempt.error.to_json(), duration, wait_ms)
         settlement.error = attempt.error
         return settlement
 
@@ -85,7 +92,7 @@ class Attempts:
         await self._store.publish_progress(queue, job_id, delivery, orjson.dumps(value))
 
 
-def _settlement(job: Job, outcome: Outcome, data: bytes, duration: float) -> Settlement:
+def _settlement(job: Job, outcome: Outcome, data: bytes, duration: float, wait_ms: int) -> Settlement:
     return Settlement(
         job.id,
         job.queue,
@@ -96,6 +103,7 @@ def _settlement(job: Job, outcome: Outcome, data: bytes, duration: float) -> Set
         job_type=job.type,
         attempt=job.attempt,
         correlation_id=job.correlation_id,
+        queue_wait_ms=wait_ms,
     )
 
 

@@ -32,6 +32,8 @@ class InFlight:
     task: asyncio.Task[None] | None = None
     #: Why the task was cancelled, if it was: ``shutdown`` (requeue) or ``lease_lost`` (drop).
     cancel_reason: str | None = None
+    #: The runner's lane whose slot the job holds.
+    lane: int = 0
 
 
 @dataclass(slots=True)

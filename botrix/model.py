@@ -203,6 +203,7 @@ class Settlement:
     attempt: int = 0
     correlation_id: str = ""
     error: ErrorInfo | None = None
+    queue_wait_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)

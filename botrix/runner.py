@@ -8,6 +8,12 @@ needs one round trip per batch. A lower-priority queue claims only in a pass whe
 queue above it came back short. When there is nothing to write and nothing pending, the loop
 arms the waker and sleeps until a job lands, a job finishes, or it is told to stop.
 
+A worker on one queue splits its slots into two lanes, each with at most one pass in flight:
+while Redis runs one lane's exchange, the worker runs the other lane's jobs. With one lane,
+short jobs all finish in the same loop iteration and worker and Redis take turns, each idle
+while the other works (docs/performance.md). A worker on several queues keeps one lane, so
+that strict priority is decided on one consistent view.
+
 Shutdown: claiming stops at once; in-flight jobs get ``--shutdown-timeout`` (their leases
 still renewed by the heartbeat); what is still running then is cancelled and requeued without
 counting an attempt. A second signal (``force``) skips the wait.
@@ -16,6 +22,8 @@ counting an attempt. A second signal (``force``) skips the wait.
 from __future__ import annotations
 
 import asyncio
+import functools
+from dataclasses import dataclass
 
 from botrix.aio import Backoff, sleep_or_stop
 from botrix.attempt import Attempts
@@ -31,6 +39,23 @@ from botrix.waker import Waker
 
 #: After the shutdown timeout, how long cancelled jobs get to be written back as requeued.
 REQUEUE_GRACE_S = 5.0
+
+
+@dataclass(slots=True)
+class Lane:
+    """A share of the worker's slots, with at most one pass in flight."""
+
+    index: int
+    size: int
+    held: int = 0  # its jobs in flight: running, or finished and not yet written
+    reserved: int = 0  # slots its pass in flight may fill
+    busy: bool = False  # a pass is in flight
+
+
+def split(concurrency: int, queues: int) -> list[Lane]:
+    """Two lanes for a worker on one queue (one when it has a single slot), else one."""
+    count = 2 if queues == 1 and concurrency > 1 else 1
+    return [Lane(i, concurrency // count + (1 if i < concurrency % count else 0)) for i in range(count)]
 
 
 class Runner:
@@ -59,17 +84,14 @@ class Runner:
             settings.dead_letter_max,
         )
         self._attempts = Attempts(store, registry, settings, log, metrics)
-        self._settler = Settler(state, log, metrics)
+        self._lanes = split(settings.concurrency, len(settings.queues))
+        self._settler = Settler(state, log, metrics, len(self._lanes))
         self._wake = asyncio.Event()
         self._waker = Waker(store, settings.queues, self._work_arrived, state.redis, log)
         self._backoff = Backoff()
-        self._reserved = 0  # slots exchanges in flight may fill
         self._latest: dict[tuple[str, str], InFlight] = {}  # the newest attempt of each job held
         self._dry = False  # the last claim came back short: the queues looked empty
         self._failure: BaseException | None = None
-        # Two exchanges in flight overlap Redis's work with ours. With several queues only one,
-        # so that strict priority is decided on a consistent view.
-        self._max_passes = 2 if len(settings.queues) == 1 else 1
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop``, then drain; returns once every claimed job is settled."""
@@ -106,10 +128,10 @@ class Runner:
         await stop.wait()
         self._wake.set()
 
-    def _free(self) -> int:
-        # Finished jobs keep their slot until an exchange writes them; slots that an exchange in
-        # flight may fill are reserved.
-        return self._settings.concurrency - len(self._state.in_flight) - self._reserved + len(self._settler)
+    def _free(self, lane: Lane) -> int:
+        # Finished jobs keep their slot until a pass writes them (and so frees it); slots that a
+        # pass in flight may fill are reserved.
+        return lane.size - lane.held - lane.reserved + self._settler.pending(lane.index)
 
     async def _consume(self, stop: asyncio.Event) -> None:
         passes: set[asyncio.Task[bool | None]] = set()
@@ -118,17 +140,24 @@ class Runner:
                 self._wake.clear()
                 if self._failure is not None:
                     raise self._failure
-                work = len(self._settler) > 0 or (self._free() > 0 and not self._dry)
-                if work and len(passes) < self._max_passes:
-                    task = asyncio.create_task(self._pass(claiming=True, stop=stop))
+                ready = [
+                    lane
+                    for lane in self._lanes
+                    if not lane.busy
+                    and (self._settler.pending(lane.index) or (self._free(lane) > 0 and not self._dry))
+                ]
+                for lane in ready:
+                    lane.busy = True
+                    task = asyncio.create_task(self._pass(lane, claiming=True, stop=stop))
                     passes.add(task)
-                    task.add_done_callback(lambda t: self._pass_done(t, passes))
-                    await asyncio.sleep(0)  # let it take its batch and reserve its slots
+                    task.add_done_callback(functools.partial(self._pass_done, lane=lane, passes=passes))
+                if ready:
+                    await asyncio.sleep(0)  # let them take their batches and reserve their slots
                     continue
                 if passes:
-                    await self._wake.wait()  # a job or an exchange finishing sets it
+                    await self._wake.wait()  # a job or a pass finishing sets it
                     continue
-                if self._free() > 0:
+                if any(self._free(lane) > 0 for lane in self._lanes):
                     self._waker.arm()
                 # The timeout only guards against a wake-up lost with a dead connection.
                 await sleep_or_stop(self._wake, self._store.blocking_timeout + 1)
@@ -140,8 +169,11 @@ class Runner:
         self._dry = False
         self._wake.set()
 
-    def _pass_done(self, task: asyncio.Task[bool | None], passes: set[asyncio.Task[bool | None]]) -> None:
+    def _pass_done(
+        self, task: asyncio.Task[bool | None], lane: Lane, passes: set[asyncio.Task[bool | None]]
+    ) -> None:
         passes.discard(task)
+        lane.busy = False
         if task.cancelled():
             return
         if task.exception() is not None:
@@ -150,33 +182,29 @@ class Runner:
             self._dry = bool(task.result())
         self._wake.set()
 
-    async def _pass(self, *, claiming: bool, stop: asyncio.Event | None) -> bool | None:
-        """One round of exchanges, queue by queue in priority order.
+    async def _pass(self, lane: Lane, *, claiming: bool, stop: asyncio.Event | None) -> bool | None:
+        """One round of exchanges for ``lane``, queue by queue in priority order.
 
         Returns True when the queues ran dry (the last claim came back short), False when a
         claim was filled or none was made (look again), None when Redis failed.
         """
-        batches = self._settler.take()
+        batches = self._settler.take(lane.index)
         dry = False
         for queue in self._settings.queues:
             items = batches.pop(queue, [])
             # Only this call's settlements free slots for its claim; jobs finishing meanwhile
             # keep theirs until a later call writes them.
-            want = (
-                max(0, self._settings.concurrency - len(self._state.in_flight) - self._reserved + len(items))
-                if claiming
-                else 0
-            )
+            want = max(0, lane.size - lane.held - lane.reserved + len(items)) if claiming else 0
             if want == 0:
                 claiming = False  # this queue was not looked at, so the ones below it wait too
             if not items and want == 0:
                 continue
-            self._reserved += want
+            lane.reserved += want
             try:
-                refused, claimed = await self._store.exchange(queue, items, want, self._consumer)
+                refused, claimed = await self._store.exchange(queue, items, want, self._consumer, lane.index)
             except StoreUnavailable as exc:
                 batches[queue] = items
-                self._settler.put_back(batches)
+                self._settler.put_back(lane.index, batches)
                 if self._state.redis.down(str(exc)):
                     self._log.warning(
                         "redis.unavailable", reason=str(exc), during="exchange", unsettled=len(self._settler)
@@ -184,7 +212,7 @@ class Runner:
                 await sleep_or_stop(stop or asyncio.Event(), self._backoff.next())
                 return None
             finally:
-                self._reserved -= want
+                lane.reserved -= want
             self._backoff.reset()
             if self._state.redis.ok():
                 self._log.info("redis.recovered")
@@ -192,18 +220,19 @@ class Runner:
                 self._forget(settlement.queue, settlement.job_id, settlement.delivery)
             self._settler.written(items, refused)
             for job in claimed:
-                self._start(queue, job)
+                self._start(lane, queue, job)
             if want:
                 dry = len(claimed) < want
                 # Strict priority: lower queues claim only in a pass where this one ran dry.
                 claiming = dry
         return dry
 
-    def _start(self, queue: str, claimed: Claimed) -> None:
+    def _start(self, lane: Lane, queue: str, claimed: Claimed) -> None:
         # This worker may still run an older attempt of the same job whose lease it lost (it
         # was recovered, and we claimed it again): that attempt must stop now.
         self._cancel_lost(self._latest.get((queue, claimed.job_id)))
-        entry = InFlight(claimed.job_id, queue, claimed.delivery)
+        entry = InFlight(claimed.job_id, queue, claimed.delivery, lane=lane.index)
+        lane.held += 1
         self._state.in_flight[(queue, claimed.job_id, claimed.delivery)] = entry
         self._latest[(queue, claimed.job_id)] = entry
         entry.task = asyncio.create_task(self._run_job(queue, claimed, entry))
@@ -231,12 +260,15 @@ class Runner:
                 attempt=claimed.attempt,
                 error=error,
             )
-        self._settler.submit(settlement)
+        self._settler.submit(settlement, entry.lane)
         self._wake.set()
 
     def _forget(self, queue: str, job_id: str, delivery: int) -> None:
         entry = self._state.in_flight.pop((queue, job_id, delivery), None)
-        if entry is not None and self._latest.get((queue, job_id)) is entry:
+        if entry is None:
+            return
+        self._lanes[entry.lane].held -= 1
+        if self._latest.get((queue, job_id)) is entry:
             del self._latest[(queue, job_id)]
 
     async def _drain(self) -> None:
@@ -263,7 +295,9 @@ class Runner:
                 while self._state.in_flight and not (unless and unless.is_set()):
                     self._wake.clear()
                     if len(self._settler):
-                        await self._pass(claiming=False, stop=unless)
+                        for lane in self._lanes:
+                            if self._settler.pending(lane.index):
+                                await self._pass(lane, claiming=False, stop=unless)
                         continue
                     await self._wait_for(self._wake, unless)
         except TimeoutError:

@@ -18,47 +18,62 @@ from botrix.model import Outcome, Settlement
 class Settler:
     """The buffer of finished attempts and the report of written ones."""
 
-    def __init__(self, state: WorkerState, log: Logger, metrics: Metrics) -> None:
+    def __init__(self, state: WorkerState, log: Logger, metrics: Metrics, lanes: int = 1) -> None:
         self._state = state
         self._log = log
         self._metrics = metrics
-        self._buffer: list[Settlement] = []
+        self._buffers: list[list[Settlement]] = [[] for _ in range(lanes)]
+        self._count = 0
 
-    def submit(self, settlement: Settlement) -> None:
-        """Queue a finished attempt for the next write."""
-        self._buffer.append(settlement)
+    def submit(self, settlement: Settlement, lane: int = 0) -> None:
+        """Queue a finished attempt for the next write of its lane (runner.py)."""
+        self._buffers[lane].append(settlement)
+        self._count += 1
 
     def __len__(self) -> int:
-        return len(self._buffer)
+        return self._count
 
-    def take(self) -> dict[str, list[Settlement]]:
-        """Everything buffered, by queue; the buffer is emptied."""
+    def pending(self, lane: int) -> int:
+        """Finished attempts of ``lane`` waiting to be written."""
+        return len(self._buffers[lane])
+
+    def take(self, lane: int = 0) -> dict[str, list[Settlement]]:
+        """Everything buffered for ``lane``, by queue; its buffer is emptied."""
         by_queue: dict[str, list[Settlement]] = defaultdict(list)
-        for settlement in self._buffer:
+        for settlement in self._buffers[lane]:
             by_queue[settlement.queue].append(settlement)
-        self._buffer = []
+        self._count -= len(self._buffers[lane])
+        self._buffers[lane] = []
         return by_queue
 
-    def put_back(self, batches: dict[str, list[Settlement]]) -> None:
-        """Return unwritten settlements (Redis failed) to the front of the buffer."""
-        self._buffer = [s for batch in batches.values() for s in batch] + self._buffer
+    def put_back(self, lane: int, batches: dict[str, list[Settlement]]) -> None:
+        """Return unwritten settlements (Redis failed) to the front of ``lane``'s buffer."""
+        back = [s for batch in batches.values() for s in batch]
+        self._buffers[lane] = back + self._buffers[lane]
+        self._count += len(back)
 
     def written(self, batch: list[Settlement], refused: set[str]) -> None:
-        """Log, count and measure a batch that Redis has accepted (or refused, for lost leases)."""
+        """Log, count and measure a batch that Redis has accepted (or refused, for lost leases).
+
+        At INFO a successful attempt is one line; the job's fields are passed with each call
+        rather than bound first, which would build a logger per job.
+        """
         counters = self._state.counters
+        log = self._log
         for s in batch:
-            log = self._log.bind(
-                queue=s.queue,
-                job_id=s.job_id,
-                type=s.job_type,
-                attempt=s.attempt,
-                correlation_id=s.correlation_id,
-            )
+            job = {
+                "queue": s.queue,
+                "job_id": s.job_id,
+                "type": s.job_type,
+                "attempt": s.attempt,
+                "correlation_id": s.correlation_id,
+            }
             if s.job_id in refused:
                 counters.refused_acks += 1
                 self._metrics.ack_refused(s.queue)
                 log.warning(
                     "job.ack_refused",
+                    **job,
                     outcome=s.outcome.value,
                     reason="lease lost: the job was recovered or claimed by another worker",
                 )
@@ -66,32 +81,40 @@ class Settler:
             ran = s.duration_s > 0
             self._metrics.job_finished(s.queue, s.job_type, s.outcome.value, s.duration_s if ran else None)
             if s.outcome is Outcome.REQUEUE:
-                log.info("job.requeued", reason="shutdown")
+                log.info("job.requeued", **job, reason="shutdown")
                 continue
             counters.processed += 1
             duration_ms = round(s.duration_s * 1000, 3)
             if s.outcome is Outcome.COMPLETED:
                 counters.succeeded += 1
-                log.info("job.succeeded", duration_ms=duration_ms)
+                log.info("job.succeeded", **job, queue_wait_ms=s.queue_wait_ms, duration_ms=duration_ms)
                 continue
             counters.failed += 1
             error = s.error.type if s.error else None
             message = s.error.message if s.error else None
-            log.warning("job.failed", duration_ms=duration_ms, error=error, message=message)
+            log.warning(
+                "job.failed",
+                **job,
+                queue_wait_ms=s.queue_wait_ms,
+                duration_ms=duration_ms,
+                error=error,
+                message=message,
+            )
             if s.outcome is Outcome.RETRY:
                 counters.retried += 1
-                log.info("job.retry_scheduled", delay_ms=s.delay_ms)
+                log.info("job.retry_scheduled", **job, delay_ms=s.delay_ms)
             else:
                 counters.dead += 1
-                log.error("job.dead", error=error, reason=message)
+                log.error("job.dead", **job, error=error, reason=message)
 
     def abandon(self) -> None:
         """Give up on what is unwritten (Redis gone at shutdown): leases expire, jobs are recovered."""
-        for settlement in self._buffer:
+        for settlement in (s for buffer in self._buffers for s in buffer):
             self._log.warning(
                 "job.settle_abandoned",
                 job_id=settlement.job_id,
                 queue=settlement.queue,
                 reason="redis unavailable at shutdown; another worker recovers the job after its lease",
             )
-        self._buffer = []
+        self._buffers = [[] for _ in self._buffers]
+        self._count = 0

@@ -7,6 +7,7 @@ method here. Nothing outside this module sees a Redis type: callers get botrix's
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -15,11 +16,12 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+import hiredis
 import orjson
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from botrix import keys
 from botrix.errors import BotrixError
@@ -89,6 +91,14 @@ class Store:
 
     def __init__(self, conn: Connection, *, blocking_timeout: float = 5.0) -> None:
         self._redis = _open(conn, conn.socket_timeout)
+        self._timeout = conn.socket_timeout
+        # The exchange runs once a batch, so its cost per call is the worker's cost per job at
+        # low concurrency. Through the client and pool a call costs ~80 us of CPU here, most of
+        # it a task (asyncio.wait_for) and a timeout context per send and per read; on a
+        # connection of its own, with one timer as the deadline, ~15 us. Each runner lane owns
+        # one of these connections and never has two calls in flight on it.
+        self._direct_factory = _open(conn, None).connection_pool
+        self._direct: dict[int, Any] = {}
         # Blocking waits get their own pool so they never starve the commands that settle jobs.
         self._blocking = _open(conn, blocking_timeout + conn.socket_timeout)
         self.blocking_timeout = blocking_timeout
@@ -107,9 +117,12 @@ class Store:
         }
 
     async def aclose(self) -> None:
-        """Close both connection pools."""
+        """Close both connection pools and the lanes' connections."""
         await self._redis.aclose()
         await self._blocking.aclose()
+        for direct in self._direct.values():
+            await direct.disconnect()
+        self._direct.clear()
 
     async def _run(self, script: str, keys_: Sequence[str], args: Sequence[Any]) -> Any:
         return await self._call(self._scripts[script](keys=keys_, args=args))
@@ -144,11 +157,12 @@ class Store:
     # -- consuming -------------------------------------------------------------------------
 
     async def exchange(
-        self, queue: str, settlements: Sequence[Settlement], want: int, consumer: Consumer
+        self, queue: str, settlements: Sequence[Settlement], want: int, consumer: Consumer, lane: int = 0
     ) -> tuple[set[str], list[Claimed]]:
         """Settle finished attempts, then claim up to ``want`` jobs, in one round trip.
 
         Returns the ids whose ack was refused (their lease was lost) and the claimed jobs.
+        ``lane`` names the caller's own connection: one call at a time on each.
         """
         k = keys.queue_keys(queue)
         args: list[Any] = [
@@ -163,8 +177,8 @@ class Store:
         ]
         for s in settlements:
             args += [s.job_id, s.delivery, s.outcome.value, s.data, s.delay_ms]
-        refused, flat = await self._run(
-            "exchange", [k.pending, k.active, k.scheduled, k.dead, k.events, k.seq], args
+        refused, flat = await self._run_direct(
+            lane, "exchange", [k.pending, k.active, k.scheduled, k.dead, k.events, k.seq], args
         )
         claimed = [
             Claimed(_text(flat[i]), flat[i + 1], int(flat[i + 2]), int(flat[i + 3]), int(flat[i + 4]))
@@ -311,23 +325,71 @@ class Store:
         records = await self._call(pipe.execute())
         return [orjson.loads(r) for r in records if r is not None]
 
+    async def _run_direct(self, lane: int, script: str, keys_: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run a script on ``lane``'s own connection, within the socket timeout."""
+        conn = self._direct.get(lane)
+        if conn is None:
+            conn = self._direct[lane] = self._direct_factory.make_connection()  # type: ignore[no-untyped-call]
+        sha = self._scripts[script].sha
+        task = asyncio.current_task()
+        assert task is not None
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            task.cancel()
+
+        # One timer for the whole call instead of redis-py's per-send and per-read timeouts;
+        # uncancel() tells its cancellation apart from one that came from outside.
+        timer = asyncio.get_running_loop().call_later(self._timeout, expire)
+        try:
+            try:
+                return await self._direct_call(conn, "EVALSHA", sha, len(keys_), *keys_, *args)
+            except NoScriptError:  # a restarted or flushed Redis forgot the script
+                await self._direct_call(conn, "SCRIPT", "LOAD", self._scripts[script].script)
+                return await self._direct_call(conn, "EVALSHA", sha, len(keys_), *keys_, *args)
+        except asyncio.CancelledError:
+            if expired and task.uncancel() == 0:
+                await conn.disconnect(nowait=True)  # a late reply must not answer the next call
+                raise StoreUnavailable(f"TimeoutError: no reply within {self._timeout:g}s") from None
+            raise
+        finally:
+            timer.cancel()
+
+    async def _direct_call(self, conn: Any, *args: Any) -> Any:
+        try:
+            # hiredis packs in C, into one buffer: redis-py's packing costs more than the rest
+            # of the call, and its list of chunks makes a slow writelines.
+            await conn.send_packed_command(hiredis.pack_command(args))
+            return await conn.read_response()
+        except NoScriptError:
+            raise
+        except (RedisError, OSError, RuntimeError) as exc:
+            await conn.disconnect(nowait=True)
+            raise _unavailable(exc) from None
+
     async def _call(self, awaitable: Any) -> Any:
         # Every Redis error backs the caller off, not only lost connections: OOM, READONLY
         # after a failover, BUSY from someone's long script and LOADING are all "Redis cannot
         # take this now", and a worker that crashed on them would leave its jobs leased.
         try:
             reply = await awaitable
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(_describe(exc)) from None
-        except RuntimeError as exc:
-            # uvloop reports a write on a connection the peer reset while it sat idle in the
-            # pool as a RuntimeError ("unable to perform operation on <TCPTransport closed=True>;
-            # the handler is closed", MagicStack/uvloop#506). redis-py has already dropped the
-            # connection; the caller backs off and the next call reconnects.
-            if "handler is closed" not in str(exc) and "unable to perform operation" not in str(exc):
-                raise
-            raise StoreUnavailable(f"connection reset: {_describe(exc)}") from None
+        except (RedisError, OSError, RuntimeError) as exc:
+            raise _unavailable(exc) from None
         return reply
+
+
+def _unavailable(exc: RedisError | OSError | RuntimeError) -> StoreUnavailable:
+    if not isinstance(exc, RuntimeError):
+        return StoreUnavailable(_describe(exc))
+    # uvloop reports a write on a connection the peer reset while it sat idle as a RuntimeError
+    # ("unable to perform operation on <TCPTransport closed=True>; the handler is closed",
+    # MagicStack/uvloop#506). redis-py has already dropped the connection; the caller backs off
+    # and the next call reconnects. Any other RuntimeError is a bug, and stays one.
+    if "handler is closed" not in str(exc) and "unable to perform operation" not in str(exc):
+        raise exc
+    return StoreUnavailable(f"connection reset: {_describe(exc)}")
 
 
 def _text(raw: bytes) -> str:

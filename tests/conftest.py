@@ -106,6 +106,8 @@ class WorkerProcess:
             "tests.handlers",
             "--log-format",
             "json",
+            "--log-level",
+            "debug",  # tests wait for job.started, a DEBUG line
             "--http-port",
             "-1",
             "--lease-seconds",
