@@ -5,6 +5,12 @@ Redis, so a Redis outage cannot make an orchestrator restart every worker at onc
 says whether this worker should be given work: Redis answering, handlers loaded, not draining.
 Queue depths come from Redis with a short timeout and are cached briefly, so a slow Redis
 cannot hang a scrape. Nothing here ever shows a secret.
+
+The server is h11 (the HTTP/1.1 protocol: parsing, framing, keep-alive) on asyncio streams.
+It replaced aiohttp, whose import alone cost 11.5 MB of the worker's 55 MB peak RSS for four
+GET endpoints (docs/performance.md). Bounds a probe port needs: a request's head may take
+16 KiB and HEAD_TIMEOUT_S at most, an idle keep-alive connection is closed after
+IDLE_TIMEOUT_S, and at most MAX_CONNECTIONS are open at once.
 """
 
 from __future__ import annotations
@@ -14,7 +20,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import web
+import h11
+import orjson
 from prometheus_client.exposition import choose_encoder
 
 from botrix.config import Settings
@@ -29,20 +36,34 @@ REDIS_FRESH_S = 10.0
 DEPTH_CACHE_S = 1.0
 DEPTH_TIMEOUT_S = 0.5
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+HEAD_TIMEOUT_S = 10.0
+IDLE_TIMEOUT_S = 30.0
+MAX_CONNECTIONS = 64
+READ_CHUNK = 16384
+MAX_BODY = 65536
+JSON = "application/json; charset=utf-8"
 
 
-@web.middleware
-async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Unknown paths (404) and wrong methods (405) answer JSON like every other endpoint."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        body = {"error": exc.reason.lower().replace(" ", "_"), "path": request.path}
-        return web.json_response(body, status=exc.status, headers=headers)
+class Reply:
+    """What an endpoint answers: status, body and its content type, extra headers."""
+
+    __slots__ = ("body", "content_type", "headers", "status")
+
+    def __init__(
+        self, status: int, body: bytes, content_type: str, headers: tuple[tuple[str, str], ...] = ()
+    ):
+        self.status = status
+        self.body = body
+        self.content_type = content_type
+        self.headers = headers
+
+    @classmethod
+    def json(cls, body: Any, status: int = 200, headers: tuple[tuple[str, str], ...] = ()) -> Reply:
+        """A JSON answer (every endpoint but /metrics)."""
+        return cls(status, orjson.dumps(body), JSON, headers)
+
+
+Endpoint = Callable[[h11.Request], Awaitable[Reply]]
 
 
 class HttpServer:
@@ -69,31 +90,102 @@ class HttpServer:
         self._depth_lock = asyncio.Lock()
         self.started = asyncio.Event()
         self.port: int | None = None
-
-    def application(self) -> web.Application:
-        """The aiohttp application (exposed for tests that want it without a socket)."""
-        app = web.Application(middlewares=[json_errors])
-        app.router.add_get("/live", self._live)
-        app.router.add_get("/ready", self._ready)
-        app.router.add_get("/health", self._health)
-        app.router.add_get("/metrics", self._metrics_page)
-        return app
+        self._routes: dict[str, Endpoint] = {
+            "/live": self._live,
+            "/ready": self._ready,
+            "/health": self._health,
+            "/metrics": self._metrics_page,
+        }
+        self._open: set[asyncio.Task[Any]] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Listen until ``stop``."""
-        runner = web.AppRunner(self.application(), access_log=None, handle_signals=False)
-        await runner.setup()
+        server = await asyncio.start_server(
+            self._connection, self._settings.http_host, self._settings.http_port, reuse_address=True
+        )
         try:
-            site = web.TCPSite(runner, self._settings.http_host, self._settings.http_port, reuse_address=True)
-            await site.start()
-            server = site._server
-            sockets = getattr(server, "sockets", None) or []
-            self.port = int(sockets[0].getsockname()[1]) if sockets else self._settings.http_port
+            self.port = (
+                int(server.sockets[0].getsockname()[1]) if server.sockets else self._settings.http_port
+            )
             self._log.info("http.listening", host=self._settings.http_host, port=self.port)
             self.started.set()
             await stop.wait()
         finally:
-            await runner.cleanup()
+            server.close()
+            for task in list(self._open):
+                task.cancel()
+            await server.wait_closed()
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._open.add(task)
+        try:
+            if len(self._open) <= MAX_CONNECTIONS:
+                await self._serve(h11.Connection(h11.SERVER), reader, writer)
+        except (TimeoutError, ConnectionError, h11.ProtocolError):
+            pass  # a slow, broken or malformed client: drop it, the worker goes on
+        finally:
+            self._open.discard(task)
+            writer.close()
+
+    async def _serve(
+        self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Answer requests on one connection until the client or h11 says it is over."""
+        while True:
+            request = await self._next_request(conn, reader)
+            if request is None:
+                return
+            reply = await self._answer(request)
+            headers = [
+                ("Content-Type", reply.content_type),
+                ("Content-Length", str(len(reply.body))),
+                *reply.headers,
+            ]
+            writer.write(conn.send(h11.Response(status_code=reply.status, headers=headers)) or b"")
+            if request.method != b"HEAD":
+                writer.write(conn.send(h11.Data(data=reply.body)) or b"")
+            writer.write(conn.send(h11.EndOfMessage()) or b"")
+            await writer.drain()
+            if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                return  # the client asked to close, or spoke HTTP/1.0
+            conn.start_next_cycle()
+
+    async def _next_request(self, conn: h11.Connection, reader: asyncio.StreamReader) -> h11.Request | None:
+        """The next request, its body (if any) read and dropped; None when the connection is over."""
+        request: h11.Request | None = None
+        timeout = IDLE_TIMEOUT_S
+        body = 0
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                async with asyncio.timeout(timeout):
+                    conn.receive_data(await reader.read(READ_CHUNK))
+                timeout = HEAD_TIMEOUT_S  # the rest of a request that has begun
+            elif isinstance(event, h11.Request):
+                request = event
+            elif isinstance(event, h11.Data) and request is not None:
+                body += len(event.data)
+                if body > MAX_BODY:
+                    return None  # no endpoint takes a body: do not read a large one
+            elif isinstance(event, h11.EndOfMessage) and request is not None:
+                return request
+            else:
+                return None  # ConnectionClosed, or anything a server does not expect here
+
+    async def _answer(self, request: h11.Request) -> Reply:
+        path = request.target.decode("ascii", "replace").split("?", 1)[0]
+        endpoint = self._routes.get(path)
+        if endpoint is None:
+            return Reply.json({"error": "not_found", "path": path}, 404)
+        if request.method not in (b"GET", b"HEAD"):
+            return Reply.json({"error": "method_not_allowed", "path": path}, 405, (("Allow", "GET, HEAD"),))
+        try:
+            return await endpoint(request)
+        except Exception:  # a bug here must not kill the probe port, only this answer
+            self._log.exception("http.error", path=path)
+            return Reply.json({"error": "internal_error", "path": path}, 500)
 
     # -- probes ----------------------------------------------------------------------------
 
@@ -120,23 +212,23 @@ class HttpServer:
             return False, "starting"
         return True, "ok"
 
-    async def _live(self, request: web.Request) -> web.Response:
+    async def _live(self, request: h11.Request) -> Reply:
         ok, reason = self.liveness()
         body: dict[str, Any] = {
             "status": "ok" if ok else "unhealthy",
             "reason": reason,
             "event_loop_lag_s": round(self._state.loop_lag_s, 4),
         }
-        return web.json_response(body, status=200 if ok else 503)
+        return Reply.json(body, 200 if ok else 503)
 
-    async def _ready(self, request: web.Request) -> web.Response:
+    async def _ready(self, request: h11.Request) -> Reply:
         ok, reason = self.readiness()
         body: dict[str, Any] = {"status": "ready" if ok else "not_ready", "reason": reason}
         if reason == "redis_unreachable":
             body["detail"] = self._state.redis.reason
-        return web.json_response(body, status=200 if ok else 503)
+        return Reply.json(body, 200 if ok else 503)
 
-    async def _health(self, request: web.Request) -> web.Response:
+    async def _health(self, request: h11.Request) -> Reply:
         live, live_reason = self.liveness()
         ready, ready_reason = self.readiness()
         await self._refresh_depth()
@@ -172,15 +264,13 @@ class HttpServer:
                 "acks_refused": c.refused_acks,
             },
         }
-        return web.json_response(body, status=200 if live else 503)
+        return Reply.json(body, 200 if live else 503)
 
-    async def _metrics_page(self, request: web.Request) -> web.Response:
+    async def _metrics_page(self, request: h11.Request) -> Reply:
         await self._refresh_depth()
-        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-        body = encoder(self._metrics.registry)
-        response = web.Response(body=body)
-        response.headers["Content-Type"] = content_type
-        return response
+        accept = b",".join(value for name, value in request.headers if name == b"accept")
+        encoder, content_type = choose_encoder(accept.decode("latin-1"))
+        return Reply(200, encoder(self._metrics.registry), content_type)
 
     async def _refresh_depth(self) -> None:
         async with self._depth_lock:

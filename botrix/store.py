@@ -361,7 +361,7 @@ class Store:
         try:
             # hiredis packs in C, into one buffer: redis-py's packing costs more than the rest
             # of the call, and its list of chunks makes a slow writelines.
-            await conn.send_packed_command(hiredis.pack_command(args))
+            await conn.send_packed_command(hiredis.pack_command(args), check_health=False)
             return await conn.read_response()
         except NoScriptError:
             raise

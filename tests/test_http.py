@@ -76,6 +76,53 @@ async def test_unknown_paths_and_methods_answer_json(redis_server: RedisServer, 
             assert "GET" in r.headers["Allow"]
 
 
+async def raw_exchange(base: str, data: bytes) -> bytes:
+    """Send raw bytes to the probe port; everything it answers until it closes the connection."""
+    host, port = base.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(data)
+        await writer.drain()
+        async with asyncio.timeout(30):
+            answer = await reader.read()
+    except ConnectionResetError:  # the server closed with our bytes unread: dropped
+        answer = b""
+    writer.close()
+    return answer
+
+
+async def test_http_speaks_keep_alive_pipelining_head_and_http10(
+    redis_server: RedisServer, queue: str
+) -> None:
+    async with http_worker(redis_server.url, queue) as (_, base):
+        # Two pipelined requests on one connection, the second asking to close it.
+        answer = await raw_exchange(
+            base,
+            b"GET /live HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        assert answer.count(b"HTTP/1.1 200 ") == 2 and b'"status":"ready"' in answer
+        head = await raw_exchange(base, b"HEAD /live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 ") and head.endswith(b"\r\n\r\n")  # headers only
+        old = await raw_exchange(base, b"GET /live HTTP/1.0\r\n\r\n")
+        assert old.startswith(b"HTTP/1.1 200 ") and b'"status":"ok"' in old
+
+
+async def test_http_drops_garbage_and_oversized_requests_and_keeps_serving(
+    redis_server: RedisServer, queue: str
+) -> None:
+    async with http_worker(redis_server.url, queue) as (_, base):
+        assert await raw_exchange(base, b"\x00\x01 not http at all\r\n\r\n") == b""
+        huge = b"GET /live HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n"
+        assert await raw_exchange(base, huge) == b""
+        body = b"x" * 200_000
+        post = b"POST /live HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+        answer = await raw_exchange(base, post)
+        assert answer.startswith(b"HTTP/1.1 405 ") or answer == b""  # never read in full
+        status, body_json, _ = await get(base, "/live")
+        assert status == 200 and body_json["status"] == "ok"
+
+
 async def test_metrics_move_as_jobs_complete_fail_and_retry(
     redis_server: RedisServer, client: Client, queue: str
 ) -> None:
