@@ -61,12 +61,21 @@ local function claim_batch(k, prefix, queue, now, want, lease_ms, worker, max_by
 
   -- Entries that are dropped (duplicates) or dead-lettered do not fill a slot; the pops are
   -- still bounded so a flood of them cannot turn one call into a long-running script.
+  -- LPOP with a count takes what should fill the slots in one call; only entries that did not
+  -- fill one (dropped or dead-lettered) make it pop again.
   local pops = 0
+  local items = {}
+  local next_item = 1
   while claimed < want and pops < want + 100 do
-    local item = redis.call('LPOP', k.pending)
-    if not item then
-      break
+    if next_item > #items then
+      items = redis.call('LPOP', k.pending, math.min(want - claimed, want + 100 - pops))
+      next_item = 1
+      if not items then
+        break
+      end
     end
+    local item = items[next_item]
+    next_item = next_item + 1
     pops = pops + 1
     local id = item
     local fields = false

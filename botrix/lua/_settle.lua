@@ -22,12 +22,11 @@ local function settle_batch(k, prefix, ttl, dead_cap, queue, now, first)
     elseif state[1] ~= 'running' or state[2] ~= delivery then
       refused[#refused + 1] = id
     else
-      redis.call('HSET', record, 'settled', delivery)
       redis.call('ZREM', k.active, id)
       local attempt = tonumber(state[3])
       if outcome == 'completed' then
         -- The error of an earlier failed attempt stays: "the latest failure" is still useful.
-        redis.call('HSET', record, 'status', 'completed', 'result', data, 'finished_at', now)
+        redis.call('HSET', record, 'status', 'completed', 'result', data, 'finished_at', now, 'settled', delivery)
         if ttl > 0 then
           redis.call('EXPIRE', record, ttl)
         end
@@ -35,17 +34,17 @@ local function settle_batch(k, prefix, ttl, dead_cap, queue, now, first)
           '{"event":"completed","job_id":"%s","queue":"%s","ts":%d,"attempt":%d}', id, queue, now, attempt))
       elseif outcome == 'retry' then
         local run_at = now + tonumber(ARGV[i + 4])
-        redis.call('HSET', record, 'status', 'retrying', 'error', data, 'run_at', run_at)
+        redis.call('HSET', record, 'status', 'retrying', 'error', data, 'run_at', run_at, 'settled', delivery)
         redis.call('ZADD', k.scheduled, run_at, id)
         publish(k.events, 'retrying', id, queue, now, {attempt = attempt, run_at = run_at})
       elseif outcome == 'dead' then
-        redis.call('HSET', record, 'status', 'dead', 'error', data, 'finished_at', now)
+        redis.call('HSET', record, 'status', 'dead', 'error', data, 'finished_at', now, 'settled', delivery)
         redis.call('ZADD', k.dead, now, id)
         cap_dead(k.dead, prefix, dead_cap)
         publish(k.events, 'dead', id, queue, now, {attempt = attempt})
       else
         redis.call('HINCRBY', record, 'attempts', -1)
-        redis.call('HSET', record, 'status', 'queued')
+        redis.call('HSET', record, 'status', 'queued', 'settled', delivery)
         redis.call('LPUSH', k.pending, id)
         publish(k.events, 'requeued', id, queue, now, {attempt = attempt})
       end
