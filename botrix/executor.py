@@ -47,6 +47,7 @@ async def run_attempt(handler: HandlerFunc, ctx: JobContext, payload: object, ti
     """
     task = asyncio.current_task()
     assert task is not None
+    cancelling = task.cancelling()  # cancellations asked before the attempt are not ours
     expired = False
 
     def expire() -> None:
@@ -58,7 +59,7 @@ async def run_attempt(handler: HandlerFunc, ctx: JobContext, payload: object, ti
     try:
         value = await handler(ctx, payload)
     except asyncio.CancelledError as exc:
-        if expired and task.uncancel() == 0:
+        if expired and task.uncancel() <= cancelling:
             return Attempt(error=ErrorInfo("JobTimeout", f"attempt exceeded its {timeout:g}s timeout"))
         if task.cancelling() == 0:
             # Nobody cancelled this task: the handler raised CancelledError itself (awaiting

@@ -9,8 +9,9 @@ cannot hang a scrape. Nothing here ever shows a secret.
 The server is h11 (the HTTP/1.1 protocol: parsing, framing, keep-alive) on asyncio streams.
 It replaced aiohttp, whose import alone cost 11.5 MB of the worker's 55 MB peak RSS for four
 GET endpoints (docs/performance.md). Bounds a probe port needs: a request's head may take
-16 KiB and HEAD_TIMEOUT_S at most, an idle keep-alive connection is closed after
-IDLE_TIMEOUT_S, and at most MAX_CONNECTIONS are open at once.
+16 KiB, a request (from its first byte) and the sending of its answer REQUEST_TIMEOUT_S each,
+an idle keep-alive connection is closed after IDLE_TIMEOUT_S, and at most MAX_CONNECTIONS are
+open at once: past that, the oldest idle one is closed to make room, or the new one refused.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ REDIS_FRESH_S = 10.0
 DEPTH_CACHE_S = 1.0
 DEPTH_TIMEOUT_S = 0.5
 
-HEAD_TIMEOUT_S = 10.0
+REQUEST_TIMEOUT_S = 10.0
 IDLE_TIMEOUT_S = 30.0
 MAX_CONNECTIONS = 64
 READ_CHUNK = 16384
@@ -96,7 +97,8 @@ class HttpServer:
             "/health": self._health,
             "/metrics": self._metrics_page,
         }
-        self._open: set[asyncio.Task[Any]] = set()
+        # Open connections and whether each is idle (between requests), oldest first.
+        self._open: dict[asyncio.StreamWriter, bool] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         """Listen until ``stop``."""
@@ -112,29 +114,43 @@ class HttpServer:
             await stop.wait()
         finally:
             server.close()
-            for task in list(self._open):
-                task.cancel()
+            # Closing the sockets ends each connection's read; its task then returns by itself.
+            for writer in list(self._open):
+                writer.close()
             await server.wait_closed()
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._open.add(task)
+        if len(self._open) >= MAX_CONNECTIONS and not self._evict_idle():
+            writer.close()
+            return
+        self._open[writer] = True
         try:
-            if len(self._open) <= MAX_CONNECTIONS:
-                await self._serve(h11.Connection(h11.SERVER), reader, writer)
+            await self._serve(h11.Connection(h11.SERVER), reader, writer)
         except (TimeoutError, ConnectionError, h11.ProtocolError):
             pass  # a slow, broken or malformed client: drop it, the worker goes on
+        except asyncio.CancelledError:
+            # Only the loop's own shutdown cancels these tasks; on 3.11 the stream server would
+            # log each cancelled connection as an error.
+            pass
         finally:
-            self._open.discard(task)
+            self._open.pop(writer, None)
             writer.close()
+
+    def _evict_idle(self) -> bool:
+        """Make room by closing the oldest connection that waits between requests."""
+        for writer, idle in self._open.items():
+            if idle:
+                del self._open[writer]
+                writer.close()
+                return True
+        return False
 
     async def _serve(
         self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         """Answer requests on one connection until the client or h11 says it is over."""
         while True:
-            request = await self._next_request(conn, reader)
+            request = await self._next_request(conn, reader, writer)
             if request is None:
                 return
             reply = await self._answer(request)
@@ -147,32 +163,42 @@ class HttpServer:
             if request.method != b"HEAD":
                 writer.write(conn.send(h11.Data(data=reply.body)) or b"")
             writer.write(conn.send(h11.EndOfMessage()) or b"")
-            await writer.drain()
+            async with asyncio.timeout(REQUEST_TIMEOUT_S):  # a client that does not read
+                await writer.drain()
             if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                 return  # the client asked to close, or spoke HTTP/1.0
             conn.start_next_cycle()
 
-    async def _next_request(self, conn: h11.Connection, reader: asyncio.StreamReader) -> h11.Request | None:
-        """The next request, its body (if any) read and dropped; None when the connection is over."""
+    async def _next_request(
+        self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> h11.Request | None:
+        """The next request, its body (if any) read and dropped; None when the connection is over.
+
+        Idle, the connection may wait IDLE_TIMEOUT_S for a request; from its first byte, the
+        whole request has REQUEST_TIMEOUT_S, however slowly it trickles in.
+        """
         request: h11.Request | None = None
-        timeout = IDLE_TIMEOUT_S
         body = 0
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                async with asyncio.timeout(timeout):
-                    conn.receive_data(await reader.read(READ_CHUNK))
-                timeout = HEAD_TIMEOUT_S  # the rest of a request that has begun
-            elif isinstance(event, h11.Request):
-                request = event
-            elif isinstance(event, h11.Data) and request is not None:
-                body += len(event.data)
-                if body > MAX_BODY:
-                    return None  # no endpoint takes a body: do not read a large one
-            elif isinstance(event, h11.EndOfMessage) and request is not None:
-                return request
-            else:
-                return None  # ConnectionClosed, or anything a server does not expect here
+        self._open[writer] = True
+        async with asyncio.timeout(IDLE_TIMEOUT_S) as deadline:
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    data = await reader.read(READ_CHUNK)
+                    if self._open.get(writer):
+                        self._open[writer] = False
+                        deadline.reschedule(asyncio.get_running_loop().time() + REQUEST_TIMEOUT_S)
+                    conn.receive_data(data)
+                elif isinstance(event, h11.Request):
+                    request = event
+                elif isinstance(event, h11.Data) and request is not None:
+                    body += len(event.data)
+                    if body > MAX_BODY:
+                        return None  # no endpoint takes a body: do not read a large one
+                elif isinstance(event, h11.EndOfMessage) and request is not None:
+                    return request
+                else:
+                    return None  # ConnectionClosed, or anything a server does not expect here
 
     async def _answer(self, request: h11.Request) -> Reply:
         path = request.target.decode("ascii", "replace").split("?", 1)[0]

@@ -209,7 +209,9 @@ class Runner:
                 continue
             lane.reserved += want
             try:
-                refused, claimed = await self._store.exchange(queue, items, want, self._consumer, lane.index)
+                refused, claimed = await self._store.exchange(
+                    queue, items, want, self._consumer, lane=lane.index
+                )
             except StoreUnavailable as exc:
                 batches[queue] = items
                 self._settler.put_back(lane.index, batches)
@@ -219,6 +221,12 @@ class Runner:
                     )
                 await sleep_or_stop(stop or asyncio.Event(), self._backoff.next())
                 return None
+            except BaseException:
+                # Cancelled (the shutdown timeout): keep the batch. If Redis applied it and the
+                # reply was lost, writing it again is a no-op (the record's settled mark).
+                batches[queue] = items
+                self._settler.put_back(lane.index, batches)
+                raise
             finally:
                 lane.reserved -= want
             self._backoff.reset()
@@ -304,8 +312,12 @@ class Runner:
                     self._wake.clear()
                     if len(self._settler):
                         for lane in self._lanes:
-                            if self._settler.pending(lane.index):
-                                await self._pass(lane, claiming=False, stop=unless)
+                            # One backoff a round, not one a lane: Redis failing for one lane
+                            # fails for all, and the requeue grace is short.
+                            if self._settler.pending(lane.index) and (
+                                await self._pass(lane, claiming=False, stop=unless) is None
+                            ):
+                                break
                         continue
                     await self._wait_for(self._wake, unless)
         except TimeoutError:

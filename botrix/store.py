@@ -21,7 +21,7 @@ import orjson
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from botrix import keys
 from botrix.errors import BotrixError
@@ -157,12 +157,13 @@ class Store:
     # -- consuming -------------------------------------------------------------------------
 
     async def exchange(
-        self, queue: str, settlements: Sequence[Settlement], want: int, consumer: Consumer, lane: int = 0
+        self, queue: str, settlements: Sequence[Settlement], want: int, consumer: Consumer, *, lane: int
     ) -> tuple[set[str], list[Claimed]]:
         """Settle finished attempts, then claim up to ``want`` jobs, in one round trip.
 
         Returns the ids whose ack was refused (their lease was lost) and the claimed jobs.
-        ``lane`` names the caller's own connection: one call at a time on each.
+        ``lane`` names the caller's own connection: the caller never has two calls in flight
+        on one lane (the runner's lanes, runner.py).
         """
         k = keys.queue_keys(queue)
         args: list[Any] = [
@@ -333,6 +334,7 @@ class Store:
         sha = self._scripts[script].sha
         task = asyncio.current_task()
         assert task is not None
+        cancelling = task.cancelling()  # cancellations asked before this call are not ours
         expired = False
 
         def expire() -> None:
@@ -341,7 +343,9 @@ class Store:
             task.cancel()
 
         # One timer for the whole call instead of redis-py's per-send and per-read timeouts;
-        # uncancel() tells its cancellation apart from one that came from outside.
+        # uncancel() tells its cancellation apart from one that came from outside, as
+        # asyncio.timeout does. redis-py drops the connection when a read is cancelled, so a
+        # late reply can never answer the next call.
         timer = asyncio.get_running_loop().call_later(self._timeout, expire)
         try:
             try:
@@ -350,8 +354,8 @@ class Store:
                 await self._direct_call(conn, "SCRIPT", "LOAD", self._scripts[script].script)
                 return await self._direct_call(conn, "EVALSHA", sha, len(keys_), *keys_, *args)
         except asyncio.CancelledError:
-            if expired and task.uncancel() == 0:
-                await conn.disconnect(nowait=True)  # a late reply must not answer the next call
+            if expired and task.uncancel() <= cancelling:
+                await conn.disconnect(nowait=True)
                 raise StoreUnavailable(f"TimeoutError: no reply within {self._timeout:g}s") from None
             raise
         finally:
@@ -363,8 +367,10 @@ class Store:
             # of the call, and its list of chunks makes a slow writelines.
             await conn.send_packed_command(hiredis.pack_command(args), check_health=False)
             return await conn.read_response()
-        except NoScriptError:
-            raise
+        except ResponseError as exc:  # an error reply: the connection itself is fine
+            if isinstance(exc, NoScriptError):
+                raise
+            raise _unavailable(exc) from None
         except (RedisError, OSError, RuntimeError) as exc:
             await conn.disconnect(nowait=True)
             raise _unavailable(exc) from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import subprocess
 import time
@@ -17,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from botrix.app import Worker
 from botrix.client import Client
+from botrix.http import MAX_CONNECTIONS, REQUEST_TIMEOUT_S
 from tests.conftest import eventually, running_worker
 from tests.redisproc import RedisServer, free_port
 
@@ -121,6 +123,41 @@ async def test_http_drops_garbage_and_oversized_requests_and_keeps_serving(
         assert answer.startswith(b"HTTP/1.1 405 ") or answer == b""  # never read in full
         status, body_json, _ = await get(base, "/live")
         assert status == 200 and body_json["status"] == "ok"
+
+
+async def test_idle_connections_cannot_lock_the_probes_out(redis_server: RedisServer, queue: str) -> None:
+    async with http_worker(redis_server.url, queue) as (_, base):
+        host, port = base.removeprefix("http://").split(":")
+        idle = [await asyncio.open_connection(host, int(port)) for _ in range(MAX_CONNECTIONS + 5)]
+        try:
+            status, body, _ = await get(base, "/live")  # the oldest idle one makes room
+            assert status == 200 and body["status"] == "ok"
+        finally:
+            for _, writer in idle:
+                writer.close()
+
+
+@pytest.mark.slow
+async def test_a_request_trickling_in_is_cut_off(redis_server: RedisServer, queue: str) -> None:
+    async with http_worker(redis_server.url, queue) as (_, base):
+        host, port = base.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        sent = 0
+        try:
+            async with asyncio.timeout(REQUEST_TIMEOUT_S * 3):  # a guard against a hang only
+                while not reader.at_eof():
+                    writer.write(b"GET /live HTTP/1.1\r\nX-Slow: "[sent : sent + 1] or b"a")
+                    sent += 1
+                    await writer.drain()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(0.5):
+                            assert await reader.read() == b""
+        except ConnectionResetError:
+            pass  # closed while we were writing: cut off all the same
+        finally:
+            writer.close()
+        status, _, _ = await get(base, "/live")
+        assert status == 200
 
 
 async def test_metrics_move_as_jobs_complete_fail_and_retry(

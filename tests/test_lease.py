@@ -23,19 +23,25 @@ async def test_ack_from_a_worker_that_lost_its_lease_is_refused(
     worker_b = Consumer("worker-b", lease_ms=30_000, max_envelope_bytes=10_000, result_ttl=60, dead_cap=10)
     try:
         job_id = await client.enqueue("t.echo", {}, queue=queue)
-        _, [first] = await store.exchange(queue, [], 1, worker_a)
+        _, [first] = await store.exchange(queue, [], 1, worker_a, lane=0)
         await asyncio.sleep(0.2)  # let the 50 ms lease run out on the server's clock
         recovered = await store.recover(queue, grace_ms=0, max_retries=3, dead_cap=10)
         assert [(r.job_id, r.status) for r in recovered] == [(job_id, "queued")]
-        _, [second] = await store.exchange(queue, [], 1, worker_b)
+        _, [second] = await store.exchange(queue, [], 1, worker_b, lane=0)
         assert (second.attempt, second.delivery) == (2, 2)
 
         def done(claimed_delivery: int, result: bytes) -> Settlement:
             return Settlement(job_id, queue, claimed_delivery, Outcome.COMPLETED, result)
 
-        assert await store.exchange(queue, [done(first.delivery, b'"stale"')], 0, worker_a) == ({job_id}, [])
+        assert await store.exchange(queue, [done(first.delivery, b'"stale"')], 0, worker_a, lane=0) == (
+            {job_id},
+            [],
+        )
         assert await store.renew(queue, [(job_id, first.delivery)], 30_000) == [(job_id, first.delivery)]
-        assert await store.exchange(queue, [done(second.delivery, b'"fresh"')], 0, worker_b) == (set(), [])
+        assert await store.exchange(queue, [done(second.delivery, b'"fresh"')], 0, worker_b, lane=0) == (
+            set(),
+            [],
+        )
     finally:
         await store.aclose()
     info = await client.job(job_id)
@@ -49,7 +55,7 @@ async def test_recovery_dead_letters_when_attempts_are_used_up(
     try:
         job_id = await client.enqueue("t.echo", {}, queue=queue, max_retries=0)
         worker_a = Consumer("worker-a", lease_ms=50, max_envelope_bytes=10_000, result_ttl=60, dead_cap=10)
-        await store.exchange(queue, [], 1, worker_a)
+        await store.exchange(queue, [], 1, worker_a, lane=0)
         await asyncio.sleep(0.2)
         recovered = await store.recover(queue, grace_ms=0, max_retries=3, dead_cap=10)
     finally:

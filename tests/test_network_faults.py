@@ -392,18 +392,18 @@ async def test_a_settle_whose_reply_was_lost_is_not_reported_as_refused(
     store = Store(Connection(proxy.url(), socket_timeout=1.0))
     try:
         job_id = await client.enqueue("t.echo", {}, queue=queue)
-        _, [claimed] = await store.exchange(queue, [], 1, consumer)
+        _, [claimed] = await store.exchange(queue, [], 1, consumer, lane=0)
         done = Settlement(job_id, queue, claimed.delivery, Outcome.COMPLETED, b'"ok"')
         proxy.stall()
         with pytest.raises(StoreUnavailable):
-            await store.exchange(queue, [done], 0, consumer)
+            await store.exchange(queue, [done], 0, consumer, lane=0)
         await proxy.resume()  # the held request reaches Redis now, after its sender gave up
 
         async def completed_by_the_first_try() -> bool:
             return (await client.job(job_id, queue)).status is JobStatus.COMPLETED
 
         await eventually(completed_by_the_first_try, timeout=10, what="the late settle applied")
-        refused, _ = await store.exchange(queue, [done], 0, consumer)  # the settler's retry
+        refused, _ = await store.exchange(queue, [done], 0, consumer, lane=0)  # the settler's retry
         assert refused == set()
     finally:
         await store.aclose()

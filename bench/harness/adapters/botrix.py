@@ -33,7 +33,7 @@ ADAPTER = Adapter(
     model="async",
     backlog_keys=(("list", "botrix:{default}:pending"), ("zset", "botrix:{default}:active")),
     notes=(
-        "default log level (info: two JSON lines a job, written to a pipe) while the peers log at "
+        "default log level (info: one JSON line a job, written to a pipe) while the peers log at "
         "WARNING: the issue asks for botrix with its defaults, and this errs against botrix",
         "--http-port 0 --http-host 127.0.0.1: probes and metrics stay on, on a free local port",
     ),
