@@ -8,10 +8,10 @@ needs one round trip per batch. A lower-priority queue claims only in a pass whe
 queue above it came back short. When there is nothing to write and nothing pending, the loop
 arms the waker and sleeps until a job lands, a job finishes, or it is told to stop.
 
-A worker on one queue splits its slots into two lanes, each with at most one pass in flight:
-while Redis runs one lane's exchange, the worker runs the other lane's jobs. With one lane,
-short jobs all finish in the same loop iteration and worker and Redis take turns, each idle
-while the other works (docs/performance.md). A worker on several queues keeps one lane, so
+A worker on one queue with 20 slots or more splits them into lanes, each with at most one pass
+in flight: while Redis runs one lane's exchange, the worker runs another lane's jobs. With one
+lane, short jobs all finish in the same loop iteration and worker and Redis take turns, each
+idle while the other works (docs/design.md). A worker on several queues keeps one lane, so
 that strict priority is decided on one consistent view.
 
 Shutdown: claiming stops at once; in-flight jobs get ``--shutdown-timeout`` (their leases
@@ -52,17 +52,19 @@ class Lane:
     busy: bool = False  # a pass is in flight
 
 
-#: Slots per lane above which a worker on one queue adds lanes (up to MAX_LANES): smaller
-#: batches start the first jobs of a batch sooner, and keep more of Redis's work and ours in
-#: parallel.
+#: A worker on one queue gets a lane per LANE_SLOTS slots, from two (at MIN_SPLIT slots or
+#: more) to MAX_LANES. Below MIN_SPLIT one lane: with lanes of a few slots the extra round trips
+#: cost more than the overlap gains (docs/design.md).
 LANE_SLOTS = 50
 MAX_LANES = 8
+MIN_SPLIT = 20
 
 
 def split(concurrency: int, queues: int) -> list[Lane]:
-    """The lanes of a worker: one per LANE_SLOTS slots, at least two, on one queue; else one."""
-    count = min(MAX_LANES, max(2, -(-concurrency // LANE_SLOTS))) if queues == 1 else 1
-    count = min(count, concurrency)
+    """The lanes of a worker (see LANE_SLOTS)."""
+    count = 1
+    if queues == 1 and concurrency >= MIN_SPLIT:
+        count = min(MAX_LANES, max(2, -(-concurrency // LANE_SLOTS)))
     return [Lane(i, concurrency // count + (1 if i < concurrency % count else 0)) for i in range(count)]
 
 
