@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import orjson
 
+from botrix.aio import Deadline
 from botrix.context import HandlerFunc, JobContext
 from botrix.errors import NonRetryableError
 from botrix.model import ErrorInfo
@@ -41,27 +42,16 @@ def error_info(exc: BaseException) -> ErrorInfo:
 async def run_attempt(handler: HandlerFunc, ctx: JobContext, payload: object, timeout: float) -> Attempt:
     """Run the handler under ``timeout``; cancellation from outside propagates.
 
-    A plain timer that cancels the task, rather than ``asyncio.timeout``: this runs once a
-    job, and the timer costs a fraction of the context manager. ``uncancel`` tells our own
-    cancellation apart from one that came from outside (shutdown, lost lease).
+    The limit is a :class:`~botrix.aio.Deadline`, which tells its own cancellation apart from
+    one that came from outside (shutdown, lost lease).
     """
-    task = asyncio.current_task()
-    assert task is not None
-    cancelling = task.cancelling()  # cancellations asked before the attempt are not ours
-    expired = False
-
-    def expire() -> None:
-        nonlocal expired
-        expired = True
-        task.cancel()
-
-    timer = asyncio.get_running_loop().call_later(timeout, expire)
+    deadline = Deadline(timeout)
     try:
         value = await handler(ctx, payload)
     except asyncio.CancelledError as exc:
-        if expired and task.uncancel() <= cancelling:
+        if deadline.fired():
             return Attempt(error=ErrorInfo("JobTimeout", f"attempt exceeded its {timeout:g}s timeout"))
-        if task.cancelling() == 0:
+        if deadline.task.cancelling() == 0:
             # Nobody cancelled this task: the handler raised CancelledError itself (awaiting
             # something that was cancelled). That is a failed attempt, not a shutdown, or the
             # job would be given its attempt back and redelivered forever.
@@ -74,7 +64,7 @@ async def run_attempt(handler: HandlerFunc, ctx: JobContext, payload: object, ti
     except BaseException as exc:  # SystemExit and friends from a handler: a failed attempt, not a crash
         return Attempt(error=error_info(exc))
     finally:
-        timer.cancel()
+        deadline.cancel()
     try:
         return Attempt(result=orjson.dumps(value))
     except TypeError as exc:

@@ -123,7 +123,6 @@ class HttpServer:
         if len(self._open) >= MAX_CONNECTIONS and not self._evict_idle():
             writer.close()
             return
-        self._open[writer] = True
         try:
             await self._serve(h11.Connection(h11.SERVER), reader, writer)
         except (TimeoutError, ConnectionError, h11.ProtocolError):

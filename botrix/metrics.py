@@ -79,13 +79,12 @@ class _StateCollector(Collector):
 class _Histogram:
     """One label set's buckets as plain counts: no lock, one bisect per observation."""
 
-    __slots__ = ("bounds", "counts", "created", "sum")
+    __slots__ = ("bounds", "counts", "sum")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self.bounds = bounds
         self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
         self.sum = 0.0
-        self.created = time.time()
 
     def observe(self, value: float) -> None:
         self.counts[bisect_left(self.bounds, value)] += 1
@@ -185,9 +184,9 @@ class Metrics:
             label = self.job_type(job_type)
             extra = {"retry": self.retries, "dead": self.dead}.get(outcome)
             count = self._jobs.finished.setdefault((queue, label, outcome), [0, time.time()])
-            duration = self._jobs.duration.get((queue, label)) or _Histogram(DURATION_BUCKETS)
-            self._jobs.duration[(queue, label)] = duration
-            children = self._finished[key] = (count, duration, extra.labels(queue, label) if extra else None)
+            duration = self._jobs.duration.setdefault((queue, label), _Histogram(DURATION_BUCKETS))
+            extra_count = extra.labels(queue, label) if extra is not None else None
+            children = self._finished[key] = (count, duration, extra_count)
         count, duration, extra_count = children
         count[0] += 1
         if duration_s is not None:

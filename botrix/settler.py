@@ -23,15 +23,13 @@ class Settler:
         self._log = log
         self._metrics = metrics
         self._buffers: list[list[Settlement]] = [[] for _ in range(lanes)]
-        self._count = 0
 
     def submit(self, settlement: Settlement, lane: int = 0) -> None:
         """Queue a finished attempt for the next write of its lane (runner.py)."""
         self._buffers[lane].append(settlement)
-        self._count += 1
 
     def __len__(self) -> int:
-        return self._count
+        return sum(map(len, self._buffers))
 
     def pending(self, lane: int) -> int:
         """Finished attempts of ``lane`` waiting to be written."""
@@ -42,15 +40,12 @@ class Settler:
         by_queue: dict[str, list[Settlement]] = defaultdict(list)
         for settlement in self._buffers[lane]:
             by_queue[settlement.queue].append(settlement)
-        self._count -= len(self._buffers[lane])
         self._buffers[lane] = []
         return by_queue
 
     def put_back(self, lane: int, batches: dict[str, list[Settlement]]) -> None:
         """Return unwritten settlements (Redis failed) to the front of ``lane``'s buffer."""
-        back = [s for batch in batches.values() for s in batch]
-        self._buffers[lane] = back + self._buffers[lane]
-        self._count += len(back)
+        self._buffers[lane] = [s for batch in batches.values() for s in batch] + self._buffers[lane]
 
     def written(self, batch: list[Settlement], refused: set[str]) -> None:
         """Log, count and measure a batch that Redis has accepted (or refused, for lost leases).
@@ -117,4 +112,3 @@ class Settler:
                 reason="redis unavailable at shutdown; another worker recovers the job after its lease",
             )
         self._buffers = [[] for _ in self._buffers]
-        self._count = 0

@@ -24,6 +24,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from botrix import keys
+from botrix.aio import Deadline
 from botrix.errors import BotrixError
 from botrix.model import Claimed, Settlement
 
@@ -332,21 +333,10 @@ class Store:
         if conn is None:
             conn = self._direct[lane] = self._direct_factory.make_connection()  # type: ignore[no-untyped-call]
         sha = self._scripts[script].sha
-        task = asyncio.current_task()
-        assert task is not None
-        cancelling = task.cancelling()  # cancellations asked before this call are not ours
-        expired = False
-
-        def expire() -> None:
-            nonlocal expired
-            expired = True
-            task.cancel()
-
-        # One timer for the whole call instead of redis-py's per-send and per-read timeouts;
-        # uncancel() tells its cancellation apart from one that came from outside, as
-        # asyncio.timeout does. redis-py drops the connection when a read is cancelled, so a
-        # late reply can never answer the next call.
-        timer = asyncio.get_running_loop().call_later(self._timeout, expire)
+        # One deadline for the whole call instead of redis-py's per-send and per-read timeouts.
+        # redis-py drops the connection when a read is cancelled, so a late reply can never
+        # answer the next call.
+        deadline = Deadline(self._timeout)
         try:
             try:
                 return await self._direct_call(conn, "EVALSHA", sha, len(keys_), *keys_, *args)
@@ -354,12 +344,12 @@ class Store:
                 await self._direct_call(conn, "SCRIPT", "LOAD", self._scripts[script].script)
                 return await self._direct_call(conn, "EVALSHA", sha, len(keys_), *keys_, *args)
         except asyncio.CancelledError:
-            if expired and task.uncancel() <= cancelling:
+            if deadline.fired():
                 await conn.disconnect(nowait=True)
                 raise StoreUnavailable(f"TimeoutError: no reply within {self._timeout:g}s") from None
             raise
         finally:
-            timer.cancel()
+            deadline.cancel()
 
     async def _direct_call(self, conn: Any, *args: Any) -> Any:
         try:

@@ -59,10 +59,9 @@ local function claim_batch(k, prefix, queue, now, want, lease_ms, worker, max_by
     return id
   end
 
-  -- Entries that are dropped (duplicates) or dead-lettered do not fill a slot; the pops are
-  -- still bounded so a flood of them cannot turn one call into a long-running script.
-  -- LPOP with a count takes what should fill the slots in one call; only entries that did not
-  -- fill one (dropped or dead-lettered) make it pop again.
+  -- LPOP with a count takes what should fill the slots in one call. Entries that are dropped
+  -- (duplicates) or dead-lettered do not fill a slot and make it pop again; the pops are still
+  -- bounded so a flood of them cannot turn one call into a long-running script.
   local pops = 0
   local items = {}
   local next_item = 1
