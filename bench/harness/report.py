@@ -127,10 +127,12 @@ class Report:
             rows.append([label, fig(b, "jobs_per_s"), fig(lim, "jobs_per_s"),
                          f"{mb / ml:.2f}" if mb and ml else NA, fig(py, "jobs_per_s"),
                          f"{mb / mp:.2f}" if mb and mp else NA,
-                         fig(b, "cpu_ms_per_job"), fig(lim, "cpu_ms_per_job")])  # fmt: skip
+                         fig(b, "cpu_ms_per_job"), fig(lim, "cpu_ms_per_job"),
+                         fig(b, "redis_cpu_ms_per_job"), fig(lim, "redis_cpu_ms_per_job")])  # fmt: skip
         return _table(["configuration", "botrix jobs/s", "bare loop jobs/s", "botrix / bare",
                        "bare loop on redis-py jobs/s", "botrix / redis-py bare",
-                       "botrix CPU ms/job", "bare CPU ms/job"], rows)  # fmt: skip
+                       "botrix CPU ms/job", "bare CPU ms/job",
+                       "botrix Redis CPU ms/job", "bare Redis CPU ms/job"], rows)  # fmt: skip
 
     def memory(self) -> str:
         """Redis memory per queued job with ``memory_n`` queued."""
@@ -163,7 +165,11 @@ class Report:
         mb, ml, mp = (median(self.get("scale", s, 100), "jobs_per_s")
                       for s in ("botrix", "limit", "limitpy"))  # fmt: skip
         if mb and ml:
-            out.append(("c=100 ≥ ½ bare loop", f"{mb / ml:.2f}", mb * 2 >= ml))
+            # Redis runs one job's scripts in this much CPU: no worker, however cheap, gets more
+            # than 1 / that through one Redis, which tells a slow worker from a heavy data model.
+            redis_ms = median(self.get("scale", "botrix", 100), "redis_cpu_ms_per_job")
+            cap = f" (Redis alone caps botrix at {1000 / redis_ms:,.0f} jobs/s)" if redis_ms else ""
+            out.append(("c=100 ≥ ½ bare loop", f"{mb / ml:.2f}{cap}", mb * 2 >= ml))
         if mb and mp:
             out.append(("c=100 ≥ ½ bare loop on redis-py", f"{mb / mp:.2f}", mb * 2 >= mp))
         bp = median(self.get("latency", "botrix"), "p99_ms")
