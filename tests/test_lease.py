@@ -8,8 +8,9 @@ from collections.abc import Callable
 
 import redis.asyncio as aredis
 
+from botrix import keys
 from botrix.client import Client
-from botrix.model import Outcome, Settlement
+from botrix.model import JobStatus, Outcome, Settlement
 from botrix.store import Connection, Consumer, Store
 from tests.conftest import WorkerProcess, running_worker
 from tests.redisproc import RedisServer
@@ -46,6 +47,33 @@ async def test_ack_from_a_worker_that_lost_its_lease_is_refused(
         await store.aclose()
     info = await client.job(job_id)
     assert info.result == "fresh" and info.worker == "worker-b" and info.attempts == 2
+
+
+async def test_one_call_leases_and_releases_more_jobs_than_lua_can_unpack(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
+    """A worker with thousands of slots claims and settles them in single calls.
+
+    The scripts write a batch's leases with one ZADD and drop them with one ZREM, in chunks:
+    Lua's unpack stops near 8,000 values, and 5,000 leases are 10,000.
+    """
+    n = 5_000
+    for _ in range(n // 500):
+        await asyncio.gather(*(client.enqueue("t.echo", {}, queue=queue) for _ in range(500)))
+    store = Store(Connection(redis_server.url))
+    worker = Consumer("worker-big", lease_ms=30_000, max_envelope_bytes=10_000, result_ttl=60, dead_cap=10)
+    active = keys.queue_keys(queue).active
+    try:
+        async with aredis.Redis.from_url(redis_server.url) as r:
+            _, claimed = await store.exchange(queue, [], n, worker, lane=0)
+            assert len(claimed) == n
+            assert await r.zcard(active) == n
+            done = [Settlement(c.job_id, queue, c.delivery, Outcome.COMPLETED, b"null") for c in claimed]
+            assert await store.exchange(queue, done, 0, worker, lane=0) == (set(), [])
+            assert await r.zcard(active) == 0
+    finally:
+        await store.aclose()
+    assert {(await client.job(c.job_id)).status for c in claimed[::250]} == {JobStatus.COMPLETED}
 
 
 async def test_recovery_dead_letters_when_attempts_are_used_up(

@@ -9,6 +9,7 @@
 local function claim_batch(k, prefix, queue, now, want, lease_ms, worker, max_bytes, dead_cap)
   local deadline = now + lease_ms
   local out = {}
+  local leases = {}  -- deadline, id pairs: one ZADD for the batch at the end
   local claimed = 0
 
   local function new_id()
@@ -102,7 +103,8 @@ local function claim_batch(k, prefix, queue, now, want, lease_ms, worker, max_by
       local delivery = (tonumber(fields[5]) or 0) + 1
       redis.call('HSET', record, 'status', 'running', 'worker', worker, 'started_at', now,
         'attempts', attempt, 'delivery', delivery)
-      redis.call('ZADD', k.active, deadline, id)
+      leases[#leases + 1] = deadline
+      leases[#leases + 1] = id
       -- Ids, queue and worker names are restricted to plain ASCII, so no JSON escaping is
       -- needed; formatting the event by hand is much cheaper than building a cjson table.
       redis.call('PUBLISH', k.events, string.format(
@@ -116,5 +118,6 @@ local function claim_batch(k, prefix, queue, now, want, lease_ms, worker, max_by
       claimed = claimed + 1
     end
   end
+  call_batched('ZADD', k.active, leases)
   return out
 end

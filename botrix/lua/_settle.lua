@@ -13,6 +13,7 @@
 -- Returns the ids whose ack was refused.
 local function settle_batch(k, prefix, ttl, dead_cap, queue, now, first)
   local refused = {}
+  local settled = {}  -- their leases go in one ZREM at the end, before any claim
   for i = first, #ARGV, 5 do
     local id, delivery, outcome, data = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
     local record = prefix .. id
@@ -22,7 +23,7 @@ local function settle_batch(k, prefix, ttl, dead_cap, queue, now, first)
     elseif state[1] ~= 'running' or state[2] ~= delivery then
       refused[#refused + 1] = id
     else
-      redis.call('ZREM', k.active, id)
+      settled[#settled + 1] = id
       local attempt = tonumber(state[3])
       if outcome == 'completed' then
         -- The error of an earlier failed attempt stays: "the latest failure" is still useful.
@@ -50,5 +51,6 @@ local function settle_batch(k, prefix, ttl, dead_cap, queue, now, first)
       end
     end
   end
+  call_batched('ZREM', k.active, settled)
   return refused
 end
