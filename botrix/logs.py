@@ -1,10 +1,9 @@
 """The one place that configures structlog.
 
 JSON lines when stderr is not a terminal (what log shippers read), a readable console when it
-is. Job lines carry worker_id, queue, job_id, type, attempt and correlation_id, bound once per
-job so no call site repeats them.
+is. Job lines carry worker_id, queue, job_id, type, attempt and correlation_id.
 
-Logging is on the hot path (two lines a job), so two things are cheaper than structlog's
+Logging is on the hot path (a line a job at INFO), so two things are cheaper than structlog's
 defaults: the timestamp formats the date once a second, and lines written during one
 event-loop iteration go out in a single write at its end instead of one flushed write each. A
 ``kill -9`` can therefore lose the lines of the iteration it interrupts, never more.
