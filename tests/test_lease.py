@@ -49,19 +49,27 @@ async def test_ack_from_a_worker_that_lost_its_lease_is_refused(
     assert info.result == "fresh" and info.worker == "worker-b" and info.attempts == 2
 
 
-async def test_one_call_leases_and_releases_more_jobs_than_lua_can_unpack(
-    redis_server: RedisServer, client: Client, queue: str
-) -> None:
-    """A worker with thousands of slots claims and settles them in single calls.
-
-    The scripts write a batch's leases with one ZADD and drop them with one ZREM, in chunks:
-    Lua's unpack stops near 8,000 values, and 5,000 leases are 10,000.
-    """
-    n = 5_000
+async def _enqueue_many(client: Client, queue: str, n: int) -> None:
     for _ in range(n // 500):
         await asyncio.gather(*(client.enqueue("t.echo", {}, queue=queue) for _ in range(500)))
+
+
+def _consumer(name: str) -> Consumer:
+    return Consumer(name, lease_ms=30_000, max_envelope_bytes=10_000, result_ttl=60, dead_cap=10)
+
+
+async def test_one_call_settles_more_jobs_than_lua_can_unpack(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
+    """A worker with thousands of slots settles them in one call.
+
+    The settle drops a batch's leases with one ZREM, in chunks: Lua's unpack stops near 8,000
+    values.
+    """
+    n = 9_000
+    await _enqueue_many(client, queue, n)
     store = Store(Connection(redis_server.url))
-    worker = Consumer("worker-big", lease_ms=30_000, max_envelope_bytes=10_000, result_ttl=60, dead_cap=10)
+    worker = _consumer("worker-big")
     active = keys.queue_keys(queue).active
     try:
         async with aredis.Redis.from_url(redis_server.url) as r:
@@ -73,7 +81,27 @@ async def test_one_call_leases_and_releases_more_jobs_than_lua_can_unpack(
             assert await r.zcard(active) == 0
     finally:
         await store.aclose()
-    assert {(await client.job(c.job_id)).status for c in claimed[::250]} == {JobStatus.COMPLETED}
+    assert {(await client.job(c.job_id)).status for c in claimed[::500]} == {JobStatus.COMPLETED}
+
+
+async def test_a_job_requeued_and_claimed_again_in_one_call_keeps_its_new_lease(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
+    """The settle half of a call drops leases before its claim half writes new ones."""
+    n = 50
+    await _enqueue_many(client, queue, 500)
+    store = Store(Connection(redis_server.url))
+    worker = _consumer("worker-requeue")
+    try:
+        _, claimed = await store.exchange(queue, [], n, worker, lane=0)
+        back = [Settlement(c.job_id, queue, c.delivery, Outcome.REQUEUE, attempt=c.attempt) for c in claimed]
+        _, again = await store.exchange(queue, back, n, worker, lane=0)
+        async with aredis.Redis.from_url(redis_server.url) as r:
+            leased = {m.decode() for m in await r.zrange(keys.queue_keys(queue).active, 0, -1)}
+    finally:
+        await store.aclose()
+    assert {c.job_id for c in again} == {c.job_id for c in claimed} == leased
+    assert {(c.attempt, c.delivery) for c in again} == {(1, 2)}
 
 
 async def test_recovery_dead_letters_when_attempts_are_used_up(

@@ -9,7 +9,6 @@
 local function claim_batch(k, prefix, queue, now, want, lease_ms, worker, max_bytes, dead_cap)
   local deadline = now + lease_ms
   local out = {}
-  local leases = {}  -- deadline, id pairs: one ZADD for the batch at the end
   local claimed = 0
 
   local function new_id()
@@ -103,8 +102,9 @@ local function claim_batch(k, prefix, queue, now, want, lease_ms, worker, max_by
       local delivery = (tonumber(fields[5]) or 0) + 1
       redis.call('HSET', record, 'status', 'running', 'worker', worker, 'started_at', now,
         'attempts', attempt, 'delivery', delivery)
-      leases[#leases + 1] = deadline
-      leases[#leases + 1] = id
+      -- Each job's lease right with its status, not batched like the settle's ZREM: if the
+      -- script failed halfway, a job 'running' without a lease would never be recovered.
+      redis.call('ZADD', k.active, deadline, id)
       -- Ids, queue and worker names are restricted to plain ASCII, so no JSON escaping is
       -- needed; formatting the event by hand is much cheaper than building a cjson table.
       redis.call('PUBLISH', k.events, string.format(
@@ -118,6 +118,5 @@ local function claim_batch(k, prefix, queue, now, want, lease_ms, worker, max_by
       claimed = claimed + 1
     end
   end
-  call_batched('ZADD', k.active, leases)
   return out
 end

@@ -30,9 +30,9 @@ local function cap_dead(dead_key, job_prefix, cap)
   end
 end
 
--- One command over a whole batch of arguments, e.g. `ZADD key score id score id ...`: one
--- call for a batch costs Redis far less than one call per job. Lua's unpack is bounded by its
--- C stack (about 8,000 values), hence the chunks; they are even, so pairs never split.
+-- One command over a whole batch of arguments, e.g. `ZREM key id id ...`: one call for a
+-- batch costs Redis less than one call per job. Lua's unpack is bounded by its C stack (about
+-- 8,000 values), hence the chunks; they are even, so (score, member) pairs never split.
 local function call_batched(command, key, args)
   for i = 1, #args, 4000 do
     redis.call(command, key, unpack(args, i, math.min(i + 3999, #args)))

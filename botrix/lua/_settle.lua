@@ -13,7 +13,10 @@
 -- Returns the ids whose ack was refused.
 local function settle_batch(k, prefix, ttl, dead_cap, queue, now, first)
   local refused = {}
-  local settled = {}  -- their leases go in one ZREM at the end, before any claim
+  -- Their leases go in one ZREM at the end, before the claim half of exchange.lua runs (a job
+  -- requeued here may be claimed again there). Should the script fail halfway, a settled job
+  -- left in the active set is harmless: recovery drops entries whose record is not running.
+  local settled = {}
   for i = first, #ARGV, 5 do
     local id, delivery, outcome, data = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
     local record = prefix .. id
