@@ -167,8 +167,11 @@ class Report:
         if mb and ml:
             # Redis runs one job's scripts in this much CPU: no worker, however cheap, gets more
             # than 1 / that through one Redis, which tells a slow worker from a heavy data model.
+            # It is sampled in steps of about 0.5 us a job, so the cap is rounded to thousands.
             redis_ms = median(self.get("scale", "botrix", 100), "redis_cpu_ms_per_job")
-            cap = f" (Redis alone caps botrix at {1000 / redis_ms:,.0f} jobs/s)" if redis_ms else ""
+            cap = ""
+            if redis_ms:
+                cap = f" (Redis alone caps botrix at ~{round(1000 / redis_ms, -3):,.0f} jobs/s)"
             out.append(("c=100 ≥ ½ bare loop", f"{mb / ml:.2f}{cap}", mb * 2 >= ml))
         if mb and mp:
             out.append(("c=100 ≥ ½ bare loop on redis-py", f"{mb / mp:.2f}", mb * 2 >= mp))
