@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import h11
@@ -45,18 +46,14 @@ MAX_BODY = 65536
 JSON = "application/json; charset=utf-8"
 
 
+@dataclass(frozen=True, slots=True)
 class Reply:
     """What an endpoint answers: status, body and its content type, extra headers."""
 
-    __slots__ = ("body", "content_type", "headers", "status")
-
-    def __init__(
-        self, status: int, body: bytes, content_type: str, headers: tuple[tuple[str, str], ...] = ()
-    ):
-        self.status = status
-        self.body = body
-        self.content_type = content_type
-        self.headers = headers
+    status: int
+    body: bytes
+    content_type: str
+    headers: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def json(cls, body: Any, status: int = 200, headers: tuple[tuple[str, str], ...] = ()) -> Reply:

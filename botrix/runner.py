@@ -214,21 +214,20 @@ class Runner:
                 refused, claimed = await self._store.exchange(
                     queue, items, want, self._consumer, lane=lane.index
                 )
-            except StoreUnavailable as exc:
+            except BaseException as exc:
+                # Redis failed, or the pass was cancelled (the shutdown timeout): keep the batch.
+                # If Redis applied it and the reply was lost, writing it again is a no-op (the
+                # record's settled mark).
                 batches[queue] = items
                 self._settler.put_back(lane.index, batches)
+                if not isinstance(exc, StoreUnavailable):
+                    raise
                 if self._state.redis.down(str(exc)):
                     self._log.warning(
                         "redis.unavailable", reason=str(exc), during="exchange", unsettled=len(self._settler)
                     )
                 await sleep_or_stop(stop or asyncio.Event(), self._backoff.next())
                 return None
-            except BaseException:
-                # Cancelled (the shutdown timeout): keep the batch. If Redis applied it and the
-                # reply was lost, writing it again is a no-op (the record's settled mark).
-                batches[queue] = items
-                self._settler.put_back(lane.index, batches)
-                raise
             finally:
                 lane.reserved -= want
             self._backoff.reset()

@@ -18,13 +18,13 @@ from botrix.model import Outcome, Settlement
 class Settler:
     """The buffer of finished attempts and the report of written ones."""
 
-    def __init__(self, state: WorkerState, log: Logger, metrics: Metrics, lanes: int = 1) -> None:
+    def __init__(self, state: WorkerState, log: Logger, metrics: Metrics, lanes: int) -> None:
         self._state = state
         self._log = log
         self._metrics = metrics
         self._buffers: list[list[Settlement]] = [[] for _ in range(lanes)]
 
-    def submit(self, settlement: Settlement, lane: int = 0) -> None:
+    def submit(self, settlement: Settlement, lane: int) -> None:
         """Queue a finished attempt for the next write of its lane (runner.py)."""
         self._buffers[lane].append(settlement)
 
@@ -35,7 +35,7 @@ class Settler:
         """Finished attempts of ``lane`` waiting to be written."""
         return len(self._buffers[lane])
 
-    def take(self, lane: int = 0) -> dict[str, list[Settlement]]:
+    def take(self, lane: int) -> dict[str, list[Settlement]]:
         """Everything buffered for ``lane``, by queue; its buffer is emptied."""
         by_queue: dict[str, list[Settlement]] = defaultdict(list)
         for settlement in self._buffers[lane]:
