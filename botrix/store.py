@@ -342,7 +342,10 @@ class Store:
                 return await self._direct_call(conn, "EVALSHA", sha, len(keys_), *keys_, *args)
             except NoScriptError:  # a restarted or flushed Redis forgot the script
                 await self._direct_call(conn, "SCRIPT", "LOAD", self._scripts[script].script)
-                return await self._direct_call(conn, "EVALSHA", sha, len(keys_), *keys_, *args)
+                try:
+                    return await self._direct_call(conn, "EVALSHA", sha, len(keys_), *keys_, *args)
+                except NoScriptError as exc:  # forgotten again in between: back off, load next time
+                    raise _unavailable(exc) from None
         except asyncio.CancelledError:
             if deadline.fired():
                 await conn.disconnect(nowait=True)

@@ -79,6 +79,8 @@ class FaultProxy:
         self._flowing = asyncio.Event()
         self._flowing.set()
         self._delay = 0.0
+        self._stall_marker: bytes | None = None
+        self._stalled = asyncio.Event()
         #: Connections accepted so far (a reconnecting client makes this grow).
         self.accepted = 0
         #: Connections reset by ``cut()`` so far.
@@ -133,6 +135,15 @@ class FaultProxy:
     def stall(self) -> None:
         """Stop moving bytes in both directions; connections stay open."""
         self._flowing.clear()
+
+    def stall_after(self, marker: bytes) -> asyncio.Event:
+        """Forward the next client chunk that contains ``marker``, then stall (see ``stall``).
+
+        The returned event is set once stalled: Redis has the command, its reply is held.
+        """
+        self._stall_marker = marker
+        self._stalled.clear()
+        return self._stalled
 
     async def cut(self) -> int:
         """Reset every live connection; returns how many were reset."""
@@ -215,6 +226,10 @@ class FaultProxy:
             writer.write(data)
             await writer.drain()
             self.forwarded += len(data)
+            if self._stall_marker is not None and self._stall_marker in data:
+                self._stall_marker = None
+                self.stall()
+                self._stalled.set()
         await self._flowing.wait()
         if writer.can_write_eof() and not writer.is_closing():
             writer.write_eof()
