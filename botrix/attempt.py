@@ -89,7 +89,9 @@ class Attempts:
         return settlement
 
     async def _progress(self, queue: str, job_id: str, delivery: int, value: JSON) -> None:
-        await self._store.publish_progress(queue, job_id, delivery, orjson.dumps(value))
+        await self._store.publish_progress(
+            queue, job_id, delivery, self._settings.worker_id, orjson.dumps(value)
+        )
 
 
 def _settlement(job: Job, outcome: Outcome, data: bytes, duration: float, wait_ms: int) -> Settlement:

@@ -71,7 +71,7 @@ class Heartbeat:
             self._log.info("redis.recovered")
         link.rtt_s, link.version = rtt, version
         for queue, held in self._state.held().items():
-            lost = await self._store.renew(queue, held, self._settings.lease_ms)
+            lost = await self._store.renew(queue, held, self._settings.lease_ms, self._settings.worker_id)
             if lost:
                 self._on_lost(queue, lost)
         if write_record:

@@ -245,12 +245,24 @@ class Runner:
         return dry
 
     def _start(self, lane: Lane, queue: str, claimed: Claimed) -> None:
+        key = (queue, claimed.job_id, claimed.delivery)
+        if key in self._state.in_flight:
+            # The very lease this worker holds, handed out again: Redis lost the writes since
+            # (a restart from an older snapshot, a failover to a replica that was behind). The
+            # attempt in hand is that lease's attempt; a second one would run the job twice.
+            self._log.warning(
+                "job.reclaimed",
+                queue=queue,
+                job_id=claimed.job_id,
+                reason="Redis handed out a lease this worker already holds (it lost recent writes)",
+            )
+            return
         # This worker may still run an older attempt of the same job whose lease it lost (it
         # was recovered, and we claimed it again): that attempt must stop now.
         self._cancel_lost(self._latest.get((queue, claimed.job_id)))
         entry = InFlight(claimed.job_id, queue, claimed.delivery, lane=lane.index)
         lane.held += 1
-        self._state.in_flight[(queue, claimed.job_id, claimed.delivery)] = entry
+        self._state.in_flight[key] = entry
         self._latest[(queue, claimed.job_id)] = entry
         entry.task = asyncio.create_task(self._run_job(queue, claimed, entry))
 

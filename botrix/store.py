@@ -201,11 +201,11 @@ class Store:
         return reply is not None
 
     async def renew(
-        self, queue: str, held: Sequence[tuple[str, int]], lease_ms: int
+        self, queue: str, held: Sequence[tuple[str, int]], lease_ms: int, worker_id: str
     ) -> list[tuple[str, int]]:
-        """Extend the leases of jobs still held; returns the (id, delivery) of leases lost."""
+        """Extend the leases ``worker_id`` still holds; returns the (id, delivery) of leases lost."""
         k = keys.queue_keys(queue)
-        args: list[Any] = [lease_ms, k.job_prefix]
+        args: list[Any] = [lease_ms, k.job_prefix, worker_id]
         for job_id, delivery in held:
             args += [job_id, delivery]
         flat = await self._run("renew", [k.active], args)
@@ -240,12 +240,13 @@ class Store:
         )
         return int(moved), (None if int(next_due) < 0 else int(next_due))
 
-    async def publish_progress(self, queue: str, job_id: str, delivery: int, progress: bytes) -> bool:
+    async def publish_progress(
+        self, queue: str, job_id: str, delivery: int, worker_id: str, progress: bytes
+    ) -> bool:
         """Record a running job's progress and announce it; False once the attempt lost the job."""
         k = keys.queue_keys(queue)
-        return bool(
-            await self._run("progress", [k.job(job_id), k.events], [job_id, delivery, progress, queue])
-        )
+        args = [job_id, delivery, progress, queue, worker_id]
+        return bool(await self._run("progress", [k.job(job_id), k.events], args))
 
     # -- inspecting ------------------------------------------------------------------------
 

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
 
 import redis.asyncio as aredis
 
-from botrix import keys
+from botrix import JobContext, handler, keys
 from botrix.client import Client
-from botrix.model import JobStatus, Outcome, Settlement
-from botrix.store import Connection, Consumer, Store
-from tests.conftest import WorkerProcess, running_worker
+from botrix.model import Claimed, JobStatus, Outcome, Settlement
+from botrix.store import Connection, Consumer, Store, StoreUnavailable
+from tests.conftest import WorkerProcess, eventually, running_worker
 from tests.redisproc import RedisServer
+
+T = TypeVar("T")
 
 
 async def test_ack_from_a_worker_that_lost_its_lease_is_refused(
@@ -29,7 +33,7 @@ async def test_ack_from_a_worker_that_lost_its_lease_is_refused(
         recovered = await store.recover(queue, grace_ms=0, max_retries=3, dead_cap=10)
         assert [(r.job_id, r.status) for r in recovered] == [(job_id, "queued")]
         _, [second] = await store.exchange(queue, [], 1, worker_b, lane=0)
-        assert (second.attempt, second.delivery) == (2, 2)
+        assert second.attempt == 2 and second.delivery > first.delivery
 
         def done(claimed_delivery: int, result: bytes) -> Settlement:
             return Settlement(job_id, queue, claimed_delivery, Outcome.COMPLETED, result)
@@ -38,7 +42,8 @@ async def test_ack_from_a_worker_that_lost_its_lease_is_refused(
             {job_id},
             [],
         )
-        assert await store.renew(queue, [(job_id, first.delivery)], 30_000) == [(job_id, first.delivery)]
+        lost = await store.renew(queue, [(job_id, first.delivery)], 30_000, worker_a.worker_id)
+        assert lost == [(job_id, first.delivery)]
         assert await store.exchange(queue, [done(second.delivery, b'"fresh"')], 0, worker_b, lane=0) == (
             set(),
             [],
@@ -104,7 +109,8 @@ async def test_a_job_requeued_and_claimed_again_in_one_call_keeps_its_new_lease(
         await store.aclose()
     assert {c.job_id for c in again} == {c.job_id for c in claimed}
     assert count == n and None not in leases
-    assert {(c.attempt, c.delivery) for c in again} == {(1, 2)}
+    assert {c.attempt for c in again} == {1}
+    assert min(c.delivery for c in again) > max(c.delivery for c in claimed)
 
 
 async def test_recovery_dead_letters_when_attempts_are_used_up(
@@ -156,3 +162,155 @@ async def test_blocked_worker_loses_the_job_and_its_late_ack_is_refused(
     for proc in (stuck, rescuer):
         proc.signal(signal.SIGTERM)
         assert await proc.wait() == 0
+
+
+def _completed(claimed: Claimed, queue: str, result: bytes) -> Settlement:
+    return Settlement(claimed.job_id, queue, claimed.delivery, Outcome.COMPLETED, result)
+
+
+async def test_a_reused_job_id_gets_a_new_token_and_the_old_attempts_ack_is_refused(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
+    """A finished job's id enqueued again starts a new record; its fencing token must not start
+    over with it, or a late ack of the old attempt would pass for the new one. Here one worker
+    holds both attempts, so comparing workers alone would not tell them apart."""
+    store = Store(Connection(redis_server.url))
+    short = Consumer("worker-a", lease_ms=50, max_envelope_bytes=10_000, result_ttl=60, dead_cap=10)
+    worker_a, worker_b = _consumer("worker-a"), _consumer("worker-b")
+    try:
+        await client.enqueue("t.echo", {"n": 1}, queue=queue, job_id="reused")
+        _, [old] = await store.exchange(queue, [], 1, short, lane=0)
+        await asyncio.sleep(0.2)  # the 50 ms lease runs out; worker-a is "frozen"
+        recovered = await store.recover(queue, grace_ms=0, max_retries=3, dead_cap=10)
+        assert [r.status for r in recovered] == ["queued"]
+        _, [other] = await store.exchange(queue, [], 1, worker_b, lane=0)
+        finished = [_completed(other, queue, b'"b"')]
+        assert await store.exchange(queue, finished, 0, worker_b, lane=0) == (set(), [])
+        await client.enqueue("t.echo", {"n": 2}, queue=queue, job_id="reused")
+        _, [new] = await store.exchange(queue, [], 1, worker_a, lane=0)
+        assert new.delivery not in (old.delivery, other.delivery)
+        refused, _ = await store.exchange(queue, [_completed(old, queue, b'"stale"')], 0, worker_a, lane=0)
+        assert refused == {"reused"}
+        assert await store.exchange(queue, [_completed(new, queue, b'"fresh"')], 0, worker_a, lane=0) == (
+            set(),
+            [],
+        )
+    finally:
+        await store.aclose()
+    assert (await client.job("reused", queue)).result == "fresh"
+
+
+async def _despite_reconnects(call: Callable[[], Awaitable[T]]) -> T:
+    """``call()``, again while it fails with StoreUnavailable: connections made before a Redis
+    restart fail once before they reconnect (a guard against hangs, not a timing test)."""
+    for _ in range(50):
+        try:
+            return await call()
+        except StoreUnavailable:
+            await asyncio.sleep(0.1)
+    return await call()
+
+
+def _snapshot_server(tmp_path: Path) -> RedisServer:
+    """A server without AOF: after a kill it comes back with what the last SAVE wrote."""
+    server = RedisServer(tmp_path / "redis", appendonly=False)
+    server.start()
+    return server
+
+
+async def test_after_redis_loses_recent_writes_the_first_workers_acks_are_refused(
+    tmp_path: Path, queue: str
+) -> None:
+    """Redis is killed and restarts from a snapshot taken before a claim (as after a crash with
+    RDB persistence, or a failover to a replica that was behind): the same token is handed out
+    again, to another worker. The first worker's ack, renewal and progress must all be refused."""
+    server = _snapshot_server(tmp_path)
+    worker_a, worker_b = _consumer("worker-a"), _consumer("worker-b")
+    store = Store(Connection(server.url))
+    try:
+        async with Client.from_url(server.url) as c:
+            job_id = await c.enqueue("t.echo", {}, queue=queue)
+        with server.client() as r:
+            r.save()
+        _, [first] = await store.exchange(queue, [], 1, worker_a, lane=0)
+        server.stop(signal.SIGKILL)
+        server.start()
+        _, [second] = await _despite_reconnects(lambda: store.exchange(queue, [], 1, worker_b, lane=0))
+        assert second.delivery == first.delivery  # Redis forgot the first claim, its token too
+        stale = [_completed(first, queue, b'"a"')]
+        refused, _ = await store.exchange(queue, stale, 0, worker_a, lane=0)
+        assert refused == {job_id}
+        held = [(job_id, first.delivery)]
+        assert await _despite_reconnects(lambda: store.renew(queue, held, 30_000, "worker-a")) == held
+        assert not await store.publish_progress(queue, job_id, first.delivery, "worker-a", b"1")
+        fresh = [_completed(second, queue, b'"b"')]
+        assert await store.exchange(queue, fresh, 0, worker_b, lane=0) == (set(), [])
+        async with Client.from_url(server.url) as c:
+            info = await c.job(job_id, queue)
+        assert info.result == "b" and info.worker == "worker-b"
+    finally:
+        await store.aclose()
+        server.stop(signal.SIGKILL)
+
+
+_gate = asyncio.Event()
+_runs: list[str] = []  # "+" when an attempt starts, "-" when it ends (however it ends)
+
+
+@handler("t.gate")
+async def gate(ctx: JobContext, payload: object) -> None:
+    _runs.append("+")
+    try:
+        await _gate.wait()
+    finally:
+        _runs.append("-")
+
+
+def _most_at_once(runs: list[str]) -> int:
+    now = most = 0
+    for step in runs:
+        now += 1 if step == "+" else -1
+        most = max(most, now)
+    return most
+
+
+async def test_a_worker_handed_its_own_lease_again_runs_the_job_once_at_a_time(
+    tmp_path: Path, queue: str
+) -> None:
+    """Redis restarts from a snapshot taken before this worker's claim and hands the job to the
+    same worker again, with the same token. However the worker learns of it (its claim brings
+    back the lease it holds, or its renewal finds that lease gone first), the job never runs as
+    two attempts at once, ends completed, and every slot of the worker comes back."""
+    _gate.clear()
+    _runs.clear()
+    server = _snapshot_server(tmp_path)
+    try:
+        async with Client.from_url(server.url) as c:
+            await c.enqueue("t.gate", {}, queue=queue, job_id="rolled-back")
+        with server.client() as r:
+            r.save()
+        record = keys.queue_keys(queue).job("rolled-back")
+        async with running_worker(server.url, queue, concurrency=2, lease_seconds=30) as worker:
+            await eventually(lambda: _runs == ["+"], what="the job running")
+            server.stop(signal.SIGKILL)
+            server.start()  # the job is queued again in the restored data
+            async with aredis.Redis.from_url(server.url) as r:
+
+                async def running_again() -> bool:
+                    return await r.hget(record, "status") == b"running" and _runs[-1] == "+"
+
+                await eventually(running_again, what="the job claimed again")
+                assert _most_at_once(_runs) == 1
+                _gate.set()
+                await eventually(lambda: not worker.state.in_flight, what="nothing in flight")
+                assert await r.hget(record, "status") == b"completed"
+                # Both slots are free again: two jobs run at once.
+                _gate.clear()
+                _runs.clear()
+                async with Client.from_url(server.url) as c:
+                    await c.enqueue("t.gate", {}, queue=queue)
+                    await c.enqueue("t.gate", {}, queue=queue)
+                await eventually(lambda: _runs.count("+") == 2, what="two jobs at once")
+                _gate.set()
+    finally:
+        server.stop(signal.SIGKILL)

@@ -118,9 +118,10 @@ async def test_progress_from_an_attempt_that_lost_its_job_is_not_written(
         job_id = await client.enqueue("t.echo", {}, queue=queue)
         consumer = Consumer("w", lease_ms=30_000, max_envelope_bytes=10_000, result_ttl=60, dead_cap=10)
         _, [claimed] = await store.exchange(queue, [], 1, consumer, lane=0)
-        assert await store.publish_progress(queue, job_id, claimed.delivery, b'{"step": 1}')
-        assert not await store.publish_progress(queue, job_id, claimed.delivery + 1, b'{"step": 2}')
-        assert not await store.publish_progress(queue, "no-such-job", 1, b"1")
+        assert await store.publish_progress(queue, job_id, claimed.delivery, "w", b'{"step": 1}')
+        assert not await store.publish_progress(queue, job_id, claimed.delivery + 1, "w", b'{"step": 2}')
+        assert not await store.publish_progress(queue, job_id, claimed.delivery, "other", b'{"step": 3}')
+        assert not await store.publish_progress(queue, "no-such-job", 1, "w", b"1")
         assert await store.job_record(queue, "no-such-job") is None
     finally:
         await store.aclose()
@@ -174,7 +175,10 @@ async def test_worker_that_reclaims_its_own_lost_job_stops_the_old_attempt(
         await store.aclose()
         await eventually(lambda: _fate.get(2) == "running", what="attempt 2 running")
         await eventually(lambda: _fate.get(1) == "cancelled", what="attempt 1 cancelled")
-        assert [e.delivery for e in worker.state.in_flight.values()] == [2]
+        async with aredis.Redis.from_url(redis_server.url) as r:
+            delivery = await r.hget(keys.queue_keys(queue).job("reclaimed"), "delivery")
+        assert delivery is not None
+        assert [e.delivery for e in worker.state.in_flight.values()] == [int(delivery)]
         _released[2].set()
         info = await client.wait("reclaimed", timeout=30)
     assert info.result == 2 and info.attempts == 2

@@ -5,6 +5,11 @@
 -- foreign producer with one RPUSH; for the latter (and for any unknown entry) the record is
 -- created here, keeping the envelope verbatim for the worker to validate. An envelope larger
 -- than `max_bytes` is dead-lettered here so it never travels to a worker.
+--
+-- The delivery number, the lease's fencing token, is drawn from the queue's sequence (`k.seq`,
+-- which also numbers generated ids), not counted on the record: a record starts over when a
+-- finished job's id is enqueued again, and a token that repeated would let a stale worker's
+-- ack pass for the new attempt's.
 -- Returns a flat array, five entries a job: id, envelope, attempt, delivery, enqueued_at.
 local function claim_batch(k, prefix, queue, now, want, lease_ms, worker, max_bytes, dead_cap)
   local deadline = now + lease_ms
@@ -79,13 +84,13 @@ local function claim_batch(k, prefix, queue, now, want, lease_ms, worker, max_by
     local id = item
     local fields = false
     if string.byte(item, 1) ~= 123 and #item <= 200 then
-      fields = redis.call('HMGET', prefix .. item, 'status', 'envelope', 'enqueued_at', 'attempts', 'delivery')
+      fields = redis.call('HMGET', prefix .. item, 'status', 'envelope', 'enqueued_at', 'attempts')
     end
     -- An entry that is neither an envelope nor a known id is garbage from some producer: adopt
     -- it like an envelope so that it is dead-lettered with a reason rather than dropped.
     if not (fields and fields[1]) then
       id = adopt(item)
-      fields = id and redis.call('HMGET', prefix .. id, 'status', 'envelope', 'enqueued_at', 'attempts', 'delivery')
+      fields = id and redis.call('HMGET', prefix .. id, 'status', 'envelope', 'enqueued_at', 'attempts')
     end
     local record = prefix .. (id or '')
     local envelope = fields and fields[2] or ''
@@ -99,7 +104,7 @@ local function claim_batch(k, prefix, queue, now, want, lease_ms, worker, max_by
       publish(k.events, 'dead', id, queue, now, {reason = reason})
     elseif fields and fields[1] == 'queued' then
       local attempt = (tonumber(fields[4]) or 0) + 1
-      local delivery = (tonumber(fields[5]) or 0) + 1
+      local delivery = redis.call('INCR', k.seq)
       redis.call('HSET', record, 'status', 'running', 'worker', worker, 'started_at', now,
         'attempts', attempt, 'delivery', delivery)
       -- Each job's lease right with its status, not batched like the settle's ZREM: if the

@@ -1,9 +1,12 @@
 -- settle_batch: write back finished attempts, each only if the worker still holds its lease.
 -- Pulled into scripts by `--- @include "_settle.lua"` (needs _event.lua first).
 --
--- The delivery number is a fencing token: it grows on every claim, so an ack from a worker
--- whose lease expired (and whose job was recovered or claimed again) no longer matches. The
--- record remembers which delivery was settled, so a retried call (its reply lost) is harmless.
+-- The delivery number is a fencing token: every claim draws a new one from the queue's
+-- sequence, so an ack from a worker whose lease expired (and whose job was recovered or
+-- claimed again) no longer matches. The worker must match too: a Redis that restarted from an
+-- older snapshot, or a replica promoted while behind, hands out tokens it already gave once.
+-- The record remembers which delivery was settled, so a retried call (its reply lost) is
+-- harmless.
 -- `first` is the ARGV index of the first of five entries a job: id, delivery, outcome, data,
 -- delay ms. Outcomes:
 --   completed: data is the result (JSON)
@@ -11,7 +14,7 @@
 --   dead:      data is the error (JSON)
 --   requeue:   back to the head of the queue, the attempt not counted (shutdown)
 -- Returns the ids whose ack was refused.
-local function settle_batch(k, prefix, ttl, dead_cap, queue, now, first)
+local function settle_batch(k, prefix, ttl, dead_cap, queue, now, first, worker)
   local refused = {}
   -- Their leases go in one ZREM at the end, before the claim half of exchange.lua runs (a job
   -- requeued here may be claimed again there). Should the script fail halfway, a settled job
@@ -20,8 +23,10 @@ local function settle_batch(k, prefix, ttl, dead_cap, queue, now, first)
   for i = first, #ARGV, 5 do
     local id, delivery, outcome, data = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
     local record = prefix .. id
-    local state = redis.call('HMGET', record, 'status', 'delivery', 'attempts', 'settled')
-    if state[4] == delivery then
+    local state = redis.call('HMGET', record, 'status', 'delivery', 'attempts', 'settled', 'worker')
+    if state[5] ~= worker then
+      refused[#refused + 1] = id
+    elseif state[4] == delivery then
       -- Already applied: a retry of a call whose reply was lost. Neither refused nor redone.
     elseif state[1] ~= 'running' or state[2] ~= delivery then
       refused[#refused + 1] = id

@@ -5,7 +5,7 @@
 -- ARGV[5] = 0 (a pure settle, e.g. while draining).
 --
 -- KEYS[1] pending list   KEYS[2] active zset   KEYS[3] scheduled zset   KEYS[4] dead zset
--- KEYS[5] events channel KEYS[6] id sequence
+-- KEYS[5] events channel KEYS[6] sequence (generated ids, delivery tokens)
 -- ARGV[1] job record key prefix   ARGV[2] finished record TTL s   ARGV[3] dead set cap
 -- ARGV[4] queue name   ARGV[5] how many to claim   ARGV[6] lease ms   ARGV[7] worker id
 -- ARGV[8] max envelope bytes
@@ -21,11 +21,12 @@ local k = {pending = KEYS[1], active = KEYS[2], scheduled = KEYS[3], dead = KEYS
 local prefix, queue = ARGV[1], ARGV[4]
 local dead_cap = tonumber(ARGV[3])
 local now = now_ms()
-local refused = settle_batch(k, prefix, tonumber(ARGV[2]), dead_cap, queue, now, 9)
+local worker = ARGV[7]
+local refused = settle_batch(k, prefix, tonumber(ARGV[2]), dead_cap, queue, now, 9, worker)
 local claimed = {}
 local want = tonumber(ARGV[5])
 if want > 0 then
-  claimed = claim_batch(k, prefix, queue, now, want, tonumber(ARGV[6]), ARGV[7],
+  claimed = claim_batch(k, prefix, queue, now, want, tonumber(ARGV[6]), worker,
     tonumber(ARGV[8]), dead_cap)
 end
 return {refused, claimed}

@@ -2,11 +2,12 @@
 --
 -- KEYS[1] the job's record hash   KEYS[2] events channel
 -- ARGV[1] job id   ARGV[2] delivery   ARGV[3] progress (JSON)   ARGV[4] queue name
+-- ARGV[5] worker id
 -- Returns 1 when recorded, 0 when the attempt no longer holds the job (nothing is written).
 --- @include "_event.lua"
 
-local state = redis.call('HMGET', KEYS[1], 'status', 'delivery')
-if state[1] ~= 'running' or state[2] ~= ARGV[2] then
+local state = redis.call('HMGET', KEYS[1], 'status', 'delivery', 'worker')
+if state[1] ~= 'running' or state[2] ~= ARGV[2] or state[3] ~= ARGV[5] then
   return 0
 end
 redis.call('HSET', KEYS[1], 'progress', ARGV[3])
