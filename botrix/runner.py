@@ -169,8 +169,10 @@ class Runner:
                     continue
                 if any(self._free(lane) > 0 for lane in self._lanes):
                     self._waker.arm()
-                # The timeout only guards against a wake-up lost with a dead connection.
-                await sleep_or_stop(self._wake, self._store.blocking_timeout + 1)
+                if not await sleep_or_stop(self._wake, self._store.blocking_timeout + 1):
+                    # Not woken for a whole blocking wait: look once without being told, in case
+                    # a wake-up was lost (with a dead connection, or a watcher that died).
+                    self._dry = False
         finally:
             if passes:
                 await asyncio.wait(passes)
