@@ -236,7 +236,9 @@ class Runner:
             if self._state.redis.ok():
                 self._log.info("redis.recovered")
             for settlement in items:
-                self._forget(settlement.queue, settlement.job_id, settlement.delivery)
+                entry = self._state.in_flight.get((settlement.queue, settlement.job_id, settlement.delivery))
+                if entry is not None:
+                    self._forget(entry)
             self._settler.written(items, refused)
             for job in claimed:
                 self._start(lane, queue, job)
@@ -248,10 +250,13 @@ class Runner:
 
     def _start(self, lane: Lane, queue: str, claimed: Claimed) -> None:
         key = (queue, claimed.job_id, claimed.delivery)
-        if key in self._state.in_flight:
+        held = self._state.in_flight.get(key)
+        if held is not None and held.cancel_reason is None:
             # The very lease this worker holds, handed out again: Redis lost the writes since
             # (a restart from an older snapshot, a failover to a replica that was behind). The
-            # attempt in hand is that lease's attempt; a second one would run the job twice.
+            # attempt in hand (running, or finished and not yet written) is that lease's
+            # attempt; a second one would run the job twice. One already being cancelled is
+            # not: a new attempt takes the lease, and the old one's end leaves it alone.
             self._log.warning(
                 "job.reclaimed",
                 queue=queue,
@@ -273,7 +278,7 @@ class Runner:
             settlement = await self._attempts.run(queue, claimed)
         except asyncio.CancelledError:
             if entry.cancel_reason != "shutdown":  # lease lost: another worker owns the job now
-                self._forget(queue, claimed.job_id, claimed.delivery)
+                self._forget(entry)
                 self._wake.set()
                 return
             settlement = Settlement(
@@ -294,13 +299,14 @@ class Runner:
         self._settler.submit(settlement, entry.lane)
         self._wake.set()
 
-    def _forget(self, queue: str, job_id: str, delivery: int) -> None:
-        entry = self._state.in_flight.pop((queue, job_id, delivery), None)
-        if entry is None:
-            return
+    def _forget(self, entry: InFlight) -> None:
+        """Give up ``entry``'s slot; it leaves the books unless a newer attempt took its key."""
         self._lanes[entry.lane].held -= 1
-        if self._latest.get((queue, job_id)) is entry:
-            del self._latest[(queue, job_id)]
+        key = (entry.queue, entry.job_id, entry.delivery)
+        if self._state.in_flight.get(key) is entry:
+            del self._state.in_flight[key]
+        if self._latest.get((entry.queue, entry.job_id)) is entry:
+            del self._latest[(entry.queue, entry.job_id)]
 
     async def _drain(self) -> None:
         self._state.phase = Phase.DRAINING

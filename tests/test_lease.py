@@ -314,3 +314,100 @@ async def test_a_worker_handed_its_own_lease_again_runs_the_job_once_at_a_time(
                 _gate.set()
     finally:
         server.stop(signal.SIGKILL)
+
+
+async def test_a_settle_retried_after_another_worker_claimed_the_job_is_not_refused(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
+    """Worker A's requeue was written but its reply lost; the job is claimed by worker B; A
+    sends the same settle again. It was applied: it must be recognised, not reported refused."""
+    store = Store(Connection(redis_server.url))
+    worker_a, worker_b = _consumer("worker-a"), _consumer("worker-b")
+    try:
+        job_id = await client.enqueue("t.echo", {}, queue=queue)
+        _, [claimed] = await store.exchange(queue, [], 1, worker_a, lane=0)
+        back = [Settlement(job_id, queue, claimed.delivery, Outcome.REQUEUE, attempt=claimed.attempt)]
+        assert await store.exchange(queue, back, 0, worker_a, lane=0) == (set(), [])  # "reply lost"
+        _, [again] = await store.exchange(queue, [], 1, worker_b, lane=0)
+        assert again.job_id == job_id
+        assert await store.exchange(queue, back, 0, worker_a, lane=0) == (set(), [])
+        assert await store.exchange(queue, [_completed(again, queue, b'"b"')], 0, worker_b, lane=0) == (
+            set(),
+            [],
+        )
+    finally:
+        await store.aclose()
+    assert (await client.job(job_id, queue)).result == "b"
+
+
+_run_gate = asyncio.Event()
+_cleanup: dict[str, asyncio.Event] = {}
+_seen: list[tuple[str, str]] = []  # (job id, "start" | "cancelled" | "end")
+
+
+@handler("t.slow_cleanup")
+async def slow_cleanup(ctx: JobContext, payload: object) -> None:
+    """Runs until released; when cancelled, cleans up until its own cleanup gate opens."""
+    _seen.append((ctx.job_id, "start"))
+    try:
+        await _run_gate.wait()
+    except asyncio.CancelledError:
+        _seen.append((ctx.job_id, "cancelled"))
+        await _cleanup.setdefault(ctx.job_id, asyncio.Event()).wait()
+        raise
+    _seen.append((ctx.job_id, "end"))
+
+
+async def test_a_lease_handed_back_while_its_old_attempt_is_still_cancelling_runs_again(
+    tmp_path: Path, queue: str
+) -> None:
+    """Redis restarts from a snapshot taken before the worker claimed x and y. The worker is
+    full, so its renewal finds both leases gone first and cancels both attempts, whose handlers
+    take their time cleaning up. When y's ends, the freed slot claims x back with the same
+    token while x's old attempt is still cleaning up: x must run again, not be taken for the
+    attempt in hand (it would sit 'running' with nobody on it until its lease ran out)."""
+    _run_gate.clear()
+    _cleanup.clear()
+    _seen.clear()
+    server = _snapshot_server(tmp_path)
+    try:
+        async with Client.from_url(server.url) as c:
+            await c.enqueue("t.slow_cleanup", {}, queue=queue, job_id="x")
+            await c.enqueue("t.slow_cleanup", {}, queue=queue, job_id="y")
+        with server.client() as r:
+            r.save()
+        async with running_worker(server.url, queue, concurrency=2, lease_seconds=3) as worker:
+            await eventually(lambda: len(_seen) == 2, what="x and y running")
+            server.stop(signal.SIGKILL)
+            server.start()
+            await eventually(lambda: _seen.count(("x", "cancelled")) + _seen.count(("y", "cancelled")) == 2,
+                             what="both attempts cancelled by the renewal")  # fmt: skip
+            _cleanup.setdefault("y", asyncio.Event()).set()
+            await eventually(lambda: _seen.count(("x", "start")) == 2, what="x claimed back and run again")
+            _cleanup.setdefault("x", asyncio.Event()).set()
+            _run_gate.set()
+            async with Client.from_url(server.url) as c:
+                for job_id in ("x", "y"):
+                    assert (await c.wait(job_id, 30, queue)).status is JobStatus.COMPLETED
+            await eventually(lambda: not worker.state.in_flight, what="nothing in flight")
+    finally:
+        server.stop(signal.SIGKILL)
+
+
+async def test_tokens_stay_above_those_an_older_botrix_counted_on_the_record(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
+    """An older botrix counted tokens on the record; a fleet in the middle of an upgrade runs
+    both. A new claim must still hand out a token above the record's last one."""
+    store = Store(Connection(redis_server.url))
+    try:
+        job_id = await client.enqueue("t.echo", {}, queue=queue)
+        async with aredis.Redis.from_url(redis_server.url) as r:
+            await r.hset(keys.queue_keys(queue).job(job_id), "delivery", 50)  # as the old scripts left it
+        _, [claimed] = await store.exchange(queue, [], 1, _consumer("worker-a"), lane=0)
+        assert claimed.delivery == 51
+        other = await client.enqueue("t.echo", {}, queue=queue)
+        _, [next_one] = await store.exchange(queue, [], 1, _consumer("worker-a"), lane=0)
+        assert next_one.job_id == other and next_one.delivery > 51
+    finally:
+        await store.aclose()

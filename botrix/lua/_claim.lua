@@ -9,7 +9,8 @@
 -- The delivery number, the lease's fencing token, is drawn from the queue's sequence (`k.seq`,
 -- which also numbers generated ids), not counted on the record: a record starts over when a
 -- finished job's id is enqueued again, and a token that repeated would let a stale worker's
--- ack pass for the new attempt's.
+-- ack pass for the new attempt's. It also stays above the record's last one: an older botrix
+-- counted tokens on the record, and a fleet in the middle of an upgrade runs both.
 -- Returns a flat array, five entries a job: id, envelope, attempt, delivery, enqueued_at.
 local function claim_batch(k, prefix, queue, now, want, lease_ms, worker, max_bytes, dead_cap)
   local deadline = now + lease_ms
@@ -84,13 +85,13 @@ local function claim_batch(k, prefix, queue, now, want, lease_ms, worker, max_by
     local id = item
     local fields = false
     if string.byte(item, 1) ~= 123 and #item <= 200 then
-      fields = redis.call('HMGET', prefix .. item, 'status', 'envelope', 'enqueued_at', 'attempts')
+      fields = redis.call('HMGET', prefix .. item, 'status', 'envelope', 'enqueued_at', 'attempts', 'delivery')
     end
     -- An entry that is neither an envelope nor a known id is garbage from some producer: adopt
     -- it like an envelope so that it is dead-lettered with a reason rather than dropped.
     if not (fields and fields[1]) then
       id = adopt(item)
-      fields = id and redis.call('HMGET', prefix .. id, 'status', 'envelope', 'enqueued_at', 'attempts')
+      fields = id and redis.call('HMGET', prefix .. id, 'status', 'envelope', 'enqueued_at', 'attempts', 'delivery')
     end
     local record = prefix .. (id or '')
     local envelope = fields and fields[2] or ''
@@ -105,6 +106,11 @@ local function claim_batch(k, prefix, queue, now, want, lease_ms, worker, max_by
     elseif fields and fields[1] == 'queued' then
       local attempt = (tonumber(fields[4]) or 0) + 1
       local delivery = redis.call('INCR', k.seq)
+      local last = tonumber(fields[5]) or 0
+      if delivery <= last then
+        delivery = last + 1
+        redis.call('SET', k.seq, delivery)
+      end
       redis.call('HSET', record, 'status', 'running', 'worker', worker, 'started_at', now,
         'attempts', attempt, 'delivery', delivery)
       -- Each job's lease right with its status, not batched like the settle's ZREM: if the

@@ -5,8 +5,8 @@
 -- sequence, so an ack from a worker whose lease expired (and whose job was recovered or
 -- claimed again) no longer matches. The worker must match too: a Redis that restarted from an
 -- older snapshot, or a replica promoted while behind, hands out tokens it already gave once.
--- The record remembers which delivery was settled, so a retried call (its reply lost) is
--- harmless.
+-- The record remembers which delivery was settled, and by whom, so a retried call (its reply
+-- lost) is harmless, even once another worker has claimed the job again.
 -- `first` is the ARGV index of the first of five entries a job: id, delivery, outcome, data,
 -- delay ms. Outcomes:
 --   completed: data is the result (JSON)
@@ -24,18 +24,17 @@ local function settle_batch(k, prefix, ttl, dead_cap, queue, now, first, worker)
     local id, delivery, outcome, data = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
     local record = prefix .. id
     local state = redis.call('HMGET', record, 'status', 'delivery', 'attempts', 'settled', 'worker')
-    if state[5] ~= worker then
-      refused[#refused + 1] = id
-    elseif state[4] == delivery then
+    local mark = delivery .. ':' .. worker
+    if state[4] == mark then
       -- Already applied: a retry of a call whose reply was lost. Neither refused nor redone.
-    elseif state[1] ~= 'running' or state[2] ~= delivery then
+    elseif state[1] ~= 'running' or state[2] ~= delivery or state[5] ~= worker then
       refused[#refused + 1] = id
     else
       settled[#settled + 1] = id
       local attempt = tonumber(state[3])
       if outcome == 'completed' then
         -- The error of an earlier failed attempt stays: "the latest failure" is still useful.
-        redis.call('HSET', record, 'status', 'completed', 'result', data, 'finished_at', now, 'settled', delivery)
+        redis.call('HSET', record, 'status', 'completed', 'result', data, 'finished_at', now, 'settled', mark)
         if ttl > 0 then
           redis.call('EXPIRE', record, ttl)
         end
@@ -43,17 +42,17 @@ local function settle_batch(k, prefix, ttl, dead_cap, queue, now, first, worker)
           '{"event":"completed","job_id":"%s","queue":"%s","ts":%d,"attempt":%d}', id, queue, now, attempt))
       elseif outcome == 'retry' then
         local run_at = now + tonumber(ARGV[i + 4])
-        redis.call('HSET', record, 'status', 'retrying', 'error', data, 'run_at', run_at, 'settled', delivery)
+        redis.call('HSET', record, 'status', 'retrying', 'error', data, 'run_at', run_at, 'settled', mark)
         redis.call('ZADD', k.scheduled, run_at, id)
         publish(k.events, 'retrying', id, queue, now, {attempt = attempt, run_at = run_at})
       elseif outcome == 'dead' then
-        redis.call('HSET', record, 'status', 'dead', 'error', data, 'finished_at', now, 'settled', delivery)
+        redis.call('HSET', record, 'status', 'dead', 'error', data, 'finished_at', now, 'settled', mark)
         redis.call('ZADD', k.dead, now, id)
         cap_dead(k.dead, prefix, dead_cap)
         publish(k.events, 'dead', id, queue, now, {attempt = attempt})
       else
         redis.call('HINCRBY', record, 'attempts', -1)
-        redis.call('HSET', record, 'status', 'queued', 'settled', delivery)
+        redis.call('HSET', record, 'status', 'queued', 'settled', mark)
         redis.call('LPUSH', k.pending, id)
         publish(k.events, 'requeued', id, queue, now, {attempt = attempt})
       end
