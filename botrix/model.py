@@ -204,6 +204,9 @@ class Settlement:
     correlation_id: str = ""
     error: ErrorInfo | None = None
     queue_wait_ms: int = 0
+    #: The submitter's own record of the attempt (the runner's in-flight entry), opaque here: two
+    #: attempts can share (queue, id, delivery) after Redis lost writes, so it is not a key.
+    owner: object = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

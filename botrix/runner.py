@@ -123,8 +123,8 @@ class Runner:
             self._cancel_lost(self._state.in_flight.get((queue, job_id, delivery)))
 
     def _cancel_lost(self, entry: InFlight | None) -> None:
-        if entry is None or entry.task is None or entry.task.done():
-            return
+        if entry is None or entry.task is None or entry.task.done() or entry.cancel_reason:
+            return  # nothing to stop, or already being stopped
         entry.cancel_reason = "lease_lost"
         entry.task.cancel()
         self._log.warning(
@@ -236,9 +236,8 @@ class Runner:
             if self._state.redis.ok():
                 self._log.info("redis.recovered")
             for settlement in items:
-                entry = self._state.in_flight.get((settlement.queue, settlement.job_id, settlement.delivery))
-                if entry is not None:
-                    self._forget(entry)
+                if isinstance(settlement.owner, InFlight):
+                    self._forget(settlement.owner)
             self._settler.written(items, refused)
             for job in claimed:
                 self._start(lane, queue, job)
@@ -251,12 +250,14 @@ class Runner:
     def _start(self, lane: Lane, queue: str, claimed: Claimed) -> None:
         key = (queue, claimed.job_id, claimed.delivery)
         held = self._state.in_flight.get(key)
-        if held is not None and held.cancel_reason is None:
+        if held is not None and held.cancel_reason is None and held.task and not held.task.done():
             # The very lease this worker holds, handed out again: Redis lost the writes since
             # (a restart from an older snapshot, a failover to a replica that was behind). The
-            # attempt in hand (running, or finished and not yet written) is that lease's
-            # attempt; a second one would run the job twice. One already being cancelled is
-            # not: a new attempt takes the lease, and the old one's end leaves it alone.
+            # attempt running is that lease's attempt; a second one would run the job twice.
+            # One that finished (its outcome may already have been refused) or is being
+            # cancelled is not: a new attempt takes the lease and the key, and the old one
+            # keeps only its slot until it ends (its outcome is dropped, or written and
+            # refused or taken as already applied).
             self._log.warning(
                 "job.reclaimed",
                 queue=queue,
@@ -296,6 +297,13 @@ class Runner:
                 attempt=claimed.attempt,
                 error=error,
             )
+        if entry.cancel_reason == "lease_lost":
+            # The handler outlived its cancellation (it caught CancelledError): its lease is
+            # gone, so is its say on the job's outcome.
+            self._forget(entry)
+            self._wake.set()
+            return
+        settlement.owner = entry
         self._settler.submit(settlement, entry.lane)
         self._wake.set()
 
@@ -319,7 +327,7 @@ class Runner:
             await self._settle_until_idle(self._settings.shutdown_timeout, self._force)
         running = [e for e in self._state.in_flight.values() if e.task and not e.task.done()]
         for entry in running:
-            entry.cancel_reason = "shutdown"
+            entry.cancel_reason = entry.cancel_reason or "shutdown"  # a lost lease stays lost
             assert entry.task is not None
             entry.task.cancel()
         if self._state.in_flight and not await self._settle_until_idle(REQUEUE_GRACE_S, None):

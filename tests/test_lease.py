@@ -346,16 +346,19 @@ _seen: list[tuple[str, str]] = []  # (job id, "start" | "cancelled" | "end")
 
 
 @handler("t.slow_cleanup")
-async def slow_cleanup(ctx: JobContext, payload: object) -> None:
-    """Runs until released; when cancelled, cleans up until its own cleanup gate opens."""
+async def slow_cleanup(ctx: JobContext, payload: object) -> str:
+    """Runs until released. When cancelled it cleans up until its own cleanup gate opens, and
+    then returns a value instead of re-raising, as some handlers in the wild do."""
     _seen.append((ctx.job_id, "start"))
     try:
         await _run_gate.wait()
     except asyncio.CancelledError:
         _seen.append((ctx.job_id, "cancelled"))
         await _cleanup.setdefault(ctx.job_id, asyncio.Event()).wait()
-        raise
+        _seen.append((ctx.job_id, "abandoned"))
+        return "abandoned"
     _seen.append((ctx.job_id, "end"))
+    return "ran"
 
 
 async def test_a_lease_handed_back_while_its_old_attempt_is_still_cancelling_runs_again(
@@ -363,9 +366,10 @@ async def test_a_lease_handed_back_while_its_old_attempt_is_still_cancelling_run
 ) -> None:
     """Redis restarts from a snapshot taken before the worker claimed x and y. The worker is
     full, so its renewal finds both leases gone first and cancels both attempts, whose handlers
-    take their time cleaning up. When y's ends, the freed slot claims x back with the same
-    token while x's old attempt is still cleaning up: x must run again, not be taken for the
-    attempt in hand (it would sit 'running' with nobody on it until its lease ran out)."""
+    take their time cleaning up and then return anyway. When y's ends, the freed slot claims x
+    back with the same token while x's old attempt is still cleaning up: x must run again (not
+    be taken for the attempt in hand, or it would sit 'running' with nobody on it), the old
+    attempt's value must not become x's result, and every slot comes back."""
     _run_gate.clear()
     _cleanup.clear()
     _seen.clear()
@@ -385,11 +389,20 @@ async def test_a_lease_handed_back_while_its_old_attempt_is_still_cancelling_run
             _cleanup.setdefault("y", asyncio.Event()).set()
             await eventually(lambda: _seen.count(("x", "start")) == 2, what="x claimed back and run again")
             _cleanup.setdefault("x", asyncio.Event()).set()
+            await eventually(lambda: ("x", "abandoned") in _seen, what="the old attempt of x over")
             _run_gate.set()
             async with Client.from_url(server.url) as c:
                 for job_id in ("x", "y"):
-                    assert (await c.wait(job_id, 30, queue)).status is JobStatus.COMPLETED
-            await eventually(lambda: not worker.state.in_flight, what="nothing in flight")
+                    info = await c.wait(job_id, 30, queue)
+                    assert (info.status, info.result) == (JobStatus.COMPLETED, "ran")
+                await eventually(lambda: not worker.state.in_flight, what="nothing in flight")
+                # Both slots are free again: two jobs run at once.
+                _run_gate.clear()
+                _seen.clear()
+                await c.enqueue("t.slow_cleanup", {}, queue=queue)
+                await c.enqueue("t.slow_cleanup", {}, queue=queue)
+                await eventually(lambda: len(_seen) == 2, what="two jobs at once")
+                _run_gate.set()
     finally:
         server.stop(signal.SIGKILL)
 
