@@ -34,6 +34,9 @@ class InFlight:
     cancel_reason: str | None = None
     #: The runner's lane whose slot the job holds.
     lane: int = 0
+    #: When Redis last handed this worker the lease (``time.monotonic()``): a renewal sent
+    #: before then that found the lease gone speaks of an older grant, not this one.
+    granted: float = 0.0
 
 
 @dataclass(slots=True)

@@ -31,7 +31,7 @@ class Heartbeat:
         settings: Settings,
         state: WorkerState,
         log: Logger,
-        on_lost: Callable[[str, list[tuple[str, int]]], None],
+        on_lost: Callable[[str, list[tuple[str, int]], float], None],
     ) -> None:
         self._store = store
         self._settings = settings
@@ -71,9 +71,10 @@ class Heartbeat:
             self._log.info("redis.recovered")
         link.rtt_s, link.version = rtt, version
         for queue, held in self._state.held().items():
+            sent = time.monotonic()
             lost = await self._store.renew(queue, held, self._settings.lease_ms, self._settings.worker_id)
             if lost:
-                self._on_lost(queue, lost)
+                self._on_lost(queue, lost, sent)
         if write_record:
             await self._store.register_queues(self._settings.queues)
             await self._store.write_health(

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from dataclasses import dataclass
 
 from botrix.aio import Backoff, sleep_or_stop
@@ -117,10 +118,16 @@ class Runner:
             await self._drain()
             await waker
 
-    def lease_lost(self, queue: str, lost: list[tuple[str, int]]) -> None:
-        """The heartbeat found these leases gone: stop running jobs another worker may own."""
+    def lease_lost(self, queue: str, lost: list[tuple[str, int]], since: float) -> None:
+        """A renewal sent at ``since`` found these leases gone: stop the attempts holding them.
+
+        Not an attempt whose lease was handed (back) to this worker after that renewal went out:
+        after Redis lost writes, a claim can re-grant the very lease the renewal found gone.
+        """
         for job_id, delivery in lost:
-            self._cancel_lost(self._state.in_flight.get((queue, job_id, delivery)))
+            entry = self._state.in_flight.get((queue, job_id, delivery))
+            if entry is not None and entry.granted < since:
+                self._cancel_lost(entry)
 
     def _cancel_lost(self, entry: InFlight | None) -> None:
         if entry is None or entry.task is None or entry.task.done() or entry.cancel_reason:
@@ -258,6 +265,7 @@ class Runner:
             # cancelled is not: a new attempt takes the lease and the key, and the old one
             # keeps only its slot until it ends (its outcome is dropped, or written and
             # refused or taken as already applied).
+            held.granted = time.monotonic()
             self._log.warning(
                 "job.reclaimed",
                 queue=queue,
@@ -268,7 +276,7 @@ class Runner:
         # This worker may still run an older attempt of the same job whose lease it lost (it
         # was recovered, and we claimed it again): that attempt must stop now.
         self._cancel_lost(self._latest.get((queue, claimed.job_id)))
-        entry = InFlight(claimed.job_id, queue, claimed.delivery, lane=lane.index)
+        entry = InFlight(claimed.job_id, queue, claimed.delivery, lane=lane.index, granted=time.monotonic())
         lane.held += 1
         self._state.in_flight[key] = entry
         self._latest[(queue, claimed.job_id)] = entry
@@ -318,7 +326,7 @@ class Runner:
 
     async def _drain(self) -> None:
         self._state.phase = Phase.DRAINING
-        if self._state.in_flight:
+        if self._state.in_flight or len(self._settler):
             self._log.info(
                 "worker.draining",
                 in_flight=len(self._state.in_flight),
@@ -330,14 +338,18 @@ class Runner:
             entry.cancel_reason = entry.cancel_reason or "shutdown"  # a lost lease stays lost
             assert entry.task is not None
             entry.task.cancel()
-        if self._state.in_flight and not await self._settle_until_idle(REQUEUE_GRACE_S, None):
+        if (self._state.in_flight or len(self._settler)) and not await self._settle_until_idle(
+            REQUEUE_GRACE_S, None
+        ):
             self._settler.abandon()
 
     async def _settle_until_idle(self, timeout: float, unless: asyncio.Event | None) -> bool:
         """Keep writing finished jobs back until none is held; False on timeout or ``unless``."""
         try:
             async with asyncio.timeout(timeout):
-                while self._state.in_flight and not (unless and unless.is_set()):
+                # Buffered outcomes too: an attempt replaced under its key (after Redis lost
+                # writes) is no longer in flight but its outcome may still be owed.
+                while (self._state.in_flight or len(self._settler)) and not (unless and unless.is_set()):
                     self._wake.clear()
                     if len(self._settler):
                         for lane in self._lanes:
@@ -351,7 +363,7 @@ class Runner:
                     await self._wait_for(self._wake, unless)
         except TimeoutError:
             return False
-        return not self._state.in_flight
+        return not (self._state.in_flight or len(self._settler))
 
     @staticmethod
     async def _wait_for(event: asyncio.Event, unless: asyncio.Event | None) -> None:
