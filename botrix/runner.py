@@ -283,16 +283,14 @@ class Runner:
         entry.task = asyncio.create_task(self._run_job(queue, claimed, entry))
 
     async def _run_job(self, queue: str, claimed: Claimed, entry: InFlight) -> None:
+        settlement: Settlement | None = None
         try:
             settlement = await self._attempts.run(queue, claimed)
         except asyncio.CancelledError:
-            if entry.cancel_reason != "shutdown":  # lease lost: another worker owns the job now
-                self._forget(entry)
-                self._wake.set()
-                return
-            settlement = Settlement(
-                claimed.job_id, queue, claimed.delivery, Outcome.REQUEUE, attempt=claimed.attempt
-            )
+            if entry.cancel_reason == "shutdown":
+                settlement = Settlement(
+                    claimed.job_id, queue, claimed.delivery, Outcome.REQUEUE, attempt=claimed.attempt
+                )
         except Exception as exc:  # a bug of ours: the job is dead-lettered with it, never stuck
             self._log.exception("job.internal_error", queue=queue, job_id=claimed.job_id)
             error = ErrorInfo("InternalError", f"botrix failed running the job: {exc!r}"[:1000])
@@ -305,14 +303,13 @@ class Runner:
                 attempt=claimed.attempt,
                 error=error,
             )
-        if entry.cancel_reason == "lease_lost":
-            # The handler outlived its cancellation (it caught CancelledError): its lease is
-            # gone, so is its say on the job's outcome.
+        if settlement is None or entry.cancel_reason == "lease_lost":
+            # The lease is gone (another worker owns the job now), and with it this attempt's
+            # say on the outcome, even if its handler caught the cancellation and returned.
             self._forget(entry)
-            self._wake.set()
-            return
-        settlement.owner = entry
-        self._settler.submit(settlement, entry.lane)
+        else:
+            settlement.owner = entry
+            self._settler.submit(settlement, entry.lane)
         self._wake.set()
 
     def _forget(self, entry: InFlight) -> None:
@@ -326,7 +323,7 @@ class Runner:
 
     async def _drain(self) -> None:
         self._state.phase = Phase.DRAINING
-        if self._state.in_flight or len(self._settler):
+        if self._owed():
             self._log.info(
                 "worker.draining",
                 in_flight=len(self._state.in_flight),
@@ -338,18 +335,19 @@ class Runner:
             entry.cancel_reason = entry.cancel_reason or "shutdown"  # a lost lease stays lost
             assert entry.task is not None
             entry.task.cancel()
-        if (self._state.in_flight or len(self._settler)) and not await self._settle_until_idle(
-            REQUEUE_GRACE_S, None
-        ):
+        if self._owed() and not await self._settle_until_idle(REQUEUE_GRACE_S, None):
             self._settler.abandon()
+
+    def _owed(self) -> bool:
+        # Buffered outcomes count too: an attempt replaced under its key (after Redis lost
+        # writes) is no longer in flight, but its outcome may still be owed.
+        return bool(self._state.in_flight) or len(self._settler) > 0
 
     async def _settle_until_idle(self, timeout: float, unless: asyncio.Event | None) -> bool:
         """Keep writing finished jobs back until none is held; False on timeout or ``unless``."""
         try:
             async with asyncio.timeout(timeout):
-                # Buffered outcomes too: an attempt replaced under its key (after Redis lost
-                # writes) is no longer in flight but its outcome may still be owed.
-                while (self._state.in_flight or len(self._settler)) and not (unless and unless.is_set()):
+                while self._owed() and not (unless and unless.is_set()):
                     self._wake.clear()
                     if len(self._settler):
                         for lane in self._lanes:
@@ -363,7 +361,7 @@ class Runner:
                     await self._wait_for(self._wake, unless)
         except TimeoutError:
             return False
-        return not (self._state.in_flight or len(self._settler))
+        return not self._owed()
 
     @staticmethod
     async def _wait_for(event: asyncio.Event, unless: asyncio.Event | None) -> None:

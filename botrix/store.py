@@ -340,13 +340,11 @@ class Store:
         deadline = Deadline(self._timeout)
         try:
             try:
-                return await self._direct_call(conn, "EVALSHA", sha, len(keys_), *keys_, *args)
+                return await self._direct_call(conn, "EVALSHA", sha, len(keys_), *keys_, *args, reload=True)
             except NoScriptError:  # a restarted or flushed Redis forgot the script
                 await self._direct_call(conn, "SCRIPT", "LOAD", self._scripts[script].script)
-                try:
-                    return await self._direct_call(conn, "EVALSHA", sha, len(keys_), *keys_, *args)
-                except NoScriptError as exc:  # forgotten again in between: back off, load next time
-                    raise _unavailable(exc) from None
+                # Forgotten again in between: StoreUnavailable; the caller backs off, we load next time.
+                return await self._direct_call(conn, "EVALSHA", sha, len(keys_), *keys_, *args)
         except asyncio.CancelledError:
             if deadline.fired():
                 await conn.disconnect(nowait=True)
@@ -355,14 +353,15 @@ class Store:
         finally:
             deadline.cancel()
 
-    async def _direct_call(self, conn: Any, *args: Any) -> Any:
+    async def _direct_call(self, conn: Any, *args: Any, reload: bool = False) -> Any:
+        """One command on ``conn``; with ``reload``, NOSCRIPT is raised for the caller to load."""
         try:
             # hiredis packs in C, into one buffer: redis-py's packing costs more than the rest
             # of the call, and its list of chunks makes a slow writelines.
             await conn.send_packed_command(hiredis.pack_command(args), check_health=False)
             return await conn.read_response()
         except ResponseError as exc:  # an error reply: the connection itself is fine
-            if isinstance(exc, NoScriptError):
+            if reload and isinstance(exc, NoScriptError):
                 raise
             raise _unavailable(exc) from None
         except (RedisError, OSError, RuntimeError) as exc:

@@ -20,6 +20,10 @@ from tests.redisproc import RedisServer
 T = TypeVar("T")
 
 
+def _completed(claimed: Claimed, queue: str, result: bytes) -> Settlement:
+    return Settlement(claimed.job_id, queue, claimed.delivery, Outcome.COMPLETED, result)
+
+
 async def test_ack_from_a_worker_that_lost_its_lease_is_refused(
     redis_server: RedisServer, client: Client, queue: str
 ) -> None:
@@ -35,16 +39,13 @@ async def test_ack_from_a_worker_that_lost_its_lease_is_refused(
         _, [second] = await store.exchange(queue, [], 1, worker_b, lane=0)
         assert second.attempt == 2 and second.delivery > first.delivery
 
-        def done(claimed_delivery: int, result: bytes) -> Settlement:
-            return Settlement(job_id, queue, claimed_delivery, Outcome.COMPLETED, result)
-
-        assert await store.exchange(queue, [done(first.delivery, b'"stale"')], 0, worker_a, lane=0) == (
+        assert await store.exchange(queue, [_completed(first, queue, b'"stale"')], 0, worker_a, lane=0) == (
             {job_id},
             [],
         )
         lost = await store.renew(queue, [(job_id, first.delivery)], 30_000, worker_a.worker_id)
         assert lost == [(job_id, first.delivery)]
-        assert await store.exchange(queue, [done(second.delivery, b'"fresh"')], 0, worker_b, lane=0) == (
+        assert await store.exchange(queue, [_completed(second, queue, b'"fresh"')], 0, worker_b, lane=0) == (
             set(),
             [],
         )
@@ -164,10 +165,6 @@ async def test_blocked_worker_loses_the_job_and_its_late_ack_is_refused(
         assert await proc.wait() == 0
 
 
-def _completed(claimed: Claimed, queue: str, result: bytes) -> Settlement:
-    return Settlement(claimed.job_id, queue, claimed.delivery, Outcome.COMPLETED, result)
-
-
 async def test_a_reused_job_id_gets_a_new_token_and_the_old_attempts_ack_is_refused(
     redis_server: RedisServer, client: Client, queue: str
 ) -> None:
@@ -253,25 +250,49 @@ async def test_after_redis_loses_recent_writes_the_first_workers_acks_are_refuse
         server.stop(signal.SIGKILL)
 
 
-_gate = asyncio.Event()
-_runs: list[str] = []  # "+" when an attempt starts, "-" when it ends (however it ends)
+_gates: dict[str, asyncio.Event] = {}  # cleared by each test: an Event is bound to one event loop
 
 
-@handler("t.gate")
-async def gate(ctx: JobContext, payload: object) -> None:
-    _runs.append("+")
+def _gate(name: str) -> asyncio.Event:
+    return _gates.setdefault(name, asyncio.Event())
+
+
+_seen: list[tuple[str, str]] = []  # (job id, "start" | "cancelled" | "abandoned" | "end")
+
+
+@handler("t.slow_cleanup")
+async def slow_cleanup(ctx: JobContext, payload: object) -> str:
+    """Runs until released. When cancelled it cleans up until its own cleanup gate opens, and
+    then returns a value instead of re-raising, as some handlers in the wild do."""
+    _seen.append((ctx.job_id, "start"))
     try:
-        await _gate.wait()
-    finally:
-        _runs.append("-")
+        await _gate("run").wait()
+    except asyncio.CancelledError:
+        _seen.append((ctx.job_id, "cancelled"))
+        await _gate(f"cleanup:{ctx.job_id}").wait()
+        _seen.append((ctx.job_id, "abandoned"))
+        return "abandoned"
+    _seen.append((ctx.job_id, "end"))
+    return "ran"
 
 
-def _most_at_once(runs: list[str]) -> int:
+def _most_at_once() -> int:
+    """The most attempts that were in their handler at the same time."""
     now = most = 0
-    for step in runs:
-        now += 1 if step == "+" else -1
+    for _, step in _seen:
+        now += {"start": 1, "end": -1, "abandoned": -1}.get(step, 0)
         most = max(most, now)
     return most
+
+
+async def _two_run_at_once(client: Client, queue: str) -> None:
+    """Both slots of a worker at concurrency 2 are free: two jobs start together."""
+    _gate("run").clear()
+    _seen.clear()
+    await client.enqueue("t.slow_cleanup", {}, queue=queue)
+    await client.enqueue("t.slow_cleanup", {}, queue=queue)
+    await eventually(lambda: len(_seen) == 2, what="two jobs at once")
+    _gate("run").set()
 
 
 async def test_a_worker_handed_its_own_lease_again_runs_the_job_once_at_a_time(
@@ -281,37 +302,32 @@ async def test_a_worker_handed_its_own_lease_again_runs_the_job_once_at_a_time(
     same worker again, with the same token. However the worker learns of it (its claim brings
     back the lease it holds, or its renewal finds that lease gone first), the job never runs as
     two attempts at once, ends completed, and every slot of the worker comes back."""
-    _gate.clear()
-    _runs.clear()
+    _gates.clear()
+    _gate("cleanup:rolled-back").set()  # a cancelled attempt ends at once
+    _seen.clear()
     server = _snapshot_server(tmp_path)
     try:
         async with Client.from_url(server.url) as c:
-            await c.enqueue("t.gate", {}, queue=queue, job_id="rolled-back")
+            await c.enqueue("t.slow_cleanup", {}, queue=queue, job_id="rolled-back")
         with server.client() as r:
             r.save()
         record = keys.queue_keys(queue).job("rolled-back")
         async with running_worker(server.url, queue, concurrency=2, lease_seconds=30) as worker:
-            await eventually(lambda: _runs == ["+"], what="the job running")
+            await eventually(lambda: len(_seen) == 1, what="the job running")
             server.stop(signal.SIGKILL)
             server.start()  # the job is queued again in the restored data
             async with aredis.Redis.from_url(server.url) as r:
 
                 async def running_again() -> bool:
-                    return await r.hget(record, "status") == b"running" and _runs[-1] == "+"
+                    return await r.hget(record, "status") == b"running" and _seen[-1][1] == "start"
 
                 await eventually(running_again, what="the job claimed again")
-                assert _most_at_once(_runs) == 1
-                _gate.set()
+                assert _most_at_once() == 1
+                _gate("run").set()
                 await eventually(lambda: not worker.state.in_flight, what="nothing in flight")
                 assert await r.hget(record, "status") == b"completed"
-                # Both slots are free again: two jobs run at once.
-                _gate.clear()
-                _runs.clear()
-                async with Client.from_url(server.url) as c:
-                    await c.enqueue("t.gate", {}, queue=queue)
-                    await c.enqueue("t.gate", {}, queue=queue)
-                await eventually(lambda: _runs.count("+") == 2, what="two jobs at once")
-                _gate.set()
+            async with Client.from_url(server.url) as c:
+                await _two_run_at_once(c, queue)
     finally:
         server.stop(signal.SIGKILL)
 
@@ -340,27 +356,6 @@ async def test_a_settle_retried_after_another_worker_claimed_the_job_is_not_refu
     assert (await client.job(job_id, queue)).result == "b"
 
 
-_run_gate = asyncio.Event()
-_cleanup: dict[str, asyncio.Event] = {}
-_seen: list[tuple[str, str]] = []  # (job id, "start" | "cancelled" | "end")
-
-
-@handler("t.slow_cleanup")
-async def slow_cleanup(ctx: JobContext, payload: object) -> str:
-    """Runs until released. When cancelled it cleans up until its own cleanup gate opens, and
-    then returns a value instead of re-raising, as some handlers in the wild do."""
-    _seen.append((ctx.job_id, "start"))
-    try:
-        await _run_gate.wait()
-    except asyncio.CancelledError:
-        _seen.append((ctx.job_id, "cancelled"))
-        await _cleanup.setdefault(ctx.job_id, asyncio.Event()).wait()
-        _seen.append((ctx.job_id, "abandoned"))
-        return "abandoned"
-    _seen.append((ctx.job_id, "end"))
-    return "ran"
-
-
 async def test_a_lease_handed_back_while_its_old_attempt_is_still_cancelling_runs_again(
     tmp_path: Path, queue: str
 ) -> None:
@@ -370,8 +365,7 @@ async def test_a_lease_handed_back_while_its_old_attempt_is_still_cancelling_run
     back with the same token while x's old attempt is still cleaning up: x must run again (not
     be taken for the attempt in hand, or it would sit 'running' with nobody on it), the old
     attempt's value must not become x's result, and every slot comes back."""
-    _run_gate.clear()
-    _cleanup.clear()
+    _gates.clear()
     _seen.clear()
     server = _snapshot_server(tmp_path)
     try:
@@ -386,23 +380,17 @@ async def test_a_lease_handed_back_while_its_old_attempt_is_still_cancelling_run
             server.start()
             await eventually(lambda: _seen.count(("x", "cancelled")) + _seen.count(("y", "cancelled")) == 2,
                              what="both attempts cancelled by the renewal")  # fmt: skip
-            _cleanup.setdefault("y", asyncio.Event()).set()
+            _gate("cleanup:y").set()
             await eventually(lambda: _seen.count(("x", "start")) == 2, what="x claimed back and run again")
-            _cleanup.setdefault("x", asyncio.Event()).set()
+            _gate("cleanup:x").set()
             await eventually(lambda: ("x", "abandoned") in _seen, what="the old attempt of x over")
-            _run_gate.set()
+            _gate("run").set()
             async with Client.from_url(server.url) as c:
                 for job_id in ("x", "y"):
                     info = await c.wait(job_id, 30, queue)
                     assert (info.status, info.result) == (JobStatus.COMPLETED, "ran")
                 await eventually(lambda: not worker.state.in_flight, what="nothing in flight")
-                # Both slots are free again: two jobs run at once.
-                _run_gate.clear()
-                _seen.clear()
-                await c.enqueue("t.slow_cleanup", {}, queue=queue)
-                await c.enqueue("t.slow_cleanup", {}, queue=queue)
-                await eventually(lambda: len(_seen) == 2, what="two jobs at once")
-                _run_gate.set()
+                await _two_run_at_once(c, queue)
     finally:
         server.stop(signal.SIGKILL)
 
