@@ -91,12 +91,14 @@ class Worker:
         )
         drained, http_stop = asyncio.Event(), asyncio.Event()
         try:
+            if s.http_port >= 0:
+                self.http = HttpServer(
+                    s, self.state, store, self.metrics, self.stop_event, __version__, self.log
+                )
+                await self._listen(self.http)
             async with asyncio.TaskGroup() as group:
-                if s.http_port >= 0:
-                    self.http = HttpServer(
-                        s, self.state, store, self.metrics, self.stop_event, __version__, self.log
-                    )
-                    await self._start_http(group.create_task(self.http.run(http_stop), name="botrix-http"))
+                if self.http is not None:
+                    group.create_task(self.http.serve(http_stop), name="botrix-http")
                 self.log.info(
                     "worker.started",
                     version=__version__,
@@ -138,12 +140,10 @@ class Worker:
         self.notifier.stopping(f"draining {len(self.state.in_flight)} job(s)")
         await watchdog
 
-    async def _start_http(self, serving: asyncio.Task[None]) -> None:
-        assert self.http is not None
-        listening = asyncio.create_task(self.http.started.wait())
-        await asyncio.wait([serving, listening], return_when=asyncio.FIRST_COMPLETED)
-        if not self.http.started.is_set():
-            listening.cancel()
-            error = serving.exception() if serving.done() else None
+    async def _listen(self, http: HttpServer) -> None:
+        try:
+            await http.listen()
+        except OSError as exc:
             s = self.settings
-            raise ServeError(f"cannot listen on {s.http_host}:{s.http_port}: {error}")
+            reason = exc.strerror or str(exc)
+            raise ServeError(f"cannot listen on {s.http_host}:{s.http_port}: {reason}") from None

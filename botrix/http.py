@@ -17,6 +17,8 @@ open at once: past that, the oldest idle one is closed to make room, or the new 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -86,7 +88,7 @@ class HttpServer:
         self._log = log
         self._depth_at = 0.0
         self._depth_lock = asyncio.Lock()
-        self.started = asyncio.Event()
+        self._server: asyncio.Server | None = None
         self.port: int | None = None
         self._routes: dict[str, Endpoint] = {
             "/live": self._live,
@@ -97,17 +99,23 @@ class HttpServer:
         # Open connections and whether each is idle (between requests), oldest first.
         self._open: dict[asyncio.StreamWriter, bool] = {}
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Listen until ``stop``."""
-        server = await asyncio.start_server(
-            self._connection, self._settings.http_host, self._settings.http_port, reuse_address=True
-        )
+    async def listen(self) -> None:
+        """Bind the port; raises OSError (port taken, address not ours) before any work starts."""
+        host, port = self._settings.http_host, self._settings.http_port
+        sock = _bound_socket(host, port)
+        if sock is None:
+            self._server = await asyncio.start_server(self._connection, host, port, reuse_address=True)
+        else:
+            self._server = await asyncio.start_server(self._connection, sock=sock)
+        sockets = self._server.sockets
+        self.port = int(sockets[0].getsockname()[1]) if sockets else port
+        self._log.info("http.listening", host=host, port=self.port)
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Answer on the bound port until ``stop``."""
+        server = self._server
+        assert server is not None, "listen() first"
         try:
-            self.port = (
-                int(server.sockets[0].getsockname()[1]) if server.sockets else self._settings.http_port
-            )
-            self._log.info("http.listening", host=self._settings.http_host, port=self.port)
-            self.started.set()
             await stop.wait()
         finally:
             server.close()
@@ -305,3 +313,28 @@ class HttpServer:
                         self._metrics.depth_cache[queue] = await self._store.depth(queue)
                 except (TimeoutError, StoreUnavailable):
                     return  # keep the last known depths; /ready already says why
+
+
+def _bound_socket(host: str, port: int) -> socket.socket | None:
+    """A listening socket for an IP literal; None for a name, which the event loop resolves.
+
+    uvloop resolves every host, even an IP literal like the default 0.0.0.0, in libuv's thread
+    pool, which starts four threads for the life of the process to look up an address we
+    already hold.
+    """
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            # As asyncio does: "::" means IPv6 only, so an IPv4 listener can share the port.
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -67,6 +68,22 @@ def test_worker_without_app_is_refused() -> None:
     assert (
         result.stderr.strip()
         == "botrix-worker: error: no handler module: pass --app MODULE (or set BOTRIX_APP)"
+    )
+
+
+def test_taken_http_port_is_one_line_and_exit_1(redis_server: RedisServer, queue: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run(
+            "worker", "--app", "tests.handlers", "--redis-url", redis_server.url, "--queues", queue,
+            "--http-host", "127.0.0.1", "--http-port", str(port),
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert (
+        result.stderr.strip()
+        == f"botrix-worker: error: cannot listen on 127.0.0.1:{port}: Address already in use"
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -67,6 +68,33 @@ async def test_probes_answer_when_ready(redis_server: RedisServer, queue: str) -
         assert health["concurrency"] == 5 and health["jobs_in_flight"] == 0
         for key in ("version", "worker_id", "uptime_seconds", "counters"):
             assert key in health
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("host", "connect"),
+    [
+        ("127.0.0.1", "127.0.0.1"),
+        ("localhost", "127.0.0.1"),
+        pytest.param(
+            "::1", "[::1]", marks=pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback")
+        ),
+    ],
+)
+async def test_listens_on_an_address_or_a_name(
+    redis_server: RedisServer, queue: str, host: str, connect: str
+) -> None:
+    async with running_worker(redis_server.url, queue, http_port=0, http_host=host) as worker:
+        port = await eventually(lambda: worker.http and worker.http.port, what="http port")
+        assert (await get(f"http://{connect}:{port}", "/live"))[0] == 200
 
 
 async def test_unknown_paths_and_methods_answer_json(redis_server: RedisServer, queue: str) -> None:
