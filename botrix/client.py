@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import uuid
 from collections.abc import Sequence
@@ -114,6 +115,8 @@ class Client:
         validate_queue_name(queue)
         if run_at is not None:
             delay = max(0.0, run_at.timestamp() - time.time())
+        if not math.isfinite(delay):
+            raise ValueError(f"delay must be a finite number of seconds, got {delay!r}")
         envelope = build_envelope(
             job_id,
             type,

@@ -7,13 +7,14 @@ environment value becomes one clear :class:`ConfigError` line.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import socket
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit
 
 from botrix.errors import ConfigError
 
@@ -58,10 +59,38 @@ def _queues(text: str) -> tuple[str, ...]:
     return names
 
 
-def _redis_url(text: str) -> str:
-    parts = urlsplit(text)
+def check_redis_url(text: str) -> str:
+    """``text`` if it is a Redis URL botrix can use; a ValueError that never shows a password."""
+    shown = redact_url(text)
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        raise ValueError(f"is not a URL, got {shown!r}") from None
+    if parts.scheme in ("redis", "rediss") and "@" in _after_host(text, parts.netloc):
+        raise ValueError(
+            f"has an '@' after its host: percent-encode / ? # @ in the user name and password "
+            f"(%2F %3F %23 %40), got {shown!r}"
+        )
     if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
-        raise ValueError(f"must be a redis://, rediss:// or unix:// URL, got {redact_url(text)!r}")
+        raise ValueError(f"must be a redis://, rediss:// or unix:// URL, got {shown!r}")
+    try:
+        parts.port  # noqa: B018 (a bad port raises here rather than at the first command)
+    except ValueError:
+        # Not the parser's message: it quotes the text it took for the port.
+        raise ValueError(f"has a port that is not a number from 0 to 65535, got {shown!r}") from None
+    return text
+
+
+def _host(text: str) -> str:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        try:  # what the resolver will be asked: a name it would refuse to encode is a bad value
+            encoded = text.encode("idna")
+        except UnicodeError:
+            encoded = b""
+        if text and not re.fullmatch(rb"[A-Za-z0-9_.-]{1,253}", encoded):  # "": every interface
+            raise ValueError(f"must be an IP address or a host name, got {text!r}") from None
     return text
 
 
@@ -94,24 +123,54 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
 
 
+def _after_host(url: str, netloc: str) -> str:
+    # The part after the host. A password holding an unencoded / ? or # ends the host part
+    # early: the parser then takes its start for the host or port and the rest lands here.
+    return url.partition("://")[2][len(netloc) :]
+
+
+def _sound_host(parts: SplitResult) -> bool:
+    try:
+        parts.port  # noqa: B018
+    except ValueError:
+        return False
+    return bool(parts.hostname)
+
+
 def redact_url(url: str) -> str:
-    """The URL with any password (in the userinfo or a ``password=`` parameter) as ``***``."""
+    """The URL with any password (in the userinfo or a ``*password=`` parameter) as ``***``.
+
+    When an '@' follows the host, the URL may hold a password the parser could not see (an
+    unencoded / ? or # in it): the userinfo is then hidden whole, or the whole URL if the '@'
+    is past the path and the host looks like the start of a password.
+    """
     try:
         parts = urlsplit(url)
+        after = _after_host(url, parts.netloc)
+        cut = min([i for i in (after.find("?"), after.find("#")) if i >= 0] + [len(after)])
+        at = after.rfind("@", 0, cut)
+        if at >= 0:
+            shown_host = re.match(r"[\w.:\[\]-]*", after[at + 1 :])
+            return f"{parts.scheme}://***@{shown_host.group() if shown_host else ''}"
+        if "@" in after and parts.netloc and not _sound_host(parts):
+            return f"{parts.scheme}://***"
         netloc = parts.netloc
         if parts.password is not None:
             host = parts.hostname or ""
+            if ":" in host:
+                host = f"[{host}]"
             if parts.port:
                 host = f"{host}:{parts.port}"
             netloc = f"{parts.username or ''}:***@{host}"
         query = urlencode(
             [
-                (k, "***" if k.lower() == "password" else v)
+                (k, "***" if "password" in k.lower() else v)
                 for k, v in parse_qsl(parts.query, keep_blank_values=True)
             ],
             safe="*",
         )
-        return urlunsplit(parts._replace(netloc=netloc, query=query))
+        # Not urlunsplit: it drops the empty host of unix:///path.
+        return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
     except ValueError:
         return "<unparseable url>"
 
@@ -149,7 +208,7 @@ OPTIONS: tuple[Option, ...] = (
     _opt(
         "redis_url",
         "redis://localhost:6379/0",
-        _redis_url,
+        check_redis_url,
         "Redis URL (redis://, rediss:// for TLS, user and password allowed)",
         "REDIS_URL",
         metavar="URL",
@@ -238,7 +297,7 @@ OPTIONS: tuple[Option, ...] = (
         "largest envelope accepted",
         metavar="BYTES",
     ),
-    _opt("http_host", "0.0.0.0", str, "address of the probe and metrics server", metavar="HOST"),
+    _opt("http_host", "0.0.0.0", _host, "address of the probe and metrics server", metavar="HOST"),
     _opt(
         "http_port",
         "8080",

@@ -8,6 +8,7 @@ method here. Nothing outside this module sees a Redis type: callers get botrix's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -25,7 +26,8 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from botrix import keys
 from botrix.aio import Deadline
-from botrix.errors import BotrixError
+from botrix.config import check_redis_url, redact_url
+from botrix.errors import BotrixError, ConfigError
 from botrix.model import Claimed, Settlement
 
 _INCLUDE = re.compile(r'^--- @include "([\w.]+)"$', re.MULTILINE)
@@ -70,6 +72,33 @@ class RecoveredJob:
     status: str
 
 
+def check_url(url: str) -> None:
+    """Raise ConfigError for a URL that botrix or redis-py would refuse.
+
+    redis-py refuses some only at the first command, inside the worker's tasks: an unknown
+    query parameter (``ssl_ca_certs`` on a ``redis://`` URL, a typo) or a bad value.
+    """
+    try:
+        check_redis_url(url)
+    except ValueError as exc:
+        raise ConfigError(f"the Redis URL {exc}") from None
+    shown = redact_url(url)
+    try:
+        # Builds a connection object without connecting: redis-py checks the parameters here.
+        redis.BlockingConnectionPool.from_url(url).make_connection()  # type: ignore[no-untyped-call]
+    except TypeError as exc:
+        unknown = re.search(r"keyword argument '(\w+)'", str(exc))
+        what = (
+            f"an unknown parameter {unknown.group(1)!r}" if unknown else "a parameter redis-py does not take"
+        )
+        raise ConfigError(f"the Redis URL has {what}: {shown}") from None
+    except (ValueError, AttributeError, RedisError) as exc:
+        # Only the parameter's name from redis-py's message, which may quote the value too.
+        named = re.search(r"value for '(\w+)'", str(exc))
+        what = f"a value of {named.group(1)!r}" if named else "a query value"
+        raise ConfigError(f"the Redis URL has {what} that redis-py refuses: {shown}") from None
+
+
 def _open(conn: Connection, socket_timeout: float | None) -> redis.Redis:
     # A blocking pool waits for a free connection instead of failing when a burst of
     # concurrent calls (progress events, settles, waits) exceeds the cap.
@@ -91,6 +120,7 @@ class Store:
     """Every Redis operation botrix performs, one method a state change."""
 
     def __init__(self, conn: Connection, *, blocking_timeout: float = 5.0) -> None:
+        check_url(conn.url)
         self._redis = _open(conn, conn.socket_timeout)
         self._timeout = conn.socket_timeout
         # The exchange runs once a batch, so its cost per call is the worker's cost per job at
@@ -118,12 +148,16 @@ class Store:
         }
 
     async def aclose(self) -> None:
-        """Close both connection pools and the lanes' connections."""
-        await self._redis.aclose()
-        await self._blocking.aclose()
-        for direct in self._direct.values():
-            await direct.disconnect()
+        """Close both connection pools and the lanes' connections.
+
+        Last thing at shutdown, when everything owed to Redis is written or given up: a
+        connection that fails to close (a TLS goodbye to a partitioned server) changes nothing.
+        """
+        closers = [self._redis.aclose, self._blocking.aclose, *(d.disconnect for d in self._direct.values())]
         self._direct.clear()
+        for close in closers:
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                await close()
 
     async def _run(self, script: str, keys_: Sequence[str], args: Sequence[Any]) -> Any:
         return await self._call(self._scripts[script](keys=keys_, args=args))

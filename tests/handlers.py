@@ -95,6 +95,12 @@ async def block(ctx: JobContext, payload: dict[str, Any]) -> str:
     return "blocked"
 
 
+@handler("t.thread")
+async def in_thread(ctx: JobContext, payload: dict[str, Any]) -> str:
+    await asyncio.to_thread(time.sleep, float(payload["seconds"]))  # a thread cannot be cancelled
+    return "slept"
+
+
 @handler("t.exit")
 async def exit_process(ctx: JobContext, payload: dict[str, Any]) -> None:
     await _count(ctx, payload)

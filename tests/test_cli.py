@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -46,6 +47,12 @@ BAD_WORKER_ARGS = [
     (["--no-such-flag"], {}, "unrecognized arguments: --no-such-flag"),
     (["--app", "no_such_module_xyz"], {}, "cannot import handler module 'no_such_module_xyz'"),
     (["--app", "not a module"], {}, "'not a module' is not a Python module name"),
+    (["--redis-url", "redis://:hunter2@h:63x9/0"], {}, "has a port that is not a number"),
+    ([], {"REDIS_URL": "redis://:hunter2/x@h/0"}, "percent-encode / ? # @ in the user name and password"),
+    ([], {"REDIS_URL": "redis://:hunter2#x@h/0"}, "percent-encode / ? # @ in the user name and password"),
+    (["--redis-url", "redis://:hunter2@h/0?ssl_ca_certs=/ca.pem"], {}, "unknown parameter 'ssl_ca_certs'"),
+    (["--redis-url", "redis://:hunter2@h/0?db=one"], {}, "a value of 'db' that redis-py refuses"),
+    (["--http-host", "my..host"], {}, "--http-host: must be an IP address or a host name"),
 ]
 
 
@@ -142,3 +149,48 @@ def test_admin_cli_errors(redis_server: RedisServer) -> None:
     down = run("--redis-url", f"redis://:hunter2@127.0.0.1:{free_port()}/0", "job", "x")
     assert down.returncode == 3
     assert "unreachable" in down.stderr and "hunter2" not in down.stderr and "Traceback" not in down.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["enqueue", "t.echo", "--delay", "inf"], "--delay: must be a finite number of seconds >= 0"),
+        (["enqueue", "t.echo", "--job-id", "a b"], "job id"),
+        (["enqueue", "t.echo", "--queue", "a b"], "queue name"),
+        (["wait", "x", "--timeout", "nan"], "--timeout: must be a finite number of seconds >= 0"),
+        (["dead", "list", "--limit", "-1"], "--limit: must be a whole number >= 0"),
+        (["enqueue", "t.echo", "--delay", "soon"], "--delay: must be a finite number of seconds >= 0"),
+        (["--redis-url", "localhost:6379", "job", "x"], "--redis-url: must be a redis://"),
+        (["--redis-url", "redis://:hunter2@h/0?bogus=1", "job", "x"], "unknown parameter 'bogus'"),
+        (["--redis-url", "redis://h/0", "worker", "--app", "m"], "'worker' takes its own flags"),
+    ],
+)
+def test_admin_cli_bad_usage_is_one_line_and_exit_2(
+    redis_server: RedisServer, args: list[str], message: str
+) -> None:
+    full = args if args[0] == "--redis-url" else ["--redis-url", redis_server.url, *args]
+    result = run(*full)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and re.match(r"botrix( \w+)?: error: ", lines[0]), result.stderr
+    assert message in lines[0]
+    assert "hunter2" not in result.stderr
+
+
+def test_a_log_reader_that_goes_away_does_not_fail_the_exit(redis_server: RedisServer, queue: str) -> None:
+    """stdout is a pipe whose reader dies (a log shipper): the worker keeps going and exits 0."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "botrix", "worker", "--app", "tests.handlers", "--redis-url", redis_server.url,
+         "--queues", queue, "--http-port", "-1", "--log-format", "json"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        while b"worker.started" not in proc.stdout.readline():
+            assert proc.poll() is None
+        proc.stdout.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()

@@ -30,6 +30,14 @@ def test_bad_values_name_their_source() -> None:
         ("redis://:s3cret@host:6379/0", "redis://:***@host:6379/0"),
         ("rediss://app:s3cret@host/1", "rediss://app:***@host/1"),
         ("redis://host:6379/0", "redis://host:6379/0"),
+        ("redis://:s3cret@[::1]:6379/0", "redis://:***@[::1]:6379/0"),
+        ("redis://u:s3cret@h/0?ssl_password=k3y&db=1", "redis://u:***@h/0?ssl_password=***&db=1"),
+        ("unix:///run/redis.sock?password=s3cr@t", "unix:///run/redis.sock?password=***"),
+        # Unencoded / ? # in a password hide the userinfo from the URL parser:
+        ("redis://:s3/cret@h:6379/0", "redis://***@h:6379"),
+        ("redis://u:s3@cr/et@h/0", "redis://***@h"),
+        ("redis://:s3cr#et@h:6379", "redis://***"),
+        ("redis://:s3cr?et@h", "redis://***"),
     ],
 )
 def test_redact_url_hides_passwords(url: str, shown: str) -> None:

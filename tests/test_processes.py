@@ -139,6 +139,22 @@ async def test_second_signal_skips_the_drain_wait(
     assert (await client.job(job_id)).status is JobStatus.QUEUED
 
 
+async def test_a_handler_thread_past_the_drain_does_not_hold_the_exit(
+    redis_server: RedisServer, client: Client, queue: str, spawn: Spawn
+) -> None:
+    worker = spawn(redis_server.url, queue, "--shutdown-timeout", "1")
+    job_id = await client.enqueue("t.thread", {"seconds": 3600}, queue=queue)
+    await worker.wait_for("job.started")
+    worker.signal(signal.SIGTERM)
+    assert await worker.wait(timeout=60) == 0
+    info = await client.job(job_id)
+    assert info.status is JobStatus.QUEUED and info.attempts == 0
+    names = worker.names()
+    assert (
+        names.index("job.requeued") < names.index("worker.stopped") < names.index("worker.threads_abandoned")
+    )
+
+
 async def test_jobs_survive_a_worker_restart(
     redis_server: RedisServer, client: Client, queue: str, spawn: Spawn
 ) -> None:

@@ -8,9 +8,10 @@ found), 2 bad usage, 3 Redis unreachable.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -20,6 +21,7 @@ from botrix.cli import Parser, fail, hide_secrets_in_title
 from botrix.client import Client
 from botrix.config import OPTIONS, redact_url
 from botrix.errors import ConfigError, JobNotFoundError, PayloadTooLargeError
+from botrix.model import validate_job_id, validate_queue_name
 from botrix.store import StoreUnavailable
 
 PROG = "botrix"
@@ -30,14 +32,47 @@ def _print(value: Any) -> None:
 
 
 def _redis_url(args: argparse.Namespace) -> str:
-    if args.redis_url:
-        return str(args.redis_url)
     option = next(o for o in OPTIONS if o.name == "redis_url")
-    raw = next((os.environ[e] for e in option.envs if os.environ.get(e)), option.default or "")
+    source, raw = "--redis-url", args.redis_url
+    if not raw:
+        source, raw = next(
+            ((e, os.environ[e]) for e in option.envs if os.environ.get(e)), ("", option.default or "")
+        )
     try:
         return str(option.parse(raw))
     except ValueError as exc:
-        raise ConfigError(f"REDIS_URL: {exc}") from None
+        raise ConfigError(f"{source or 'redis URL'}: {exc}") from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0, got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}")
+    return value
+
+
+def _checked(validate: Callable[[str], None]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        try:
+            validate(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text
+
+    return parse
 
 
 def build_parser() -> Parser:
@@ -49,13 +84,15 @@ def build_parser() -> Parser:
     enqueue = sub.add_parser("enqueue", help="queue a job and print its id")
     enqueue.add_argument("type", help="the handler's name")
     enqueue.add_argument("--payload", default="null", help="JSON payload")
-    enqueue.add_argument("--queue", default="default")
-    enqueue.add_argument("--delay", type=float, default=0.0, help="seconds before it may start")
-    enqueue.add_argument("--max-retries", type=int)
-    enqueue.add_argument("--timeout", type=float, help="per-attempt timeout in seconds")
-    enqueue.add_argument("--job-id", help="your own id (makes the enqueue idempotent)")
+    enqueue.add_argument("--queue", type=_checked(validate_queue_name), default="default")
+    enqueue.add_argument("--delay", type=_seconds, default=0.0, help="seconds before it may start")
+    enqueue.add_argument("--max-retries", type=_count)
+    enqueue.add_argument("--timeout", type=_seconds, help="per-attempt timeout in seconds")
+    enqueue.add_argument(
+        "--job-id", type=_checked(validate_job_id), help="your own id (makes the enqueue idempotent)"
+    )
     enqueue.add_argument("--wait", action="store_true", help="wait for the job and print it")
-    enqueue.add_argument("--wait-timeout", type=float, default=60.0)
+    enqueue.add_argument("--wait-timeout", type=_seconds, default=60.0)
 
     job = sub.add_parser("job", help="print a job's state, result and error")
     job.add_argument("id")
@@ -64,13 +101,13 @@ def build_parser() -> Parser:
     wait = sub.add_parser("wait", help="wait until a job is completed or dead")
     wait.add_argument("id")
     wait.add_argument("--queue")
-    wait.add_argument("--timeout", type=float, default=60.0)
+    wait.add_argument("--timeout", type=_seconds, default=60.0)
 
     dead = sub.add_parser("dead", help="dead letters: list, retry or purge")
     dead.add_argument("action", choices=["list", "retry", "purge"])
     dead.add_argument("ids", nargs="*", help="job ids (retry/purge: all when none given)")
     dead.add_argument("--queue", default="default")
-    dead.add_argument("--limit", type=int, default=50)
+    dead.add_argument("--limit", type=_count, default=50)
 
     workers = sub.add_parser("workers", help="list live workers; exit 1 when none serves --queue")
     workers.add_argument("--queue")
@@ -145,13 +182,20 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         worker_main(argv[1:])
         return
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if args.command == "worker":  # only reached with an option before it
+        fail(PROG, "'worker' takes its own flags: botrix worker --redis-url URL --app MODULE ...")
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         code = uvloop.run(_run(args))
     except ConfigError as exc:
         fail(PROG, str(exc))
     except (JobNotFoundError, PayloadTooLargeError, ValueError) as exc:
         fail(PROG, str(exc), 1)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
     except TimeoutError:
         fail(PROG, "timed out waiting for the job", 1)
     except StoreUnavailable as exc:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import gc
 import os
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import uvloop
 
@@ -13,11 +18,14 @@ from botrix.app import ServeError, Worker
 from botrix.cli import Parser, fail, hide_secrets_in_title
 from botrix.config import OPTIONS, Settings, resolve
 from botrix.errors import ConfigError, HandlerLoadError
-from botrix.logs import configure
+from botrix.logs import configure, get_logger
 from botrix.notify import SystemdNotifier
 from botrix.registry import default_registry, load_apps
+from botrix.store import check_url
 
 PROG = "botrix-worker"
+
+T = TypeVar("T")
 
 
 def build_parser() -> Parser:
@@ -43,11 +51,61 @@ def parse_settings(argv: Sequence[str], env: dict[str, str]) -> Settings:
     args = build_parser().parse_args(argv)
     try:
         settings = resolve(vars(args), env)
+        check_url(settings.redis_url)
     except ConfigError as exc:
         fail(PROG, str(exc))
     if not settings.app:
         fail(PROG, "no handler module: pass --app MODULE (or set BOTRIX_APP)")
     return settings
+
+
+class _HandlerThreads(ThreadPoolExecutor):
+    """The loop's default executor (``asyncio.to_thread``): counts busy threads, never waits.
+
+    A thread cannot be cancelled. Once the drain has requeued the job of a handler still
+    running in one, waiting for it would keep the process up until the orchestrator's grace
+    period ends in a SIGKILL.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(thread_name_prefix="botrix-thread")
+        self._lock = threading.Lock()
+        self.busy = 0
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        def run() -> T:
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                with self._lock:
+                    self.busy -= 1
+
+        with self._lock:
+            self.busy += 1
+        try:
+            return super().submit(run)
+        except BaseException:
+            with self._lock:
+                self.busy -= 1
+            raise
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        super().shutdown(wait=False, cancel_futures=True)
+
+
+def _exit_past_threads(threads: _HandlerThreads, worker_id: str) -> None:
+    """End the process now if a handler's thread outlived the drain (Python would join it)."""
+    if not threads.busy:
+        return
+    get_logger(worker_id=worker_id).warning(
+        "worker.threads_abandoned",
+        threads=threads.busy,
+        reason="handler threads still running after the drain; their jobs are back on the queue",
+    )
+    atexit._run_exitfuncs()  # what a normal exit runs: the log lines still buffered, among others
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # everything owed to Redis is written; only the threads are left
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -67,7 +125,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     # GC from rescanning ~50 MB of modules on every full collection (pauses of several ms).
     gc.freeze()
 
+    threads = _HandlerThreads()
+
     async def serve() -> None:
+        asyncio.get_running_loop().set_default_executor(threads)
         worker = Worker(settings, registry, SystemdNotifier.from_environ(unset=True))
         worker.install_signal_handlers()
         await worker.run()
@@ -76,6 +137,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         uvloop.run(serve())
     except* ServeError as group:
         fail(PROG, str(group.exceptions[0]), 1)
+    _exit_past_threads(threads, settings.worker_id)
 
 
 if __name__ == "__main__":
