@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from botrix.errors import ConfigError
 
@@ -66,13 +66,15 @@ def check_redis_url(text: str) -> str:
         parts = urlsplit(text)
     except ValueError:
         raise ValueError(f"is not a URL, got {shown!r}") from None
-    if parts.scheme in ("redis", "rediss") and "@" in _after_host(text, parts.netloc):
-        raise ValueError(
-            f"has an '@' after its host: percent-encode / ? # @ in the user name and password "
-            f"(%2F %3F %23 %40), got {shown!r}"
-        )
-    if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
+    if parts.scheme not in ("redis", "rediss", "unix") or "://" not in text:
         raise ValueError(f"must be a redis://, rediss:// or unix:// URL, got {shown!r}")
+    if _garbled(text, parts):
+        raise ValueError(
+            f"looks like a password with an unencoded / ? # & or @ in it: percent-encode them "
+            f"(%2F %3F %23 %26 %40), got {shown!r}"
+        )
+    if not (parts.hostname or parts.path):
+        raise ValueError(f"names no host or socket, got {shown!r}")
     try:
         parts.port  # noqa: B018 (a bad port raises here rather than at the first command)
     except ValueError:
@@ -123,36 +125,35 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
 
 
-def _after_host(url: str, netloc: str) -> str:
-    # The part after the host. A password holding an unencoded / ? or # ends the host part
-    # early: the parser then takes its start for the host or port and the rest lands here.
-    return url.partition("://")[2][len(netloc) :]
+def _garbled(url: str, parts: SplitResult) -> bool:
+    """Whether a password may have spilled out of its place, so that the parser misreads it.
 
-
-def _sound_host(parts: SplitResult) -> bool:
-    try:
-        parts.port  # noqa: B018
-    except ValueError:
-        return False
-    return bool(parts.hostname)
+    An unencoded / ? or # in the userinfo ends the host part early: an '@' then follows in the
+    path, a query key or the fragment. An unencoded & or # in a ``password=`` query value cuts
+    it short: a bare key (no '=') or a fragment follows. Redis URLs use neither fragments nor
+    bare keys, nor an '@' in those places, so treating them all as a spilt password costs
+    nothing.
+    """
+    after = url.partition("://")[2][len(parts.netloc) :]
+    path = after.partition("?")[0].partition("#")[0]
+    keys = [item.partition("=")[0] for item in parts.query.split("&") if item]
+    bare = any("=" not in item for item in parts.query.split("&") if item)
+    return "@" in path or "#" in url or bare or any("@" in key for key in keys)
 
 
 def redact_url(url: str) -> str:
     """The URL with any password (in the userinfo or a ``*password=`` parameter) as ``***``.
 
-    When an '@' follows the host, the URL may hold a password the parser could not see (an
-    unencoded / ? or # in it): the userinfo is then hidden whole, or the whole URL if the '@'
-    is past the path and the host looks like the start of a password.
+    A URL whose password may have spilled out of its place (see ``_garbled``) is shown as
+    ``scheme://***``, and text that is not a ``scheme://`` URL but holds an '@' as ``***``:
+    never a secret, at the price of everything else. Past a ``*password=`` parameter the query
+    is hidden too: an unencoded & in the password would show its end as another parameter.
     """
     try:
+        if "://" not in url:
+            return "***" if "@" in url else url  # not a URL (a typo of one may hold a password)
         parts = urlsplit(url)
-        after = _after_host(url, parts.netloc)
-        cut = min([i for i in (after.find("?"), after.find("#")) if i >= 0] + [len(after)])
-        at = after.rfind("@", 0, cut)
-        if at >= 0:
-            shown_host = re.match(r"[\w.:\[\]-]*", after[at + 1 :])
-            return f"{parts.scheme}://***@{shown_host.group() if shown_host else ''}"
-        if "@" in after and parts.netloc and not _sound_host(parts):
+        if _garbled(url, parts):
             return f"{parts.scheme}://***"
         netloc = parts.netloc
         if parts.password is not None:
@@ -162,13 +163,14 @@ def redact_url(url: str) -> str:
             if parts.port:
                 host = f"{host}:{parts.port}"
             netloc = f"{parts.username or ''}:***@{host}"
-        query = urlencode(
-            [
-                (k, "***" if "password" in k.lower() else v)
-                for k, v in parse_qsl(parts.query, keep_blank_values=True)
-            ],
-            safe="*",
-        )
+        shown: list[str] = []
+        for item in parts.query.split("&") if parts.query else []:
+            key = item.partition("=")[0]
+            if "password" in key.lower():
+                shown.append(f"{key}=***")
+                break
+            shown.append(item)
+        query = "&".join(shown)
         # Not urlunsplit: it drops the empty host of unix:///path.
         return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
     except ValueError:

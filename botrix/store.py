@@ -88,9 +88,9 @@ def check_url(url: str) -> None:
         redis.BlockingConnectionPool.from_url(url).make_connection()  # type: ignore[no-untyped-call]
     except TypeError as exc:
         unknown = re.search(r"keyword argument '(\w+)'", str(exc))
-        what = (
-            f"an unknown parameter {unknown.group(1)!r}" if unknown else "a parameter redis-py does not take"
-        )
+        # Named only when the shown URL names it too: past a password, it may be the password's end.
+        name = unknown.group(1) if unknown and f"{unknown.group(1)}=" in shown else None
+        what = f"an unknown parameter {name!r}" if name else "a parameter redis-py does not take"
         raise ConfigError(f"the Redis URL has {what}: {shown}") from None
     except (ValueError, AttributeError, RedisError) as exc:
         # Only the parameter's name from redis-py's message, which may quote the value too.

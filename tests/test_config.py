@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from botrix.config import Settings, redact_url, resolve
+from botrix.config import Settings, check_redis_url, redact_url, resolve
 from botrix.errors import ConfigError, EnvelopeError
 from botrix.executor import backoff_ms
 from botrix.model import Claimed, parse_job
@@ -31,17 +31,41 @@ def test_bad_values_name_their_source() -> None:
         ("rediss://app:s3cret@host/1", "rediss://app:***@host/1"),
         ("redis://host:6379/0", "redis://host:6379/0"),
         ("redis://:s3cret@[::1]:6379/0", "redis://:***@[::1]:6379/0"),
-        ("redis://u:s3cret@h/0?ssl_password=k3y&db=1", "redis://u:***@h/0?ssl_password=***&db=1"),
+        ("redis://u:s3cret@h/0?db=1&ssl_password=k3y", "redis://u:***@h/0?db=1&ssl_password=***"),
         ("unix:///run/redis.sock?password=s3cr@t", "unix:///run/redis.sock?password=***"),
-        # Unencoded / ? # in a password hide the userinfo from the URL parser:
-        ("redis://:s3/cret@h:6379/0", "redis://***@h:6379"),
-        ("redis://u:s3@cr/et@h/0", "redis://***@h"),
+        ("redis://h:6379/0?password=s3@cret&db=1", "redis://h:6379/0?password=***"),
+        ("localhost:6379", "localhost:6379"),
+        # An unencoded / ? # & in a password: the URL parser misreads it, nothing is shown.
+        ("redis://:s3/cret@h:6379/0", "redis://***"),
+        ("redis://u:s3@cr/et@h/0", "redis://***"),
         ("redis://:s3cr#et@h:6379", "redis://***"),
         ("redis://:s3cr?et@h", "redis://***"),
+        ("redis://app:2024#s3cret@h:6379/0", "redis://***"),
+        ("redis://default:4821?s3cret@h:6379/0", "redis://***"),
+        ("unix:///s.sock?password=s3c&ret", "unix://***"),
+        ("rediss://h/0?ssl_password=s3c&ret=x", "rediss://h/0?ssl_password=***"),
+        ("redis:/:s3cret@h/0", "***"),
     ],
 )
 def test_redact_url_hides_passwords(url: str, shown: str) -> None:
     assert redact_url(url) == shown
+    assert "s3" not in shown and "cret" not in shown
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://localhost:6379/0",
+        "rediss://app:p%2Fw%40x@redis.internal:6380/1?ssl_cert_reqs=none&ssl_ca_certs=/ca.pem",
+        "redis://[::1]:6379/0",
+        "redis://:pw@[fe80::1%25eth0]:6379",
+        "unix://app@/run/redis.sock?db=2&password=pw",
+        "redis://h/0?client_name=app@host",
+        "redis://h:6379/0?password=p@ss",
+    ],
+)
+def test_valid_redis_urls_are_taken(url: str) -> None:
+    assert check_redis_url(url) == url
 
 
 def claimed(raw: bytes) -> Claimed:

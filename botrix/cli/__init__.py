@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import NoReturn
 
@@ -27,12 +28,11 @@ def fail(prog: str, message: str, code: int = 2) -> NoReturn:
 
 
 def _redact_arg(arg: str) -> str:
-    if "://" not in arg:
+    flag, eq, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)  # --redis-url=URL
+    # A URL, or a typo of a Redis one (redis:/..., redis:u:pw@...), which may hold a password.
+    if "://" not in value and not re.match(r"(redis|rediss|unix):", value):
         return arg
-    if arg.startswith("--") and "=" in arg:  # --redis-url=URL
-        flag, _, url = arg.partition("=")
-        return f"{flag}={redact_url(url)}"
-    return redact_url(arg)
+    return f"{flag}{eq}{redact_url(value)}"
 
 
 def hide_secrets_in_title() -> None:

@@ -54,7 +54,24 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _positive_seconds(text: str) -> float:
+    value = _seconds(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
+    return value
+
+
 def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
+def _retries(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -86,8 +103,8 @@ def build_parser() -> Parser:
     enqueue.add_argument("--payload", default="null", help="JSON payload")
     enqueue.add_argument("--queue", type=_checked(validate_queue_name), default="default")
     enqueue.add_argument("--delay", type=_seconds, default=0.0, help="seconds before it may start")
-    enqueue.add_argument("--max-retries", type=_count)
-    enqueue.add_argument("--timeout", type=_seconds, help="per-attempt timeout in seconds")
+    enqueue.add_argument("--max-retries", type=_retries)
+    enqueue.add_argument("--timeout", type=_positive_seconds, help="per-attempt timeout in seconds")
     enqueue.add_argument(
         "--job-id", type=_checked(validate_job_id), help="your own id (makes the enqueue idempotent)"
     )

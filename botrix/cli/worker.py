@@ -70,24 +70,18 @@ class _HandlerThreads(ThreadPoolExecutor):
     def __init__(self) -> None:
         super().__init__(thread_name_prefix="botrix-thread")
         self._lock = threading.Lock()
-        self.busy = 0
+        self.busy = 0  # submitted and not done: running, or queued (a queued one is cancelled at shutdown)
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
-        def run() -> T:
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                with self._lock:
-                    self.busy -= 1
-
+        future = super().submit(fn, *args, **kwargs)
         with self._lock:
             self.busy += 1
-        try:
-            return super().submit(run)
-        except BaseException:
-            with self._lock:
-                self.busy -= 1
-            raise
+        future.add_done_callback(self._done)  # run at once if it is done already
+        return future
+
+    def _done(self, _: Future[Any]) -> None:
+        with self._lock:
+            self.busy -= 1
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         super().shutdown(wait=False, cancel_futures=True)
