@@ -108,7 +108,8 @@ class Client:
         """Queue a job and return its id; with ``delay`` (s) or ``run_at`` it starts later.
 
         Passing your own ``job_id`` makes the enqueue idempotent: while a job with that id is
-        queued, scheduled or running, another enqueue with it does nothing.
+        queued, scheduled or running in ``queue``, another enqueue with it there does nothing.
+        Ids are unique per queue (docs/protocol.md).
         """
         job_id = job_id or uuid.uuid4().hex
         validate_job_id(job_id)
@@ -141,7 +142,10 @@ class Client:
         return job_id
 
     async def job(self, job_id: str, queue: str | None = None) -> JobInfo:
-        """The job's state, attempts, result, error and timestamps."""
+        """The job's state, attempts, result, error and timestamps.
+
+        Without ``queue``, the first known queue (by name) holding a record of that id answers.
+        """
         queues = [queue] if queue else await self._store.known_queues()
         for name in queues:
             record = await self._store.job_record(name, job_id)

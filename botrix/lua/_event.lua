@@ -7,6 +7,21 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- Stops the script, before its first write, if one of its keys holds another type (a producer
+-- XADDing to the pending list by mistake). Redis does not undo a failed script's earlier writes,
+-- so a job moved off one key whose next write failed would be on none, stuck for good.
+-- `expected` maps key names to 'list' or 'zset'; a key that does not exist is fine. The probes
+-- are LLEN and ZCARD rather than TYPE, which the documented least-privilege ACL does not grant.
+local type_probes = {list = 'LLEN', zset = 'ZCARD'}
+local function expect_types(expected)
+  for key, kind in pairs(expected) do
+    local reply = redis.pcall(type_probes[kind], key)
+    if type(reply) == 'table' and reply['err'] then
+      error({err = string.format('WRONGTYPE %s is not a %s: only botrix may write its keys', key, kind)})
+    end
+  end
+end
+
 -- Publishes one transition on the queue's event channel.
 local function publish(channel, event, job_id, queue, now, extra)
   local e = extra or {}

@@ -8,6 +8,7 @@
 --- @include "_event.lua"
 
 local record = KEYS[3]
+expect_types({[KEYS[1]] = 'list', [KEYS[2]] = 'zset', [KEYS[5]] = 'zset'})
 local status = redis.call('HGET', record, 'status')
 if status and status ~= 'completed' and status ~= 'dead' then
   return 0

@@ -5,6 +5,7 @@
 -- Returns {moved, ms until the next job is due or -1 when none is scheduled}.
 --- @include "_event.lua"
 
+expect_types({[KEYS[1]] = 'zset', [KEYS[2]] = 'list'})
 local now = now_ms()
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 for _, id in ipairs(due) do

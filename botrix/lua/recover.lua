@@ -10,6 +10,7 @@
 -- Returns a flat array, two entries a job: id, and 'queued' or 'dead'.
 --- @include "_event.lua"
 
+expect_types({[KEYS[1]] = 'zset', [KEYS[2]] = 'list', [KEYS[3]] = 'zset'})
 local prefix = ARGV[2]
 local queue = ARGV[6]
 local now = now_ms()

@@ -5,6 +5,7 @@
 -- Only records still dead are touched. Returns the ids sent back.
 --- @include "_event.lua"
 
+expect_types({[KEYS[1]] = 'zset', [KEYS[2]] = 'list'})
 local now = now_ms()
 local ids = {}
 if #ARGV > 2 then
