@@ -8,7 +8,9 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import orjson
 import pytest
@@ -199,3 +201,35 @@ def test_a_log_reader_that_goes_away_does_not_fail_the_exit(redis_server: RedisS
         assert proc.wait(timeout=60) == 0
     finally:
         proc.kill()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_during_start_up_is_honoured_once_the_worker_runs(
+    redis_server: RedisServer, queue: str, tmp_path: Path, sig: signal.Signals
+) -> None:
+    """The signal arrives while the handler module is still being imported: no kill by signal,
+    no KeyboardInterrupt traceback; the worker starts, claims nothing and stops, exit 0."""
+    marker = tmp_path / "importing"
+    pending = f"botrix:{{{queue}}}:pending"
+    redis_server.client().rpush(pending, b'{"type":"t.slow_import","payload":{}}')
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "botrix", "worker", "--app", "tests.slow_import", "--redis-url",
+         redis_server.url, "--queues", queue, "--http-port", "-1", "--log-format", "json"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "BOTRIX_TEST_IMPORT_MARKER": str(marker)},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60  # a hang guard
+        while not marker.exists():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out.decode()
+    assert b"Traceback" not in out
+    events = [orjson.loads(line) for line in out.splitlines() if line.startswith(b"{")]
+    stopping = next(e for e in events if e["event"] == "worker.stopping")
+    assert stopping["reason"] == sig.name and events[-1]["event"] == "worker.stopped"
+    assert redis_server.client().llen(pending) == 1  # nothing was claimed

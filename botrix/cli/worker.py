@@ -6,6 +6,7 @@ import asyncio
 import atexit
 import gc
 import os
+import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -102,8 +103,26 @@ def _exit_past_threads(threads: _HandlerThreads, worker_id: str) -> None:
     os._exit(0)  # everything owed to Redis is written; only the threads are left
 
 
+class _EarlyStop:
+    """SIGTERM and SIGINT before the event loop runs: remembered, and honoured once it does.
+
+    Importing the handler modules can take a while (some connect to things at import). A stop
+    asked meanwhile would otherwise kill the process mid-import (SIGTERM) or print a
+    KeyboardInterrupt traceback (SIGINT); this way the worker starts, holds nothing, and stops.
+    """
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._note)
+
+    def _note(self, signum: int, frame: object) -> None:
+        self.reason = signal.Signals(signum).name
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of ``botrix-worker``."""
+    early = _EarlyStop()
     hide_secrets_in_title()
     settings = parse_settings(sys.argv[1:] if argv is None else argv, dict(os.environ))
     configure(settings.log_level, settings.log_format)
@@ -125,6 +144,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         asyncio.get_running_loop().set_default_executor(threads)
         worker = Worker(settings, registry, SystemdNotifier.from_environ(unset=True))
         worker.install_signal_handlers()
+        if early.reason:
+            worker.request_stop(early.reason)
         await worker.run()
 
     try:
