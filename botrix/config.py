@@ -136,9 +136,10 @@ def _garbled(url: str, parts: SplitResult) -> bool:
     """
     after = url.partition("://")[2][len(parts.netloc) :]
     path = after.partition("?")[0].partition("#")[0]
-    keys = [item.partition("=")[0] for item in parts.query.split("&") if item]
-    bare = any("=" not in item for item in parts.query.split("&") if item)
-    return "@" in path or "#" in url or bare or any("@" in key for key in keys)
+    items = [item for item in parts.query.split("&") if item]
+    return (
+        "@" in path or "#" in url or any("=" not in item or "@" in item.partition("=")[0] for item in items)
+    )
 
 
 def redact_url(url: str) -> str:

@@ -24,6 +24,7 @@ from botrix.app import Worker
 from botrix.client import Client
 from botrix.config import Settings
 from botrix.registry import default_registry
+from botrix.store import Connection, Store
 from tests.redisproc import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,6 +56,16 @@ def queue() -> str:
 async def client(redis_server: RedisServer) -> AsyncIterator[Client]:
     async with Client.from_url(redis_server.url) as c:
         yield c
+
+
+@pytest.fixture
+async def store(redis_server: RedisServer) -> AsyncIterator[Store]:
+    """The data-access layer itself, for tests that drive the scripts as a worker would."""
+    s = Store(Connection(redis_server.url))
+    try:
+        yield s
+    finally:
+        await s.aclose()
 
 
 def settings_for(url: str, queue: str, **overrides: Any) -> Settings:

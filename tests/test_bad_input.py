@@ -11,7 +11,7 @@ from botrix import keys
 from botrix.client import Client
 from botrix.errors import JobNotFoundError
 from botrix.model import JobStatus
-from botrix.store import Connection, Consumer, Store, StoreUnavailable
+from botrix.store import Consumer, Store, StoreUnavailable
 from tests.conftest import eventually, running_worker
 from tests.redisproc import RedisServer, _text
 
@@ -116,51 +116,47 @@ async def test_duplicate_id_of_a_live_job_is_dropped(
 
 
 async def test_a_key_of_the_wrong_type_stops_every_script_before_it_writes(
-    redis_server: RedisServer, client: Client, queue: str
+    redis_server: RedisServer, client: Client, queue: str, store: Store
 ) -> None:
     """Someone XADDs to the pending list: each script that would move a job onto it refuses
     before its first write (Redis keeps a failed script's earlier writes, and a job taken off
     one key but never put on the next would be stuck). Once the key is removed, every job
     moves again: none was lost on the way."""
     k = keys.queue_keys(queue)
-    store = Store(Connection(redis_server.url))
     gone = Consumer("gone-worker", lease_ms=1, max_envelope_bytes=10_000, result_ttl=60, dead_cap=10)
     async with aredis.Redis.from_url(redis_server.url) as r:
-        try:
-            dead = await client.enqueue("t.reject", {}, queue=queue)
-            async with running_worker(redis_server.url, queue):
-                await eventually(lambda: _status(client, dead, JobStatus.DEAD), what="dead letter")
-            leased = await client.enqueue("t.echo", {}, queue=queue)
-            _, [claimed] = await store.exchange(queue, [], 1, gone, lane=0)  # its 1 ms lease runs out
-            assert claimed.job_id == leased
-            scheduled = await client.enqueue("t.echo", {}, queue=queue, delay=0.001)
-            await r.xadd(k.pending, {"oops": "1"})
+        dead = await client.enqueue("t.reject", {}, queue=queue)
+        async with running_worker(redis_server.url, queue):
+            await eventually(lambda: _status(client, dead, JobStatus.DEAD), what="dead letter")
+        leased = await client.enqueue("t.echo", {}, queue=queue)
+        _, [claimed] = await store.exchange(queue, [], 1, gone, lane=0)  # its 1 ms lease runs out
+        assert claimed.job_id == leased
+        scheduled = await client.enqueue("t.echo", {}, queue=queue, delay=0.001)
+        await r.xadd(k.pending, {"oops": "1"})
 
-            with pytest.raises(StoreUnavailable, match="is not a list"):
-                await client.enqueue("t.echo", {}, queue=queue, job_id="fresh")
-            with pytest.raises(JobNotFoundError):
-                await client.job("fresh", queue)
-            with pytest.raises(StoreUnavailable, match="is not a list"):
-                await client.retry_dead(queue, [dead])
-            with pytest.raises(StoreUnavailable, match="is not a list"):
-                await store.promote(queue)
-            with pytest.raises(StoreUnavailable, match="is not a list"):
-                await store.recover(queue, grace_ms=0, max_retries=3, dead_cap=10)
-            assert (await client.job(dead)).status is JobStatus.DEAD and await r.zscore(k.dead, dead)
-            assert (await client.job(scheduled)).status is JobStatus.SCHEDULED
-            assert await r.zscore(k.scheduled, scheduled)
-            assert (await client.job(leased)).status is JobStatus.RUNNING and await r.zscore(k.active, leased)
+        with pytest.raises(StoreUnavailable, match="is not a list"):
+            await client.enqueue("t.echo", {}, queue=queue, job_id="fresh")
+        with pytest.raises(JobNotFoundError):
+            await client.job("fresh", queue)
+        with pytest.raises(StoreUnavailable, match="is not a list"):
+            await client.retry_dead(queue, [dead])
+        with pytest.raises(StoreUnavailable, match="is not a list"):
+            await store.promote(queue)
+        with pytest.raises(StoreUnavailable, match="is not a list"):
+            await store.recover(queue, grace_ms=0, max_retries=3, dead_cap=10)
+        assert (await client.job(dead)).status is JobStatus.DEAD and await r.zscore(k.dead, dead)
+        assert (await client.job(scheduled)).status is JobStatus.SCHEDULED
+        assert await r.zscore(k.scheduled, scheduled)
+        assert (await client.job(leased)).status is JobStatus.RUNNING and await r.zscore(k.active, leased)
 
-            await r.delete(k.pending)
-            assert await store.recover(queue, grace_ms=0, max_retries=3, dead_cap=10)
-            assert await client.retry_dead(queue, [dead]) == [dead]
-            fresh = await client.enqueue("t.echo", {}, queue=queue, job_id="fresh")
-            async with running_worker(redis_server.url, queue):
-                for job_id in (leased, scheduled, fresh):
-                    assert (await client.wait(job_id, timeout=60)).status is JobStatus.COMPLETED
-                assert (await client.wait(dead, timeout=60)).status is JobStatus.DEAD
-        finally:
-            await store.aclose()
+        await r.delete(k.pending)
+        assert await store.recover(queue, grace_ms=0, max_retries=3, dead_cap=10)
+        assert await client.retry_dead(queue, [dead]) == [dead]
+        fresh = await client.enqueue("t.echo", {}, queue=queue, job_id="fresh")
+        async with running_worker(redis_server.url, queue):
+            for job_id in (leased, scheduled, fresh):
+                assert (await client.wait(job_id, timeout=60)).status is JobStatus.COMPLETED
+            assert (await client.wait(dead, timeout=60)).status is JobStatus.DEAD
 
 
 async def _status(client: Client, job_id: str, status: JobStatus) -> bool:

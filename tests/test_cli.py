@@ -15,6 +15,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from botrix import keys
 from tests.conftest import ROOT, WorkerProcess
 from tests.redisproc import RedisServer, free_port
 
@@ -210,7 +211,7 @@ def test_a_stop_during_start_up_is_honoured_once_the_worker_runs(
     """The signal arrives while the handler module is still being imported: no kill by signal,
     no KeyboardInterrupt traceback; the worker starts, claims nothing and stops, exit 0."""
     marker = tmp_path / "importing"
-    pending = f"botrix:{{{queue}}}:pending"
+    pending = keys.queue_keys(queue).pending
     redis_server.client().rpush(pending, b'{"type":"t.slow_import","payload":{}}')
     proc = subprocess.Popen(
         [sys.executable, "-m", "botrix", "worker", "--app", "tests.slow_import", "--redis-url",

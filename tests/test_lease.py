@@ -25,32 +25,28 @@ def _completed(claimed: Claimed, queue: str, result: bytes) -> Settlement:
 
 
 async def test_ack_from_a_worker_that_lost_its_lease_is_refused(
-    redis_server: RedisServer, client: Client, queue: str
+    client: Client, queue: str, store: Store
 ) -> None:
-    store = Store(Connection(redis_server.url))
     worker_a = Consumer("worker-a", lease_ms=50, max_envelope_bytes=10_000, result_ttl=60, dead_cap=10)
     worker_b = Consumer("worker-b", lease_ms=30_000, max_envelope_bytes=10_000, result_ttl=60, dead_cap=10)
-    try:
-        job_id = await client.enqueue("t.echo", {}, queue=queue)
-        _, [first] = await store.exchange(queue, [], 1, worker_a, lane=0)
-        await asyncio.sleep(0.2)  # let the 50 ms lease run out on the server's clock
-        recovered = await store.recover(queue, grace_ms=0, max_retries=3, dead_cap=10)
-        assert [(r.job_id, r.status) for r in recovered] == [(job_id, "queued")]
-        _, [second] = await store.exchange(queue, [], 1, worker_b, lane=0)
-        assert second.attempt == 2 and second.delivery > first.delivery
+    job_id = await client.enqueue("t.echo", {}, queue=queue)
+    _, [first] = await store.exchange(queue, [], 1, worker_a, lane=0)
+    await asyncio.sleep(0.2)  # let the 50 ms lease run out on the server's clock
+    recovered = await store.recover(queue, grace_ms=0, max_retries=3, dead_cap=10)
+    assert [(r.job_id, r.status) for r in recovered] == [(job_id, "queued")]
+    _, [second] = await store.exchange(queue, [], 1, worker_b, lane=0)
+    assert second.attempt == 2 and second.delivery > first.delivery
 
-        assert await store.exchange(queue, [_completed(first, queue, b'"stale"')], 0, worker_a, lane=0) == (
-            {job_id},
-            [],
-        )
-        lost = await store.renew(queue, [(job_id, first.delivery)], 30_000, worker_a.worker_id)
-        assert lost == [(job_id, first.delivery)]
-        assert await store.exchange(queue, [_completed(second, queue, b'"fresh"')], 0, worker_b, lane=0) == (
-            set(),
-            [],
-        )
-    finally:
-        await store.aclose()
+    assert await store.exchange(queue, [_completed(first, queue, b'"stale"')], 0, worker_a, lane=0) == (
+        {job_id},
+        [],
+    )
+    lost = await store.renew(queue, [(job_id, first.delivery)], 30_000, worker_a.worker_id)
+    assert lost == [(job_id, first.delivery)]
+    assert await store.exchange(queue, [_completed(second, queue, b'"fresh"')], 0, worker_b, lane=0) == (
+        set(),
+        [],
+    )
     info = await client.job(job_id)
     assert info.result == "fresh" and info.worker == "worker-b" and info.attempts == 2
 
@@ -65,7 +61,7 @@ def _consumer(name: str) -> Consumer:
 
 
 async def test_one_call_settles_more_jobs_than_lua_can_unpack(
-    redis_server: RedisServer, client: Client, queue: str
+    redis_server: RedisServer, client: Client, queue: str, store: Store
 ) -> None:
     """A worker with thousands of slots settles them in one call.
 
@@ -74,40 +70,32 @@ async def test_one_call_settles_more_jobs_than_lua_can_unpack(
     """
     n = 9_000
     await _enqueue_many(client, queue, n)
-    store = Store(Connection(redis_server.url))
     worker = _consumer("worker-big")
     active = keys.queue_keys(queue).active
-    try:
-        async with aredis.Redis.from_url(redis_server.url) as r:
-            _, claimed = await store.exchange(queue, [], n, worker, lane=0)
-            assert len(claimed) == n
-            assert await r.zcard(active) == n
-            done = [Settlement(c.job_id, queue, c.delivery, Outcome.COMPLETED, b"null") for c in claimed]
-            assert await store.exchange(queue, done, 0, worker, lane=0) == (set(), [])
-            assert await r.zcard(active) == 0
-    finally:
-        await store.aclose()
+    async with aredis.Redis.from_url(redis_server.url) as r:
+        _, claimed = await store.exchange(queue, [], n, worker, lane=0)
+        assert len(claimed) == n
+        assert await r.zcard(active) == n
+        done = [Settlement(c.job_id, queue, c.delivery, Outcome.COMPLETED, b"null") for c in claimed]
+        assert await store.exchange(queue, done, 0, worker, lane=0) == (set(), [])
+        assert await r.zcard(active) == 0
     assert {(await client.job(c.job_id)).status for c in claimed[::500]} == {JobStatus.COMPLETED}
 
 
 async def test_a_job_requeued_and_claimed_again_in_one_call_keeps_its_new_lease(
-    redis_server: RedisServer, client: Client, queue: str
+    redis_server: RedisServer, client: Client, queue: str, store: Store
 ) -> None:
     """The settle half of a call drops leases before its claim half writes new ones."""
     n = 50
     await _enqueue_many(client, queue, 500)
-    store = Store(Connection(redis_server.url))
     worker = _consumer("worker-requeue")
-    try:
-        _, claimed = await store.exchange(queue, [], n, worker, lane=0)
-        back = [Settlement(c.job_id, queue, c.delivery, Outcome.REQUEUE, attempt=c.attempt) for c in claimed]
-        _, again = await store.exchange(queue, back, n, worker, lane=0)
-        active = keys.queue_keys(queue).active
-        async with aredis.Redis.from_url(redis_server.url) as r:
-            leases = [await r.zscore(active, c.job_id) for c in claimed]
-            count = await r.zcard(active)
-    finally:
-        await store.aclose()
+    _, claimed = await store.exchange(queue, [], n, worker, lane=0)
+    back = [Settlement(c.job_id, queue, c.delivery, Outcome.REQUEUE, attempt=c.attempt) for c in claimed]
+    _, again = await store.exchange(queue, back, n, worker, lane=0)
+    active = keys.queue_keys(queue).active
+    async with aredis.Redis.from_url(redis_server.url) as r:
+        leases = [await r.zscore(active, c.job_id) for c in claimed]
+        count = await r.zcard(active)
     assert {c.job_id for c in again} == {c.job_id for c in claimed}
     assert count == n and None not in leases
     assert {c.attempt for c in again} == {1}
@@ -115,17 +103,13 @@ async def test_a_job_requeued_and_claimed_again_in_one_call_keeps_its_new_lease(
 
 
 async def test_recovery_dead_letters_when_attempts_are_used_up(
-    redis_server: RedisServer, client: Client, queue: str
+    client: Client, queue: str, store: Store
 ) -> None:
-    store = Store(Connection(redis_server.url))
-    try:
-        job_id = await client.enqueue("t.echo", {}, queue=queue, max_retries=0)
-        worker_a = Consumer("worker-a", lease_ms=50, max_envelope_bytes=10_000, result_ttl=60, dead_cap=10)
-        await store.exchange(queue, [], 1, worker_a, lane=0)
-        await asyncio.sleep(0.2)
-        recovered = await store.recover(queue, grace_ms=0, max_retries=3, dead_cap=10)
-    finally:
-        await store.aclose()
+    job_id = await client.enqueue("t.echo", {}, queue=queue, max_retries=0)
+    worker_a = Consumer("worker-a", lease_ms=50, max_envelope_bytes=10_000, result_ttl=60, dead_cap=10)
+    await store.exchange(queue, [], 1, worker_a, lane=0)
+    await asyncio.sleep(0.2)
+    recovered = await store.recover(queue, grace_ms=0, max_retries=3, dead_cap=10)
     assert [(r.job_id, r.status) for r in recovered] == [(job_id, "dead")]
     info = await client.job(job_id)
     assert info.error is not None and info.error["type"] == "LeaseExpired"
@@ -166,34 +150,30 @@ async def test_blocked_worker_loses_the_job_and_its_late_ack_is_refused(
 
 
 async def test_a_reused_job_id_gets_a_new_token_and_the_old_attempts_ack_is_refused(
-    redis_server: RedisServer, client: Client, queue: str
+    client: Client, queue: str, store: Store
 ) -> None:
     """A finished job's id enqueued again starts a new record; its fencing token must not start
     over with it, or a late ack of the old attempt would pass for the new one. Here one worker
     holds both attempts, so comparing workers alone would not tell them apart."""
-    store = Store(Connection(redis_server.url))
     short = Consumer("worker-a", lease_ms=50, max_envelope_bytes=10_000, result_ttl=60, dead_cap=10)
     worker_a, worker_b = _consumer("worker-a"), _consumer("worker-b")
-    try:
-        await client.enqueue("t.echo", {"n": 1}, queue=queue, job_id="reused")
-        _, [old] = await store.exchange(queue, [], 1, short, lane=0)
-        await asyncio.sleep(0.2)  # the 50 ms lease runs out; worker-a is "frozen"
-        recovered = await store.recover(queue, grace_ms=0, max_retries=3, dead_cap=10)
-        assert [r.status for r in recovered] == ["queued"]
-        _, [other] = await store.exchange(queue, [], 1, worker_b, lane=0)
-        finished = [_completed(other, queue, b'"b"')]
-        assert await store.exchange(queue, finished, 0, worker_b, lane=0) == (set(), [])
-        await client.enqueue("t.echo", {"n": 2}, queue=queue, job_id="reused")
-        _, [new] = await store.exchange(queue, [], 1, worker_a, lane=0)
-        assert new.delivery not in (old.delivery, other.delivery)
-        refused, _ = await store.exchange(queue, [_completed(old, queue, b'"stale"')], 0, worker_a, lane=0)
-        assert refused == {"reused"}
-        assert await store.exchange(queue, [_completed(new, queue, b'"fresh"')], 0, worker_a, lane=0) == (
-            set(),
-            [],
-        )
-    finally:
-        await store.aclose()
+    await client.enqueue("t.echo", {"n": 1}, queue=queue, job_id="reused")
+    _, [old] = await store.exchange(queue, [], 1, short, lane=0)
+    await asyncio.sleep(0.2)  # the 50 ms lease runs out; worker-a is "frozen"
+    recovered = await store.recover(queue, grace_ms=0, max_retries=3, dead_cap=10)
+    assert [r.status for r in recovered] == ["queued"]
+    _, [other] = await store.exchange(queue, [], 1, worker_b, lane=0)
+    finished = [_completed(other, queue, b'"b"')]
+    assert await store.exchange(queue, finished, 0, worker_b, lane=0) == (set(), [])
+    await client.enqueue("t.echo", {"n": 2}, queue=queue, job_id="reused")
+    _, [new] = await store.exchange(queue, [], 1, worker_a, lane=0)
+    assert new.delivery not in (old.delivery, other.delivery)
+    refused, _ = await store.exchange(queue, [_completed(old, queue, b'"stale"')], 0, worker_a, lane=0)
+    assert refused == {"reused"}
+    assert await store.exchange(queue, [_completed(new, queue, b'"fresh"')], 0, worker_a, lane=0) == (
+        set(),
+        [],
+    )
     assert (await client.job("reused", queue)).result == "fresh"
 
 
@@ -333,26 +313,22 @@ async def test_a_worker_handed_its_own_lease_again_runs_the_job_once_at_a_time(
 
 
 async def test_a_settle_retried_after_another_worker_claimed_the_job_is_not_refused(
-    redis_server: RedisServer, client: Client, queue: str
+    client: Client, queue: str, store: Store
 ) -> None:
     """Worker A's requeue was written but its reply lost; the job is claimed by worker B; A
     sends the same settle again. It was applied: it must be recognised, not reported refused."""
-    store = Store(Connection(redis_server.url))
     worker_a, worker_b = _consumer("worker-a"), _consumer("worker-b")
-    try:
-        job_id = await client.enqueue("t.echo", {}, queue=queue)
-        _, [claimed] = await store.exchange(queue, [], 1, worker_a, lane=0)
-        back = [Settlement(job_id, queue, claimed.delivery, Outcome.REQUEUE, attempt=claimed.attempt)]
-        assert await store.exchange(queue, back, 0, worker_a, lane=0) == (set(), [])  # "reply lost"
-        _, [again] = await store.exchange(queue, [], 1, worker_b, lane=0)
-        assert again.job_id == job_id
-        assert await store.exchange(queue, back, 0, worker_a, lane=0) == (set(), [])
-        assert await store.exchange(queue, [_completed(again, queue, b'"b"')], 0, worker_b, lane=0) == (
-            set(),
-            [],
-        )
-    finally:
-        await store.aclose()
+    job_id = await client.enqueue("t.echo", {}, queue=queue)
+    _, [claimed] = await store.exchange(queue, [], 1, worker_a, lane=0)
+    back = [Settlement(job_id, queue, claimed.delivery, Outcome.REQUEUE, attempt=claimed.attempt)]
+    assert await store.exchange(queue, back, 0, worker_a, lane=0) == (set(), [])  # "reply lost"
+    _, [again] = await store.exchange(queue, [], 1, worker_b, lane=0)
+    assert again.job_id == job_id
+    assert await store.exchange(queue, back, 0, worker_a, lane=0) == (set(), [])
+    assert await store.exchange(queue, [_completed(again, queue, b'"b"')], 0, worker_b, lane=0) == (
+        set(),
+        [],
+    )
     assert (await client.job(job_id, queue)).result == "b"
 
 
@@ -396,19 +372,15 @@ async def test_a_lease_handed_back_while_its_old_attempt_is_still_cancelling_run
 
 
 async def test_tokens_stay_above_those_an_older_botrix_counted_on_the_record(
-    redis_server: RedisServer, client: Client, queue: str
+    redis_server: RedisServer, client: Client, queue: str, store: Store
 ) -> None:
     """An older botrix counted tokens on the record; a fleet in the middle of an upgrade runs
     both. A new claim must still hand out a token above the record's last one."""
-    store = Store(Connection(redis_server.url))
-    try:
-        job_id = await client.enqueue("t.echo", {}, queue=queue)
-        async with aredis.Redis.from_url(redis_server.url) as r:
-            await r.hset(keys.queue_keys(queue).job(job_id), "delivery", 50)  # as the old scripts left it
-        _, [claimed] = await store.exchange(queue, [], 1, _consumer("worker-a"), lane=0)
-        assert claimed.delivery == 51
-        other = await client.enqueue("t.echo", {}, queue=queue)
-        _, [next_one] = await store.exchange(queue, [], 1, _consumer("worker-a"), lane=0)
-        assert next_one.job_id == other and next_one.delivery > 51
-    finally:
-        await store.aclose()
+    job_id = await client.enqueue("t.echo", {}, queue=queue)
+    async with aredis.Redis.from_url(redis_server.url) as r:
+        await r.hset(keys.queue_keys(queue).job(job_id), "delivery", 50)  # as the old scripts left it
+    _, [claimed] = await store.exchange(queue, [], 1, _consumer("worker-a"), lane=0)
+    assert claimed.delivery == 51
+    other = await client.enqueue("t.echo", {}, queue=queue)
+    _, [next_one] = await store.exchange(queue, [], 1, _consumer("worker-a"), lane=0)
+    assert next_one.job_id == other and next_one.delivery > 51

@@ -111,20 +111,16 @@ def test_password_in_a_query_parameter_is_redacted() -> None:
 
 
 async def test_progress_from_an_attempt_that_lost_its_job_is_not_written(
-    redis_server: RedisServer, client: Client, queue: str
+    client: Client, queue: str, store: Store
 ) -> None:
-    store = Store(Connection(redis_server.url))
-    try:
-        job_id = await client.enqueue("t.echo", {}, queue=queue)
-        consumer = Consumer("w", lease_ms=30_000, max_envelope_bytes=10_000, result_ttl=60, dead_cap=10)
-        _, [claimed] = await store.exchange(queue, [], 1, consumer, lane=0)
-        assert await store.publish_progress(queue, job_id, claimed.delivery, "w", b'{"step": 1}')
-        assert not await store.publish_progress(queue, job_id, claimed.delivery + 1, "w", b'{"step": 2}')
-        assert not await store.publish_progress(queue, job_id, claimed.delivery, "other", b'{"step": 3}')
-        assert not await store.publish_progress(queue, "no-such-job", 1, "w", b"1")
-        assert await store.job_record(queue, "no-such-job") is None
-    finally:
-        await store.aclose()
+    job_id = await client.enqueue("t.echo", {}, queue=queue)
+    consumer = Consumer("w", lease_ms=30_000, max_envelope_bytes=10_000, result_ttl=60, dead_cap=10)
+    _, [claimed] = await store.exchange(queue, [], 1, consumer, lane=0)
+    assert await store.publish_progress(queue, job_id, claimed.delivery, "w", b'{"step": 1}')
+    assert not await store.publish_progress(queue, job_id, claimed.delivery + 1, "w", b'{"step": 2}')
+    assert not await store.publish_progress(queue, job_id, claimed.delivery, "other", b'{"step": 3}')
+    assert not await store.publish_progress(queue, "no-such-job", 1, "w", b"1")
+    assert await store.job_record(queue, "no-such-job") is None
     assert (await client.job(job_id)).progress == {"step": 1}
 
 

@@ -61,24 +61,17 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
-    return value
+def _whole(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be a whole number >= {minimum}, got {text!r}")
+        return value
 
-
-def _retries(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}")
-    return value
+    return parse
 
 
 def _checked(validate: Callable[[str], None]) -> Callable[[str], str]:
@@ -103,7 +96,7 @@ def build_parser() -> Parser:
     enqueue.add_argument("--payload", default="null", help="JSON payload")
     enqueue.add_argument("--queue", type=_checked(validate_queue_name), default="default")
     enqueue.add_argument("--delay", type=_seconds, default=0.0, help="seconds before it may start")
-    enqueue.add_argument("--max-retries", type=_retries)
+    enqueue.add_argument("--max-retries", type=_whole(0))
     enqueue.add_argument("--timeout", type=_positive_seconds, help="per-attempt timeout in seconds")
     enqueue.add_argument(
         "--job-id", type=_checked(validate_job_id), help="your own id (makes the enqueue idempotent)"
@@ -124,7 +117,7 @@ def build_parser() -> Parser:
     dead.add_argument("action", choices=["list", "retry", "purge"])
     dead.add_argument("ids", nargs="*", help="job ids (retry/purge: all when none given)")
     dead.add_argument("--queue", default="default")
-    dead.add_argument("--limit", type=_count, default=50)
+    dead.add_argument("--limit", type=_whole(1), default=50)
 
     workers = sub.add_parser("workers", help="list live workers; exit 1 when none serves --queue")
     workers.add_argument("--queue")

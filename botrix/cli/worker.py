@@ -22,7 +22,6 @@ from botrix.errors import ConfigError, HandlerLoadError
 from botrix.logs import configure, get_logger
 from botrix.notify import SystemdNotifier
 from botrix.registry import default_registry, load_apps
-from botrix.store import check_url
 
 PROG = "botrix-worker"
 
@@ -52,7 +51,6 @@ def parse_settings(argv: Sequence[str], env: dict[str, str]) -> Settings:
     args = build_parser().parse_args(argv)
     try:
         settings = resolve(vars(args), env)
-        check_url(settings.redis_url)
     except ConfigError as exc:
         fail(PROG, str(exc))
     if not settings.app:
@@ -150,6 +148,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     try:
         uvloop.run(serve())
+    except* ConfigError as group:  # a Redis URL redis-py refuses (Store checks it)
+        fail(PROG, str(group.exceptions[0]))
     except* ServeError as group:
         fail(PROG, str(group.exceptions[0]), 1)
     _exit_past_threads(threads, settings.worker_id)
