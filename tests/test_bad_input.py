@@ -10,7 +10,7 @@ import redis.asyncio as aredis
 from botrix import keys
 from botrix.client import Client
 from botrix.errors import JobNotFoundError
-from botrix.model import JobStatus
+from botrix.model import JobInfo, JobStatus, Outcome, Settlement
 from botrix.store import Consumer, Store, StoreUnavailable
 from tests.conftest import eventually, running_worker
 from tests.redisproc import RedisServer, _text
@@ -161,3 +161,76 @@ async def test_a_key_of_the_wrong_type_stops_every_script_before_it_writes(
 
 async def _status(client: Client, job_id: str, status: JobStatus) -> bool:
     return (await client.job(job_id)).status is status
+
+
+async def test_a_job_record_overwritten_by_a_foreign_write_loses_no_other_job(
+    redis_server: RedisServer, client: Client, queue: str, store: Store
+) -> None:
+    """Someone SETs a job's record key: that job's data is gone, but the claim that pops it
+    beside others still claims them (a failed script keeps its pops), the id is dead-lettered
+    with the reason, and the worker goes on."""
+    k = keys.queue_keys(queue)
+    ids = [await client.enqueue("t.echo", i, queue=queue) for i in range(3)]
+    given = '{"id": "given-1", "type": "t.echo"}'
+    async with aredis.Redis.from_url(redis_server.url) as r:
+        await r.set(k.job(ids[1]), "oops")
+        await r.set(k.job("given-1"), "oops")
+        await push_raw(redis_server.url, queue, given.encode(), b'{"id": "after", "type": "t.echo"}')
+
+        async def two_dead() -> list[JobInfo]:
+            dead = await client.dead(queue)
+            return dead if len(dead) == 2 else []
+
+        async with running_worker(redis_server.url, queue):
+            for job_id in (ids[0], ids[2], "after"):
+                assert (await client.wait(job_id, timeout=30, queue=queue)).status is JobStatus.COMPLETED
+            dead = await eventually(two_dead, what="two dead letters")
+        reasons = {d.envelope: d.error and d.error["message"] for d in dead}
+        assert reasons == {
+            ids[1]: f"job record {k.job(ids[1])} is not a hash: only botrix may write its keys",
+            given: f"job record {k.job('given-1')} is not a hash: only botrix may write its keys",
+        }
+
+        # The dead set's own scripts step over a dead letter whose record was overwritten too.
+        await r.set(k.job(dead[0].id), "oops")
+        assert await client.retry_dead(queue) == [dead[1].id]
+        assert (await client.job(dead[1].id, queue)).status is JobStatus.QUEUED
+        await r.zadd(k.dead, {dead[0].id: 0})
+        assert await client.purge_dead(queue) == 0
+        assert await r.zcard(k.dead) == 0
+
+
+async def test_a_running_job_whose_record_is_overwritten_costs_its_neighbours_nothing(
+    redis_server: RedisServer, client: Client, queue: str, store: Store
+) -> None:
+    """A record overwritten while its job runs: renewing, settling and recovering the batch it
+    is in still work for the other jobs, and that one counts as a lease lost."""
+    k = keys.queue_keys(queue)
+    me = Consumer("w-1", lease_ms=60_000, max_envelope_bytes=10_000, result_ttl=60, dead_cap=10)
+    kept, broken = [await client.enqueue("t.echo", i, queue=queue) for i in range(2)]
+    due, overwritten = [await client.enqueue("t.echo", i, queue=queue, delay=0.001) for i in range(2)]
+    _, claimed = await store.exchange(queue, [], 2, me, lane=0)
+    delivery = {c.job_id: c.delivery for c in claimed}
+    async with aredis.Redis.from_url(redis_server.url) as r:
+        await r.set(k.job(broken), "oops")
+        await r.set(k.job(overwritten), "oops")
+        moved = 0
+
+        async def promoted() -> bool:
+            nonlocal moved
+            moved += (await store.promote(queue))[0]
+            return await r.zcard(k.scheduled) == 0
+
+        await eventually(promoted, what="both due jobs taken off the schedule")
+        assert moved == 1
+        assert await r.lrange(k.pending, 0, -1) == [due.encode()]
+        held = [(kept, delivery[kept]), (broken, delivery[broken])]
+        assert await store.renew(queue, held, 60_000, "w-1") == [(broken, delivery[broken])]
+        done = [Settlement(j, queue, delivery[j], Outcome.COMPLETED, b"1") for j in (kept, broken)]
+        refused, _ = await store.exchange(queue, done, 0, me, lane=0)
+        assert refused == {broken}
+        assert (await client.job(kept, queue)).status is JobStatus.COMPLETED
+        assert await store.publish_progress(queue, broken, delivery[broken], "w-1", b"50") is False
+        await r.zadd(k.active, {broken: 0})  # its lease runs out
+        assert await store.recover(queue, grace_ms=0, max_retries=3, dead_cap=10) == []
+        assert await r.zcard(k.active) == 0

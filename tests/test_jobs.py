@@ -258,6 +258,25 @@ async def test_dead_letters_retry_and_purge(redis_server: RedisServer, client: C
     assert (await client.depth(queue))["dead"] == 0
 
 
+async def test_a_redriven_job_reads_as_queued_not_as_its_last_run(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
+    async with running_worker(redis_server.url, queue, max_retries=0):
+        job_id = await client.enqueue("t.fail", {}, queue=queue)
+        dead = await client.wait(job_id, timeout=30)
+    assert dead.worker is not None and dead.started_at_ms is not None
+    assert await client.retry_dead(queue, [job_id]) == [job_id]
+    info = await client.job(job_id, queue)
+    assert (info.status, info.attempts, info.worker, info.started_at_ms, info.finished_at_ms) == (
+        JobStatus.QUEUED,
+        0,
+        None,
+        None,
+        None,
+    )
+    assert info.error == dead.error  # the latest failure stays readable
+
+
 async def test_dead_set_is_capped(redis_server: RedisServer, client: Client, queue: str) -> None:
     async with running_worker(redis_server.url, queue, max_retries=0, dead_letter_max=3):
         ids = [await client.enqueue("t.fail", {}, queue=queue) for _ in range(6)]

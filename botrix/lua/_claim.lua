@@ -25,18 +25,29 @@ local function claim_batch(k, prefix, queue, now, want, lease_ms, worker, max_by
   -- which would lose the id of a deep but valid envelope.
   cjson.decode_max_depth(1024)
 
+  -- Dead-letters a popped entry that cannot become a job, under a new id, keeping it verbatim.
+  local function dead_letter(raw, kind, reason)
+    local id = new_id()
+    redis.call('HSET', prefix .. id, 'envelope', raw, 'status', 'dead', 'enqueued_at', now,
+      'finished_at', now, 'attempts', 0, 'delivery', 0,
+      'error', cjson.encode({type = kind, message = reason, traceback = ''}))
+    redis.call('ZADD', k.dead, now, id)
+    cap_dead(k.dead, prefix, dead_cap)
+    publish(k.events, 'dead', id, queue, now, {reason = reason})
+  end
+
+  -- A record key something else overwrote: the job it held is gone, and its id with it.
+  local function overwritten(raw, record)
+    dead_letter(raw, 'RecordError',
+      string.format('job record %s is not a hash: only botrix may write its keys', record))
+  end
+
   -- Turns a foreign envelope into a record; returns its id, or nil when it is not to be run.
   local function adopt(raw)
     local id
     if #raw > max_bytes then
-      id = new_id()
-      local reason = string.format('envelope is %d bytes, over the %d byte limit', #raw, max_bytes)
-      redis.call('HSET', prefix .. id, 'envelope', raw, 'status', 'dead', 'enqueued_at', now,
-        'finished_at', now, 'attempts', 0, 'delivery', 0,
-        'error', cjson.encode({type = 'EnvelopeError', message = reason, traceback = ''}))
-      redis.call('ZADD', k.dead, now, id)
-      cap_dead(k.dead, prefix, dead_cap)
-      publish(k.events, 'dead', id, queue, now, {reason = reason})
+      dead_letter(raw, 'EnvelopeError',
+        string.format('envelope is %d bytes, over the %d byte limit', #raw, max_bytes))
       return nil
     end
     local ok, envelope = pcall(cjson.decode, raw)
@@ -45,7 +56,12 @@ local function claim_batch(k, prefix, queue, now, want, lease_ms, worker, max_by
     -- else gets a generated id, and the worker dead-letters the envelope for its bad id).
     if type(given) == 'string' and #given <= 200 and string.find(given, '^[%w_.:@/+=#-]+$') then
       id = given
-      local status = redis.call('HGET', prefix .. id, 'status')
+      local state = record_fields(prefix .. id, 'status')
+      if not state then
+        overwritten(raw, prefix .. id)
+        return nil
+      end
+      local status = state[1]
       if status and status ~= 'completed' and status ~= 'dead' then
         publish(k.events, 'duplicate', id, queue, now)
         return nil
@@ -85,11 +101,15 @@ local function claim_batch(k, prefix, queue, now, want, lease_ms, worker, max_by
     local id = item
     local fields = false
     if string.byte(item, 1) ~= 123 and #item <= 200 then
-      fields = redis.call('HMGET', prefix .. item, 'status', 'envelope', 'enqueued_at', 'attempts', 'delivery')
+      fields = record_fields(prefix .. item, 'status', 'envelope', 'enqueued_at', 'attempts', 'delivery')
+      if not fields then
+        overwritten(item, prefix .. item)
+        id = nil
+      end
     end
     -- An entry that is neither an envelope nor a known id is garbage from some producer: adopt
     -- it like an envelope so that it is dead-lettered with a reason rather than dropped.
-    if not (fields and fields[1]) then
+    if id and not (fields and fields[1]) then
       id = adopt(item)
       fields = id and redis.call('HMGET', prefix .. id, 'status', 'envelope', 'enqueued_at', 'attempts', 'delivery')
     end

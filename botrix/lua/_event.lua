@@ -22,6 +22,17 @@ local function expect_types(expected)
   end
 end
 
+-- A job record's fields (HMGET), or nil when its key holds another type: something other than
+-- botrix overwrote it and the job's data is gone. The scripts treat that job as one they cannot
+-- run rather than fail; a failure after a pop or a ZREM would lose the other jobs in the call.
+local function record_fields(record, ...)
+  local reply = redis.pcall('HMGET', record, ...)
+  if reply['err'] then
+    return nil
+  end
+  return reply
+end
+
 -- Publishes one transition on the queue's event channel.
 local function publish(channel, event, job_id, queue, now, extra)
   local e = extra or {}
@@ -38,7 +49,7 @@ local function cap_dead(dead_key, job_prefix, cap)
   if excess > 0 then
     local oldest = redis.call('ZPOPMIN', dead_key, excess)
     for i = 1, #oldest, 2 do
-      if redis.call('HGET', job_prefix .. oldest[i], 'status') == 'dead' then
+      if redis.pcall('HGET', job_prefix .. oldest[i], 'status') == 'dead' then
         redis.call('DEL', job_prefix .. oldest[i])
       end
     end

@@ -23,7 +23,7 @@ local function settle_batch(k, prefix, ttl, dead_cap, queue, now, first, worker)
   for i = first, #ARGV, 5 do
     local id, delivery, outcome, data = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
     local record = prefix .. id
-    local state = redis.call('HMGET', record, 'status', 'delivery', 'attempts', 'settled', 'worker')
+    local state = record_fields(record, 'status', 'delivery', 'attempts', 'settled', 'worker') or {}
     local mark = delivery .. ':' .. worker
     if state[4] == mark then
       -- Already applied: a retry of a call whose reply was lost. Neither refused nor redone.

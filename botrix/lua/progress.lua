@@ -6,7 +6,7 @@
 -- Returns 1 when recorded, 0 when the attempt no longer holds the job (nothing is written).
 --- @include "_event.lua"
 
-local state = redis.call('HMGET', KEYS[1], 'status', 'delivery', 'worker')
+local state = record_fields(KEYS[1], 'status', 'delivery', 'worker') or {}
 if state[1] ~= 'running' or state[2] ~= ARGV[2] or state[3] ~= ARGV[5] then
   return 0
 end

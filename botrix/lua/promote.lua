@@ -8,14 +8,18 @@
 expect_types({[KEYS[1]] = 'zset', [KEYS[2]] = 'list'})
 local now = now_ms()
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+local moved = 0
 for _, id in ipairs(due) do
   redis.call('ZREM', KEYS[1], id)
-  redis.call('HSET', ARGV[2] .. id, 'status', 'queued')
-  redis.call('RPUSH', KEYS[2], id)
-  publish(KEYS[3], 'queued', id, ARGV[3], now)
+  -- A record something else overwrote (not a hash) holds no job any more: its entry goes.
+  if type(redis.pcall('HSET', ARGV[2] .. id, 'status', 'queued')) == 'number' then
+    redis.call('RPUSH', KEYS[2], id)
+    publish(KEYS[3], 'queued', id, ARGV[3], now)
+    moved = moved + 1
+  end
 end
 local next_due = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 if #next_due == 0 then
-  return {#due, -1}
+  return {moved, -1}
 end
-return {#due, math.max(0, tonumber(next_due[2]) - now)}
+return {moved, math.max(0, tonumber(next_due[2]) - now)}

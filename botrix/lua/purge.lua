@@ -11,7 +11,7 @@ else
 end
 local n = 0
 for _, id in ipairs(ids) do
-  if redis.call('ZREM', KEYS[1], id) == 1 and redis.call('HGET', ARGV[1] .. id, 'status') == 'dead' then
+  if redis.call('ZREM', KEYS[1], id) == 1 and redis.pcall('HGET', ARGV[1] .. id, 'status') == 'dead' then
     redis.call('DEL', ARGV[1] .. id)
     n = n + 1
   end

@@ -21,7 +21,7 @@ local out = {}
 for _, id in ipairs(expired) do
   redis.call('ZREM', KEYS[1], id)
   local record = prefix .. id
-  local state = redis.call('HMGET', record, 'status', 'attempts', 'envelope', 'worker')
+  local state = record_fields(record, 'status', 'attempts', 'envelope', 'worker') or {}
   if state[1] == 'running' then
     local attempts = tonumber(state[2]) or 1
     local max_retries = tonumber(ARGV[3])

@@ -10,7 +10,7 @@ local deadline = now_ms() + tonumber(ARGV[1])
 local lost = {}
 for i = 4, #ARGV, 2 do
   local id = ARGV[i]
-  local state = redis.call('HMGET', ARGV[2] .. id, 'status', 'delivery', 'worker')
+  local state = record_fields(ARGV[2] .. id, 'status', 'delivery', 'worker') or {}
   if state[1] == 'running' and state[2] == ARGV[i + 1] and state[3] == ARGV[3]
       and redis.call('ZSCORE', KEYS[1], id) then
     redis.call('ZADD', KEYS[1], 'XX', deadline, id)
