@@ -322,14 +322,23 @@ class Store:
 
     @asynccontextmanager
     async def events(self, queue: str) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
-        """Subscribe to a queue's events; yields an iterator of decoded event dicts."""
-        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        """Subscribe to a queue's events; yields an iterator of decoded event dicts.
+
+        Yields only once Redis has confirmed the subscription: redis-py's ``subscribe`` returns
+        when the command is sent, and a caller that read a job's state on another connection
+        before Redis ran it could miss the job's end, published in between, and wait forever.
+        """
+        pubsub = self._redis.pubsub()
         try:
             await self._call(pubsub.subscribe(keys.queue_keys(queue).events))
+            while (await self._call(pubsub.get_message(timeout=1.0)) or {}).get("type") != "subscribe":
+                pass
 
             async def messages() -> AsyncIterator[dict[str, Any]]:
                 while True:
-                    message = await self._call(pubsub.get_message(timeout=1.0))
+                    message = await self._call(
+                        pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    )
                     if message is not None:
                         yield orjson.loads(message["data"])
 

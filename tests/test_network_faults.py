@@ -436,3 +436,22 @@ async def test_a_settle_whose_reply_was_lost_is_not_reported_as_refused(
         assert refused == set()
     finally:
         await store.aclose()
+
+
+async def test_an_event_subscription_is_in_force_in_redis_before_it_is_handed_out(
+    proxy: FaultProxy, redis_server: RedisServer, queue: str
+) -> None:
+    """Client.wait subscribes to the queue's events, then reads the job: if Redis had not run
+    the SUBSCRIBE by then, a job ending between the read and the SUBSCRIBE would never be seen
+    and the wait would hang. The proxy holds every byte for a while, so a SUBSCRIBE that was
+    only sent (all redis-py's subscribe() waits for) has not reached Redis yet."""
+    store = Store(Connection(proxy.url(), socket_timeout=10.0))
+    admin = aredis.Redis(port=redis_server.port)
+    channel = keys.queue_keys(queue).events
+    try:
+        proxy.set_delay(0.3)
+        async with store.events(queue):
+            assert await admin.pubsub_numsub(channel) == [(channel.encode(), 1)]
+    finally:
+        await admin.aclose()
+        await store.aclose()
