@@ -12,8 +12,6 @@ PREFIX = "botrix"
 
 #: Set of every queue name a worker or producer has used; lets admin tools find job records.
 QUEUES = f"{PREFIX}:queues"
-#: Held (SET NX PX) by the one worker whose turn it is to recover queues no worker serves.
-ORPHAN_TURN = f"{PREFIX}:recover:orphans"
 #: Sorted set of worker ids scored by the expiry (ms) of their health record.
 WORKERS = f"{PREFIX}:workers"
 

@@ -189,10 +189,6 @@ class Store:
         members = await self._call(self._redis.smembers(keys.QUEUES))
         return sorted(m.decode() for m in members)
 
-    async def take_orphan_turn(self, worker_id: str, ttl_ms: int) -> bool:
-        """True for the one worker of the fleet whose turn it is to recover unserved queues."""
-        return bool(await self._call(self._redis.set(keys.ORPHAN_TURN, worker_id, nx=True, px=ttl_ms)))
-
     # -- consuming -------------------------------------------------------------------------
 
     async def exchange(

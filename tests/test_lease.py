@@ -384,30 +384,3 @@ async def test_tokens_stay_above_those_an_older_botrix_counted_on_the_record(
     other = await client.enqueue("t.echo", {}, queue=queue)
     _, [next_one] = await store.exchange(queue, [], 1, _consumer("worker-a"), lane=0)
     assert next_one.job_id == other and next_one.delivery > 51
-
-
-async def test_a_queue_no_worker_serves_any_more_still_gets_its_jobs_back(
-    redis_server: RedisServer, client: Client, queue: str, store: Store
-) -> None:
-    """A rollout drops queue B from every worker while a job of B runs and its worker dies: a
-    worker serving only A takes that job back once its lease is long past (B's own workers
-    would have had a minute's head start), so it reads "queued", not "running" for good. A
-    lease only just past is left to B's own workers."""
-    dropped = f"{queue}-dropped"
-    gone = Consumer("gone", lease_ms=60_000, max_envelope_bytes=10_000, result_ttl=60, dead_cap=10)
-    old, recent = [await client.enqueue("t.echo", i, queue=dropped) for i in range(2)]
-    await store.exchange(dropped, [], 2, gone, lane=0)
-    k = keys.queue_keys(dropped)
-    async with aredis.Redis.from_url(redis_server.url) as r:
-        seconds, micros = await r.time()
-        now_ms = seconds * 1000 + micros // 1000
-        await r.zadd(k.active, {old: now_ms - 3_600_000, recent: now_ms - 2_000})
-        await r.delete(keys.ORPHAN_TURN)  # an earlier test's worker may hold this turn
-        async with running_worker(redis_server.url, queue):
-            await eventually(lambda: _status_is(client, old, dropped, JobStatus.QUEUED), what="recovered")
-        assert await r.lrange(k.pending, 0, -1) == [old.encode()]
-        assert (await client.job(recent, dropped)).status is JobStatus.RUNNING
-
-
-async def _status_is(client: Client, job_id: str, queue: str, status: JobStatus) -> bool:
-    return (await client.job(job_id, queue)).status is status
