@@ -203,13 +203,14 @@ async def test_a_job_record_overwritten_by_a_foreign_write_loses_no_other_job(
 async def test_a_running_job_whose_record_is_overwritten_costs_its_neighbours_nothing(
     redis_server: RedisServer, client: Client, queue: str, store: Store
 ) -> None:
-    """A record overwritten while its job runs: renewing, settling and recovering the batch it
-    is in still work for the other jobs, and that one counts as a lease lost."""
+    """A record overwritten while its job runs or waits: renewing, settling, promoting,
+    recovering and capping the dead set still work for the other jobs in the same call, and
+    that one counts as a lease lost (or is stepped over)."""
     k = keys.queue_keys(queue)
     me = Consumer("w-1", lease_ms=60_000, max_envelope_bytes=10_000, result_ttl=60, dead_cap=10)
-    kept, broken = [await client.enqueue("t.echo", i, queue=queue) for i in range(2)]
+    kept, broken, spare = [await client.enqueue("t.echo", i, queue=queue) for i in range(3)]
     due, overwritten = [await client.enqueue("t.echo", i, queue=queue, delay=0.001) for i in range(2)]
-    _, claimed = await store.exchange(queue, [], 2, me, lane=0)
+    _, claimed = await store.exchange(queue, [], 3, me, lane=0)
     delivery = {c.job_id: c.delivery for c in claimed}
     async with aredis.Redis.from_url(redis_server.url) as r:
         await r.set(k.job(broken), "oops")
@@ -224,13 +225,26 @@ async def test_a_running_job_whose_record_is_overwritten_costs_its_neighbours_no
         await eventually(promoted, what="both due jobs taken off the schedule")
         assert moved == 1
         assert await r.lrange(k.pending, 0, -1) == [due.encode()]
-        held = [(kept, delivery[kept]), (broken, delivery[broken])]
+        held = [(j, delivery[j]) for j in (kept, broken, spare)]
         assert await store.renew(queue, held, 60_000, "w-1") == [(broken, delivery[broken])]
         done = [Settlement(j, queue, delivery[j], Outcome.COMPLETED, b"1") for j in (kept, broken)]
         refused, _ = await store.exchange(queue, done, 0, me, lane=0)
         assert refused == {broken}
         assert (await client.job(kept, queue)).status is JobStatus.COMPLETED
         assert await store.publish_progress(queue, broken, delivery[broken], "w-1", b"50") is False
-        await r.zadd(k.active, {broken: 0})  # its lease runs out
-        assert await store.recover(queue, grace_ms=0, max_retries=3, dead_cap=10) == []
+
+        await r.zadd(k.active, {broken: 0, spare: 0})  # both leases run out
+        recovered = await store.recover(queue, grace_ms=0, max_retries=3, dead_cap=10)
+        assert [(j.job_id, j.status) for j in recovered] == [(spare, "queued")]
         assert await r.zcard(k.active) == 0
+
+        # The oldest dead letter's record was overwritten; capping the dead set steps over it.
+        await r.zadd(k.dead, {"ghost": 0})
+        await r.set(k.job("ghost"), "oops")
+        capped = Consumer("w-1", lease_ms=60_000, max_envelope_bytes=10_000, result_ttl=60, dead_cap=1)
+        _, [again] = await store.exchange(queue, [], 1, capped, lane=0)
+        assert again.job_id == spare
+        failed = Settlement(spare, queue, again.delivery, Outcome.DEAD, b'{"type":"E","message":"m"}')
+        assert await store.exchange(queue, [failed], 0, capped, lane=0) == (set(), [])
+        assert await r.zrange(k.dead, 0, -1) == [spare.encode()]
+        assert await r.get(k.job("ghost")) == b"oops"
