@@ -248,3 +248,25 @@ async def test_a_running_job_whose_record_is_overwritten_costs_its_neighbours_no
         assert await store.exchange(queue, [failed], 0, capped, lane=0) == (set(), [])
         assert await r.zrange(k.dead, 0, -1) == [spare.encode()]
         assert await r.get(k.job("ghost")) == b"oops"
+
+
+async def test_a_garbled_attempt_count_does_not_fail_the_settle_it_is_in(
+    redis_server: RedisServer, client: Client, queue: str, store: Store
+) -> None:
+    """A record's ``attempts`` field overwritten with text: the batch it is settled in still
+    goes through (a failed call would be retried, and fail, forever), and the next claim
+    counts afresh."""
+    k = keys.queue_keys(queue)
+    me = Consumer("w-1", lease_ms=60_000, max_envelope_bytes=10_000, result_ttl=60, dead_cap=10)
+    ids = [await client.enqueue("t.echo", i, queue=queue) for i in range(3)]
+    _, claimed = await store.exchange(queue, [], 3, me, lane=0)
+    async with aredis.Redis.from_url(redis_server.url) as r:
+        for job_id in ids[:2]:
+            await r.hset(k.job(job_id), "attempts", "many")
+    outcomes = [Outcome.COMPLETED, Outcome.REQUEUE, Outcome.COMPLETED]
+    done = [Settlement(c.job_id, queue, c.delivery, o, b"1") for c, o in zip(claimed, outcomes, strict=True)]
+    assert await store.exchange(queue, done, 0, me, lane=0) == (set(), [])
+    statuses = [(await client.job(j, queue)).status for j in ids]
+    assert statuses == [JobStatus.COMPLETED, JobStatus.QUEUED, JobStatus.COMPLETED]
+    _, [again] = await store.exchange(queue, [], 1, me, lane=0)
+    assert (again.job_id, again.attempt) == (ids[1], 1)

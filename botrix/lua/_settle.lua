@@ -31,7 +31,7 @@ local function settle_batch(k, prefix, ttl, dead_cap, queue, now, first, worker)
       refused[#refused + 1] = id
     else
       settled[#settled + 1] = id
-      local attempt = tonumber(state[3])
+      local attempt = tonumber(state[3]) or 0  -- a garbled count must not fail the batch
       if outcome == 'completed' then
         -- The error of an earlier failed attempt stays: "the latest failure" is still useful.
         redis.call('HSET', record, 'status', 'completed', 'result', data, 'finished_at', now, 'settled', mark)
@@ -51,7 +51,7 @@ local function settle_batch(k, prefix, ttl, dead_cap, queue, now, first, worker)
         cap_dead(k.dead, prefix, dead_cap)
         publish(k.events, 'dead', id, queue, now, {attempt = attempt})
       else
-        redis.call('HINCRBY', record, 'attempts', -1)
+        redis.pcall('HINCRBY', record, 'attempts', -1)  -- a garbled count stays as it is
         redis.call('HSET', record, 'status', 'queued', 'settled', mark)
         redis.call('LPUSH', k.pending, id)
         publish(k.events, 'requeued', id, queue, now, {attempt = attempt})
