@@ -270,3 +270,26 @@ async def test_a_garbled_attempt_count_does_not_fail_the_settle_it_is_in(
     assert statuses == [JobStatus.COMPLETED, JobStatus.QUEUED, JobStatus.COMPLETED]
     _, [again] = await store.exchange(queue, [], 1, me, lane=0)
     assert (again.job_id, again.attempt) == (ids[1], 1)
+
+
+async def test_a_garbled_sequence_stops_the_claim_before_it_pops(
+    redis_server: RedisServer, client: Client, queue: str, store: Store
+) -> None:
+    """Text written over the queue's sequence, or over a record's token that the claim would
+    carry into it: the claim refuses before it takes anything off the list (its INCR comes
+    after the pop), so repairing the key is all it takes; and a garbled token is not copied."""
+    k = keys.queue_keys(queue)
+    me = Consumer("w-1", lease_ms=60_000, max_envelope_bytes=10_000, result_ttl=60, dead_cap=10)
+    ids = [await client.enqueue("t.echo", i, queue=queue) for i in range(3)]
+    async with aredis.Redis.from_url(redis_server.url) as r:
+        await r.set(k.seq, "not-a-number")
+        with pytest.raises(StoreUnavailable, match="is not a counter: only botrix may write its keys"):
+            await store.exchange(queue, [], 3, me, lane=0)
+        assert await r.lrange(k.pending, 0, -1) == [i.encode() for i in ids]
+        await r.delete(k.seq)
+
+        await r.hset(k.job(ids[0]), "delivery", "2.5")
+        _, [first] = await store.exchange(queue, [], 1, me, lane=0)
+        assert first.job_id == ids[0] and (await r.get(k.seq) or b"").isdigit()
+        _, rest = await store.exchange(queue, [], 2, me, lane=0)
+        assert [c.job_id for c in rest] == ids[1:]

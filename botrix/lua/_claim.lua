@@ -21,6 +21,16 @@ local function claim_batch(k, prefix, queue, now, want, lease_ms, worker, max_by
     return string.format('%d-%d', now, redis.call('INCR', k.seq))
   end
 
+  -- A token as stored, or 0 for anything else written over it, which would otherwise end up
+  -- in the sequence, whose next INCR would fail after a pop. 14 digits: Lua prints a larger
+  -- number with an exponent.
+  local function whole(value)
+    if type(value) == 'string' and #value <= 14 and string.match(value, '^%d+$') then
+      return tonumber(value)
+    end
+    return 0
+  end
+
   -- The worker's JSON parser accepts nesting up to 1024 levels; cjson's default stops at 1000,
   -- which would lose the id of a deep but valid envelope.
   cjson.decode_max_depth(1024)
@@ -126,7 +136,7 @@ local function claim_batch(k, prefix, queue, now, want, lease_ms, worker, max_by
     elseif fields and fields[1] == 'queued' then
       local attempt = (tonumber(fields[4]) or 0) + 1
       local delivery = redis.call('INCR', k.seq)
-      local last = tonumber(fields[5]) or 0
+      local last = whole(fields[5])
       if delivery <= last then
         delivery = last + 1
         redis.call('SET', k.seq, delivery)

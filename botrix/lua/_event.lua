@@ -22,6 +22,15 @@ local function expect_types(expected)
   end
 end
 
+-- The same for the queue's sequence: INCR on a value that is not a whole number fails, and a
+-- claim increments it after its pop. `GET` on another type fails here too, before any write.
+local function expect_counter(key)
+  local value = redis.call('GET', key)
+  if value and not string.match(value, '^%d+$') then
+    error({err = string.format('WRONGTYPE %s is not a counter: only botrix may write its keys', key)})
+  end
+end
+
 -- A job record's fields (HMGET), or nil when its key holds another type: something other than
 -- botrix overwrote it and the job's data is gone. The scripts treat that job as one they cannot
 -- run rather than fail; a failure after a pop or a ZREM would lose the other jobs in the call.

@@ -19,6 +19,7 @@
 local k = {pending = KEYS[1], active = KEYS[2], scheduled = KEYS[3], dead = KEYS[4],
   events = KEYS[5], seq = KEYS[6]}
 expect_types({[k.pending] = 'list', [k.active] = 'zset', [k.scheduled] = 'zset', [k.dead] = 'zset'})
+expect_counter(k.seq)
 local prefix, queue = ARGV[1], ARGV[4]
 local dead_cap = tonumber(ARGV[3])
 local now = now_ms()

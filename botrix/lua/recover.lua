@@ -38,7 +38,8 @@ for _, id in ipairs(expired) do
     local worker = state[4] or '?'
     if attempts > max_retries then
       local reason = string.format(
-        'lease expired on attempt %d of %d: worker %s stopped renewing it (crashed, killed or hung)',
+        'lease expired on attempt %d of %d: worker %s stopped renewing it (crashed, killed or '
+          .. 'hung, or never got the reply of the claim)',
         attempts, max_retries + 1, worker)
       redis.call('HSET', record, 'status', 'dead', 'finished_at', now,
         'error', cjson.encode({type = 'LeaseExpired', message = reason, traceback = ''}))
