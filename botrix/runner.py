@@ -40,6 +40,9 @@ from botrix.waker import Waker
 
 #: After the shutdown timeout, how long cancelled jobs get to be written back as requeued.
 REQUEUE_GRACE_S = 5.0
+#: How long the requeue of jobs whose handlers outlast that grace may take (one call, normally
+#: milliseconds); short, so that the worst-case shutdown stays inside the units' 40 s grace.
+STUCK_REQUEUE_S = 2.0
 
 
 @dataclass(slots=True)
@@ -303,7 +306,9 @@ class Runner:
                 attempt=claimed.attempt,
                 error=error,
             )
-        if settlement is None or entry.cancel_reason == "lease_lost":
+        if entry.cancel_reason == "abandoned":
+            pass  # requeued by the drain, which gives its slot back when that is written
+        elif settlement is None or entry.cancel_reason == "lease_lost":
             # The lease is gone (another worker owns the job now), and with it this attempt's
             # say on the outcome, even if its handler caught the cancellation and returned.
             self._forget(entry)
@@ -336,7 +341,35 @@ class Runner:
             assert entry.task is not None
             entry.task.cancel()
         if self._owed() and not await self._settle_until_idle(REQUEUE_GRACE_S, None):
-            self._settler.abandon()
+            stuck = self._requeue_stuck()
+            if not (stuck and await self._settle_until_idle(STUCK_REQUEUE_S, None)):
+                self._settler.abandon()
+
+    def _requeue_stuck(self) -> int:
+        """Requeue the jobs whose handlers outlast the cancel's grace; returns how many.
+
+        A task cannot be stopped from outside: the process ends without waiting for these
+        (cli/worker.py), and that is what stops them. Left leased instead, each would cost an
+        attempt once its lease ran out, and dead-letter a job with ``max_retries=0``.
+        """
+        stuck = [
+            e
+            for e in self._state.in_flight.values()
+            if e.cancel_reason == "shutdown" and e.task is not None and not e.task.done()
+        ]
+        for entry in stuck:
+            entry.cancel_reason = "abandoned"  # its task no longer speaks for the job
+            requeue = Settlement(entry.job_id, entry.queue, entry.delivery, Outcome.REQUEUE)
+            requeue.owner = entry
+            self._settler.submit(requeue, entry.lane)
+            self._log.warning(
+                "job.abandoned",
+                queue=entry.queue,
+                job_id=entry.job_id,
+                reason=f"its handler did not stop within {REQUEUE_GRACE_S:g} s of being cancelled; "
+                "the job is requeued and the process exits without waiting for it",
+            )
+        return len(stuck)
 
     def _owed(self) -> bool:
         # Buffered outcomes count too: an attempt replaced under its key (after Redis lost

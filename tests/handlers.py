@@ -7,6 +7,7 @@ see how many times each job id really ran, even across killed worker processes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from typing import Any
@@ -99,6 +100,25 @@ async def block(ctx: JobContext, payload: dict[str, Any]) -> str:
 async def in_thread(ctx: JobContext, payload: dict[str, Any]) -> str:
     await asyncio.to_thread(time.sleep, float(payload["seconds"]))  # a thread cannot be cancelled
     return "slept"
+
+
+@handler("t.long_cleanup")
+async def long_cleanup(ctx: JobContext, payload: dict[str, Any]) -> str:
+    """Cleans up for a long time once cancelled (closing a connection, flushing a buffer)."""
+    try:
+        await asyncio.sleep(3600)
+    except asyncio.CancelledError:
+        await asyncio.sleep(float(payload["cleanup"]))
+        raise
+    return "slept"
+
+
+@handler("t.ignores_cancel")
+async def ignores_cancel(ctx: JobContext, payload: Any) -> str:
+    """Swallows every cancellation: asyncio cannot stop it."""
+    while True:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(1)
 
 
 @handler("t.exit")

@@ -139,6 +139,28 @@ async def test_second_signal_skips_the_drain_wait(
     assert (await client.job(job_id)).status is JobStatus.QUEUED
 
 
+@pytest.mark.parametrize("kind", ["t.long_cleanup", "t.ignores_cancel"])
+async def test_handlers_that_outlast_their_cancel_are_requeued_and_do_not_hold_the_exit(
+    redis_server: RedisServer, client: Client, queue: str, spawn: Spawn, kind: str
+) -> None:
+    """SIGTERM past the shutdown timeout cancels the handler, which cleans up for an hour or
+    ignores the cancel: after the requeue grace its job goes back on the queue uncounted (not
+    left leased, to cost an attempt and dead-letter a max_retries=0 job), and the process
+    exits 0 instead of waiting for that task forever."""
+    worker = spawn(redis_server.url, queue, "--shutdown-timeout", "1")
+    job_id = await client.enqueue(kind, {"cleanup": 3600}, queue=queue, max_retries=0)
+    await worker.wait_for("job.started")
+    worker.signal(signal.SIGTERM)
+    assert await worker.wait(timeout=60) == 0
+    info = await client.job(job_id)
+    assert (info.status, info.attempts) == (JobStatus.QUEUED, 0)
+    assert await client.depth(queue) == {"pending": 1, "active": 0, "scheduled": 0, "dead": 0}
+    names = worker.names()
+    assert names.index("job.abandoned") < names.index("worker.stopped")
+    # A second cancel ends the cleanup; only the task that ignores every cancel is left behind.
+    assert ("worker.tasks_abandoned" in names) is (kind == "t.ignores_cancel")
+
+
 async def test_handler_threads_past_the_drain_do_not_hold_the_exit(
     redis_server: RedisServer, client: Client, queue: str, spawn: Spawn
 ) -> None:

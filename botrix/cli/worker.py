@@ -26,6 +26,8 @@ from botrix.registry import default_registry, load_apps
 PROG = "botrix-worker"
 
 T = TypeVar("T")
+#: How long tasks left once the worker stopped get to end after their cancel.
+TASKS_GRACE_S = 1.0
 
 
 def build_parser() -> Parser:
@@ -86,19 +88,42 @@ class _HandlerThreads(ThreadPoolExecutor):
         super().shutdown(wait=False, cancel_futures=True)
 
 
-def _exit_past_threads(threads: _HandlerThreads, worker_id: str) -> None:
-    """End the process now if a handler's thread outlived the drain (Python would join it)."""
-    if not threads.busy:
+async def _stuck_tasks() -> int:
+    """Cancel what is left once the worker stopped; returns how many tasks ignore it.
+
+    Only a handler can ignore a cancel (its job was requeued by the drain), and asyncio would
+    wait for it forever before exiting.
+    """
+    left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in left:
+        task.cancel()
+    if not left:
+        return 0
+    _, pending = await asyncio.wait(left, timeout=TASKS_GRACE_S)
+    return len(pending)
+
+
+def _exit_past_leftovers(threads: _HandlerThreads, tasks: int, worker_id: str) -> None:
+    """End the process now if handlers outlived the drain: Python would wait for them."""
+    if not threads.busy and not tasks:
         return
-    get_logger(worker_id=worker_id).warning(
-        "worker.threads_abandoned",
-        threads=threads.busy,
-        reason="handler threads still running after the drain; their jobs are back on the queue",
-    )
+    log = get_logger(worker_id=worker_id)
+    if threads.busy:
+        log.warning(
+            "worker.threads_abandoned",
+            threads=threads.busy,
+            reason="handler threads still running after the drain; their jobs are back on the queue",
+        )
+    if tasks:
+        log.warning(
+            "worker.tasks_abandoned",
+            tasks=tasks,
+            reason="handlers ignoring their cancellation after the drain; their jobs are back on the queue",
+        )
     atexit._run_exitfuncs()  # what a normal exit runs: the log lines still buffered, among others
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)  # everything owed to Redis is written; only the threads are left
+    os._exit(0)  # what was owed to Redis is written (or logged as given up); only handlers are left
 
 
 class _EarlyStop:
@@ -145,6 +170,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         if early.reason:
             worker.request_stop(early.reason)
         await worker.run()
+        # Here, not after uvloop.run: leaving this coroutine would make it wait for them.
+        _exit_past_leftovers(threads, await _stuck_tasks(), settings.worker_id)
 
     try:
         uvloop.run(serve())
@@ -152,7 +179,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         fail(PROG, str(group.exceptions[0]))
     except* ServeError as group:
         fail(PROG, str(group.exceptions[0]), 1)
-    _exit_past_threads(threads, settings.worker_id)
 
 
 if __name__ == "__main__":
