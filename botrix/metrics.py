@@ -198,8 +198,8 @@ class Metrics:
         """A late result was refused by the fencing token."""
         self.refused.labels(queue).inc()
 
-    def recovered(self, queue: str, outcome: str) -> None:
+    def recovered(self, queue: str, outcome: str, job_type: str) -> None:
         """The recoverer took back a job: ``queued`` again or ``dead``."""
         self.recoveries.labels(queue, outcome).inc()
         if outcome == "dead":
-            self.dead.labels(queue, "unknown").inc()
+            self.dead.labels(queue, self.job_type(job_type)).inc()

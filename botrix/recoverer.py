@@ -67,12 +67,15 @@ class Recoverer:
             )
             for job in recovered:
                 self._state.counters.recovered += 1
-                self._metrics.recovered(queue, job.status)
+                if job.status == "dead":
+                    self._state.counters.dead += 1
+                self._metrics.recovered(queue, job.status, job.job_type)
                 event = "job.recovered" if job.status == "queued" else "job.dead"
                 self._log.warning(
                     event,
                     queue=queue,
                     job_id=job.job_id,
+                    type=job.job_type,
                     reason="lease expired: its worker died, hung or lost Redis",
                 )
 

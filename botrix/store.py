@@ -70,6 +70,7 @@ class RecoveredJob:
 
     job_id: str
     status: str
+    job_type: str = ""
 
 
 def check_url(url: str) -> None:
@@ -264,7 +265,10 @@ class Store:
             [k.active, k.pending, k.dead, k.events],
             [grace_ms, k.job_prefix, max_retries, batch, dead_cap, queue, orjson.dumps(by_type or {})],
         )
-        return [RecoveredJob(_text(flat[i]), _text(flat[i + 1])) for i in range(0, len(flat), 2)]
+        return [
+            RecoveredJob(_text(flat[i]), _text(flat[i + 1]), _text(flat[i + 2]))
+            for i in range(0, len(flat), 3)
+        ]
 
     async def promote(self, queue: str, batch: int = 500) -> tuple[int, int | None]:
         """Queue due scheduled jobs; returns how many moved and ms until the next one is due."""

@@ -110,7 +110,7 @@ async def test_recovery_dead_letters_when_attempts_are_used_up(
     await store.exchange(queue, [], 1, worker_a, lane=0)
     await asyncio.sleep(0.2)
     recovered = await store.recover(queue, grace_ms=0, max_retries=3, dead_cap=10)
-    assert [(r.job_id, r.status) for r in recovered] == [(job_id, "dead")]
+    assert [(r.job_id, r.status, r.job_type) for r in recovered] == [(job_id, "dead", "t.echo")]
     info = await client.job(job_id)
     assert info.error is not None and info.error["type"] == "LeaseExpired"
     assert "worker-a" in info.error["message"]

@@ -101,6 +101,8 @@ async def test_kill_9_mid_job_is_recovered_by_another_worker(
     assert info.status is JobStatus.COMPLETED
     assert info.attempts == 2
     await rescuer.wait_for("job.recovered")
+    recovered = next(e for e in rescuer.events() if e.get("event") == "job.recovered")
+    assert (recovered["job_id"], recovered["type"]) == (job_id, "t.count")
     await stop_all(rescuer)
     assert await run_counts(redis_server.url, f"runs:{queue}") == {job_id: 2}
 

@@ -7,7 +7,7 @@
 -- ARGV[1] grace ms past the deadline   ARGV[2] job record key prefix
 -- ARGV[3] default max retries   ARGV[4] batch size   ARGV[5] dead set cap   ARGV[6] queue name
 -- ARGV[7] JSON object: max retries by job type, for handlers that set their own
--- Returns a flat array, two entries a job: id, and 'queued' or 'dead'.
+-- Returns a flat array, three entries a job: id, 'queued' or 'dead', and its type ('' if unknown).
 --- @include "_event.lua"
 
 expect_types({[KEYS[1]] = 'zset', [KEYS[2]] = 'list', [KEYS[3]] = 'zset'})
@@ -28,7 +28,11 @@ for _, id in ipairs(expired) do
     -- The same precedence as a normal attempt: the envelope, then the handler, then the worker.
     local by_type = cjson.decode(ARGV[7])
     local ok, envelope = pcall(cjson.decode, state[3] or '')
+    local job_type = ''
     if ok and type(envelope) == 'table' then
+      if type(envelope['type']) == 'string' then
+        job_type = envelope['type']
+      end
       if type(envelope['max_retries']) == 'number' then
         max_retries = envelope['max_retries']
       elseif type(envelope['type']) == 'string' and type(by_type[envelope['type']]) == 'number' then
@@ -48,12 +52,14 @@ for _, id in ipairs(expired) do
       publish(KEYS[4], 'dead', id, queue, now, {attempt = attempts, reason = reason})
       out[#out + 1] = id
       out[#out + 1] = 'dead'
+      out[#out + 1] = job_type
     else
       redis.call('HSET', record, 'status', 'queued')
       redis.call('LPUSH', KEYS[2], id)
       publish(KEYS[4], 'recovered', id, queue, now, {attempt = attempts, worker = worker})
       out[#out + 1] = id
       out[#out + 1] = 'queued'
+      out[#out + 1] = job_type
     end
   end
 end
