@@ -15,6 +15,7 @@ import orjson
 from botrix.errors import EnvelopeError, JobNotFoundError, PayloadTooLargeError
 from botrix.model import (
     JSON,
+    MAX_DELAY_S,
     Claimed,
     JobInfo,
     JobStatus,
@@ -116,17 +117,20 @@ class Client:
         validate_queue_name(queue)
         if run_at is not None:
             delay = max(0.0, run_at.timestamp() - time.time())
-        if not math.isfinite(delay):
-            raise ValueError(f"delay must be a finite number of seconds, got {delay!r}")
-        envelope = build_envelope(
-            job_id,
-            type,
-            payload,
-            queue,
-            max_retries=max_retries,
-            timeout=timeout,
-            correlation_id=correlation_id,
-        )
+        if not math.isfinite(delay) or delay > MAX_DELAY_S:
+            raise ValueError(f"delay must be a finite number of seconds up to {MAX_DELAY_S}, got {delay!r}")
+        try:
+            envelope = build_envelope(
+                job_id,
+                type,
+                payload,
+                queue,
+                max_retries=max_retries,
+                timeout=timeout,
+                correlation_id=correlation_id,
+            )
+        except TypeError as exc:  # not JSON: an object orjson does not know, text that is not UTF-8
+            raise ValueError(f"job cannot be stored as JSON: {exc}") from None
         try:  # refuse here what every worker would dead-letter, with the same reason
             parse_job(Claimed(job_id, envelope, 0, 0, 0), queue)
         except EnvelopeError as exc:

@@ -61,6 +61,10 @@ def _queues(text: str) -> tuple[str, ...]:
 
 def check_redis_url(text: str) -> str:
     """``text`` if it is a Redis URL botrix can use; a ValueError that never shows a password."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # bytes the environment could not decode: AUTH would fail on them
+        raise ValueError("is not valid UTF-8 text: percent-encode any other byte (%FF)") from None
     shown = redact_url(text)
     try:
         parts = urlsplit(text)

@@ -36,7 +36,14 @@ def error_info(exc: BaseException) -> ErrorInfo:
     tb = "".join(traceback.format_exception(exc))
     if len(tb) > TRACEBACK_LIMIT:
         tb = "...\n" + tb[-TRACEBACK_LIMIT:]
-    return ErrorInfo(type(exc).__name__, str(exc)[:MESSAGE_LIMIT], tb)
+    return ErrorInfo(type(exc).__name__, _utf8(str(exc)[:MESSAGE_LIMIT]), _utf8(tb))
+
+
+def _utf8(text: str) -> str:
+    # A message may carry bytes that were never text (a file name from os.fsdecode, as lone
+    # surrogates): JSON cannot hold them, and the job would be dead-lettered as a failure of
+    # botrix's own instead of retried. Shown as \udcff escapes.
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 async def run_attempt(handler: HandlerFunc, ctx: JobContext, payload: object, timeout: float) -> Attempt:

@@ -86,7 +86,22 @@ class _Timestamp:
 
 
 def _dumps(obj: Any, default: Any = None) -> bytes:
-    return orjson.dumps(obj, default=default or str)
+    try:
+        return orjson.dumps(obj, default=default or str)
+    except TypeError:
+        # Lone surrogates (bytes that were never text, via os.fsdecode) in some value: a log
+        # call must not raise into the handler that made it. Rare, so the slow path is fine.
+        return orjson.dumps(_escaped(obj), default=default or str)
+
+
+def _escaped(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_escaped(k): _escaped(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_escaped(v) for v in value]
+    return _escaped(str(value)) if not isinstance(value, int | float | bool | None) else value
 
 
 def configure(level: str = "info", fmt: str = "auto", stream: BinaryIO | None = None) -> None:

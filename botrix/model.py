@@ -133,6 +133,11 @@ def parse_job(claimed: Claimed, queue: str) -> Job:
 QUEUE_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
 
 
+#: Longest delay a job may be given: ten years (a run time far beyond it is a bug, and one past
+#: 64 bits would break every reader of the record).
+MAX_DELAY_S = 10 * 365 * 86400
+
+
 def validate_queue_name(queue: str) -> None:
     """Refuse queue names that could not be part of a key and an event (see :data:`QUEUE_NAME`)."""
     if not QUEUE_NAME.fullmatch(queue):

@@ -121,6 +121,14 @@ async def ignores_cancel(ctx: JobContext, payload: Any) -> str:
             await asyncio.sleep(1)
 
 
+@handler("t.undecodable")
+async def undecodable(ctx: JobContext, payload: Any) -> None:
+    """Logs and fails with text holding bytes that were never text (os.fsdecode of a file name)."""
+    name = os.fsdecode(b"report-\xff.csv")
+    ctx.log.info("reading", file=name)
+    raise ValueError(f"cannot read {name}")
+
+
 @handler("t.exit")
 async def exit_process(ctx: JobContext, payload: dict[str, Any]) -> None:
     await _count(ctx, payload)

@@ -59,6 +59,7 @@ BAD_WORKER_ARGS = [
     (["--redis-url", "redis://:hunter2@h/0?ssl_ca_certs=/ca.pem"], {}, "unknown parameter 'ssl_ca_certs'"),
     (["--redis-url", "redis://:hunter2@h/0?db=one"], {}, "a value of 'db' that redis-py refuses"),
     (["--http-host", "my..host"], {}, "--http-host: must be an IP address or a host name"),
+    ([], {"REDIS_URL": "redis://u:hunter2\udcffpw@h/0"}, "REDIS_URL: is not valid UTF-8 text"),
 ]
 
 
@@ -139,7 +140,13 @@ def test_enqueue_wait_job_and_workers(
     assert orjson.loads(failed.stdout)["status"] == "dead"
     listed = run(*url, "dead", "list", "--queue", queue)
     assert [d["id"] for d in orjson.loads(listed.stdout)] == [orjson.loads(failed.stdout)["id"]]
-    assert orjson.loads(run(*url, "dead", "purge", "--queue", queue).stdout) == {"purged": 1}
+    dead_id = orjson.loads(failed.stdout)["id"]
+    # The runbook's order (docs/operations.md): the ids after the options.
+    assert orjson.loads(run(*url, "dead", "retry", "--queue", queue, dead_id).stdout) == {
+        "retried": [dead_id]
+    }
+    assert orjson.loads(run(*url, "wait", dead_id, "--queue", queue).stdout)["status"] == "dead"
+    assert orjson.loads(run(*url, "dead", "purge", "--queue", queue, dead_id).stdout) == {"purged": 1}
     workers = run(*url, "workers", "--queue", queue)
     assert workers.returncode == 0 and orjson.loads(workers.stdout)[0]["queues"] == [queue]
     depth = orjson.loads(run(*url, "queues", "--queue", queue).stdout)
@@ -155,6 +162,8 @@ def test_admin_cli_errors(redis_server: RedisServer) -> None:
     down = run("--redis-url", f"redis://:hunter2@127.0.0.1:{free_port()}/0", "job", "x")
     assert down.returncode == 3
     assert "unreachable" in down.stderr and "hunter2" not in down.stderr and "Traceback" not in down.stderr
+    huge = run("--redis-url", redis_server.url, "enqueue", "t.echo", "--payload", "[1e400]")
+    assert huge.returncode == 2 and "--payload is not valid JSON" in huge.stderr
 
 
 @pytest.mark.parametrize(
@@ -164,9 +173,18 @@ def test_admin_cli_errors(redis_server: RedisServer) -> None:
         (["enqueue", "t.echo", "--job-id", "a b"], "job id"),
         (["enqueue", "t.echo", "--queue", "a b"], "queue name"),
         (["wait", "x", "--timeout", "nan"], "--timeout: must be a finite number of seconds >= 0"),
-        (["dead", "list", "--limit", "0"], "--limit: must be a whole number >= 1"),
+        (["dead", "list", "--limit", "0"], "--limit: must be a whole number from 1 to 1000000"),
+        (["dead", "list", "--limit", "99999999999999999999"], "--limit: must be a whole number from 1"),
+        (
+            ["enqueue", "t.echo", "--delay", "1e300"],
+            "--delay: must be a finite number of seconds >= 0, at most",
+        ),
+        (["enqueue", "t\udcff"], "argument type: must be UTF-8 text"),
+        (["job", "x", "--queue", "a b"], "queue name"),
+        (["dead", "retry", "--queue", "q", "a b"], "job id"),
+        (["queues", "--queue", "{q}"], "queue name"),
         (["enqueue", "t.echo", "--timeout", "0"], "--timeout: must be a number of seconds > 0"),
-        (["enqueue", "t.echo", "--max-retries", "-1"], "--max-retries: must be a whole number >= 0"),
+        (["enqueue", "t.echo", "--max-retries", "-1"], "--max-retries: must be a whole number from 0"),
         (["enqueue", "t.echo", "--delay", "soon"], "--delay: must be a finite number of seconds >= 0"),
         (["--redis-url", "localhost:6379", "job", "x"], "--redis-url: must be a redis://"),
         (["--redis-url", "redis://:hunter2@h/0?bogus=1", "job", "x"], "unknown parameter 'bogus'"),

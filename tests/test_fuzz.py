@@ -429,6 +429,27 @@ async def test_default_payload_limit_is_one_mebibyte(client: Client, queue: str)
     assert (await client.depth(queue))["pending"] == 0
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"delay": 1e12}, "delay must be a finite number of seconds up to"),
+        ({"payload": {1, 2}}, "job cannot be stored as JSON"),
+        ({"payload": "bad-\udcff"}, "job cannot be stored as JSON"),
+        ({"type": "t.\udcff"}, "job cannot be stored as JSON"),
+        ({"correlation_id": "\udcff"}, "job cannot be stored as JSON"),
+    ],
+)
+async def test_enqueue_refuses_what_could_not_be_stored_or_read_back(
+    client: Client, queue: str, kwargs: dict[str, Any], message: str
+) -> None:
+    """A delay past any sane date (its run time would break every reader of the record), or
+    something JSON cannot hold: a ValueError naming it, and nothing written."""
+    args: dict[str, Any] = {"type": "t.echo", "payload": None, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        await client.enqueue(args.pop("type"), args.pop("payload"), queue=queue, **args)
+    assert (await client.depth(queue))["pending"] == 0
+
+
 @LIVE
 @given(job_id=st.text(min_size=1, max_size=MAX_ID_LENGTH + 20) | st.text(max_size=20).map(lambda s: "{" + s))
 async def test_enqueue_refuses_ids_that_could_not_round_trip(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -14,7 +16,7 @@ from botrix import keys
 from botrix.client import Client
 from botrix.errors import JobNotFoundError, PayloadTooLargeError
 from botrix.model import JobStatus
-from tests.conftest import running_worker
+from tests.conftest import WorkerProcess, running_worker
 from tests.redisproc import RedisServer
 
 
@@ -299,3 +301,20 @@ async def test_many_jobs_concurrently_each_once(
     runs = await r.hgetall(count_key)
     await r.aclose()
     assert len(runs) == 200 and set(runs.values()) == {b"1"}
+
+
+async def test_an_error_holding_bytes_that_are_not_text_is_retried_like_any_other(
+    redis_server: RedisServer, client: Client, queue: str, spawn: Callable[..., WorkerProcess]
+) -> None:
+    """A handler logs and raises text with a lone surrogate (a file name from os.fsdecode):
+    the log call does not raise, and the error is retried and then dead-lettered as the
+    handler's ValueError, not as a failure of botrix's own on the first attempt."""
+    worker = spawn(redis_server.url, queue)
+    job_id = await client.enqueue("t.undecodable", queue=queue, max_retries=1)
+    info = await client.wait(job_id, timeout=30)
+    assert (info.status, info.attempts) == (JobStatus.DEAD, 2)
+    assert info.error is not None and info.error["type"] == "ValueError"
+    assert info.error["message"] == "cannot read report-\\udcff.csv"
+    assert [e["file"] for e in worker.events() if e.get("event") == "reading"] == ["report-\\udcff.csv"] * 2
+    worker.signal(signal.SIGTERM)
+    assert await worker.wait() == 0

@@ -2,7 +2,8 @@
 
 Output is JSON (one document, or one line per item) so scripts and operators read the same
 thing. Exit codes: 0 ok, 1 the answer is "no" (job failed, no worker serves the queue, job not
-found), 2 bad usage, 3 Redis unreachable.
+found), 2 bad usage, 3 Redis unreachable or refusing (a wrong password, an ACL without a
+command).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from botrix.cli import Parser, fail, hide_secrets_in_title
 from botrix.client import Client
 from botrix.config import OPTIONS, redact_url
 from botrix.errors import ConfigError, JobNotFoundError, PayloadTooLargeError
-from botrix.model import validate_job_id, validate_queue_name
+from botrix.model import MAX_DELAY_S, validate_job_id, validate_queue_name
 from botrix.store import StoreUnavailable
 
 PROG = "botrix"
@@ -49,8 +50,10 @@ def _seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0, got {text!r}")
+    if not math.isfinite(value) or value < 0 or value > MAX_DELAY_S:
+        raise argparse.ArgumentTypeError(
+            f"must be a finite number of seconds >= 0, at most {MAX_DELAY_S:.0f}, got {text!r}"
+        )
     return value
 
 
@@ -61,17 +64,26 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
-def _whole(minimum: int) -> Callable[[str], int]:
+def _whole(minimum: int, maximum: int = 1_000_000) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             value = minimum - 1
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be a whole number >= {minimum}, got {text!r}")
+        if not minimum <= value <= maximum:
+            raise argparse.ArgumentTypeError(
+                f"must be a whole number from {minimum} to {maximum}, got {text!r:.60}"
+            )
         return value
 
     return parse
+
+
+def _utf8(text: str) -> None:
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # bytes the terminal's encoding could not decode
+        raise ValueError(f"must be UTF-8 text, got {text!r:.60}") from None
 
 
 def _checked(validate: Callable[[str], None]) -> Callable[[str], str]:
@@ -92,7 +104,7 @@ def build_parser() -> Parser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     enqueue = sub.add_parser("enqueue", help="queue a job and print its id")
-    enqueue.add_argument("type", help="the handler's name")
+    enqueue.add_argument("type", type=_checked(_utf8), help="the handler's name")
     enqueue.add_argument("--payload", default="null", help="JSON payload")
     enqueue.add_argument("--queue", type=_checked(validate_queue_name), default="default")
     enqueue.add_argument("--delay", type=_seconds, default=0.0, help="seconds before it may start")
@@ -105,25 +117,27 @@ def build_parser() -> Parser:
     enqueue.add_argument("--wait-timeout", type=_seconds, default=60.0)
 
     job = sub.add_parser("job", help="print a job's state, result and error")
-    job.add_argument("id")
-    job.add_argument("--queue")
+    job.add_argument("id", type=_checked(validate_job_id))
+    job.add_argument("--queue", type=_checked(validate_queue_name))
 
     wait = sub.add_parser("wait", help="wait until a job is completed or dead")
-    wait.add_argument("id")
-    wait.add_argument("--queue")
+    wait.add_argument("id", type=_checked(validate_job_id))
+    wait.add_argument("--queue", type=_checked(validate_queue_name))
     wait.add_argument("--timeout", type=_seconds, default=60.0)
 
     dead = sub.add_parser("dead", help="dead letters: list, retry or purge")
     dead.add_argument("action", choices=["list", "retry", "purge"])
-    dead.add_argument("ids", nargs="*", help="job ids (retry/purge: all when none given)")
-    dead.add_argument("--queue", default="default")
+    dead.add_argument(
+        "ids", nargs="*", type=_checked(validate_job_id), help="job ids (retry/purge: all when none given)"
+    )
+    dead.add_argument("--queue", type=_checked(validate_queue_name), default="default")
     dead.add_argument("--limit", type=_whole(1), default=50)
 
     workers = sub.add_parser("workers", help="list live workers; exit 1 when none serves --queue")
-    workers.add_argument("--queue")
+    workers.add_argument("--queue", type=_checked(validate_queue_name))
 
     queues = sub.add_parser("queues", help="depth of every known queue by state")
-    queues.add_argument("--queue", action="append")
+    queues.add_argument("--queue", type=_checked(validate_queue_name), action="append")
 
     sub.add_parser("worker", help="run the worker daemon (same flags as botrix-worker)", add_help=False)
     return parser
@@ -196,6 +210,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     args, unknown = parser.parse_known_args(argv)
     if args.command == "worker":  # only reached with an option before it
         fail(PROG, "'worker' takes its own flags: botrix worker --redis-url URL --app MODULE ...")
+    if args.command == "dead":
+        # argparse settles the ids before it reads the options, so `dead retry --queue q ID`
+        # (the runbook's order) leaves ID over: it is an id all the same.
+        ids = [u for u in unknown if not u.startswith("-")]
+        unknown = [u for u in unknown if u.startswith("-")]
+        for job_id in ids:
+            try:
+                validate_job_id(job_id)
+            except ValueError as exc:
+                parser.error(f"argument ids: {exc}")
+        args.ids += ids
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
@@ -209,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except TimeoutError:
         fail(PROG, "timed out waiting for the job", 1)
     except StoreUnavailable as exc:
-        fail(PROG, f"Redis at {redact_url(_redis_url(args))} is unreachable: {exc}", 3)
+        fail(PROG, f"Redis at {redact_url(_redis_url(args))} is unreachable or refused: {exc}", 3)
     raise SystemExit(code)
 
 
