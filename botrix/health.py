@@ -37,6 +37,8 @@ class InFlight:
     #: When Redis last handed this worker the lease (``time.monotonic()``): a renewal sent
     #: before then that found the lease gone speaks of an older grant, not this one.
     granted: float = 0.0
+    #: The attempt number the claim gave it (for the log line of a requeue the drain writes).
+    attempt: int = 0
 
 
 @dataclass(slots=True)

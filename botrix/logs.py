@@ -39,7 +39,7 @@ class LineWriter:
 
     def msg(self, message: bytes | str) -> None:
         """Queue one line; it is written when the current loop iteration ends."""
-        line = message.encode() if isinstance(message, str) else message
+        line = message.encode("utf-8", "backslashreplace") if isinstance(message, str) else message
         with self._lock:
             self._lines.append(line)
             if self._scheduled:
@@ -95,13 +95,21 @@ def _dumps(obj: Any, default: Any = None) -> bytes:
 
 
 def _escaped(value: Any) -> Any:
+    # Everything orjson could refuse becomes text: also keys that are not strings and integers
+    # past 64 bits, which the fast path refuses as well.
     if isinstance(value, str):
         return value.encode("utf-8", "backslashreplace").decode("utf-8")
     if isinstance(value, dict):
-        return {_escaped(k): _escaped(v) for k, v in value.items()}
+        return {_escaped(str(k)): _escaped(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_escaped(v) for v in value]
-    return _escaped(str(value)) if not isinstance(value, int | float | bool | None) else value
+    if (
+        value is None
+        or isinstance(value, float | bool)
+        or (isinstance(value, int) and -(2**63) <= value < 2**64)
+    ):
+        return value
+    return _escaped(str(value))
 
 
 def configure(level: str = "info", fmt: str = "auto", stream: BinaryIO | None = None) -> None:

@@ -279,7 +279,14 @@ class Runner:
         # This worker may still run an older attempt of the same job whose lease it lost (it
         # was recovered, and we claimed it again): that attempt must stop now.
         self._cancel_lost(self._latest.get((queue, claimed.job_id)))
-        entry = InFlight(claimed.job_id, queue, claimed.delivery, lane=lane.index, granted=time.monotonic())
+        entry = InFlight(
+            claimed.job_id,
+            queue,
+            claimed.delivery,
+            lane=lane.index,
+            granted=time.monotonic(),
+            attempt=claimed.attempt,
+        )
         lane.held += 1
         self._state.in_flight[key] = entry
         self._latest[(queue, claimed.job_id)] = entry
@@ -359,7 +366,9 @@ class Runner:
         ]
         for entry in stuck:
             entry.cancel_reason = "abandoned"  # its task no longer speaks for the job
-            requeue = Settlement(entry.job_id, entry.queue, entry.delivery, Outcome.REQUEUE)
+            requeue = Settlement(
+                entry.job_id, entry.queue, entry.delivery, Outcome.REQUEUE, attempt=entry.attempt
+            )
             requeue.owner = entry
             self._settler.submit(requeue, entry.lane)
             self._log.warning(

@@ -125,7 +125,7 @@ async def ignores_cancel(ctx: JobContext, payload: Any) -> str:
 async def undecodable(ctx: JobContext, payload: Any) -> None:
     """Logs and fails with text holding bytes that were never text (os.fsdecode of a file name)."""
     name = os.fsdecode(b"report-\xff.csv")
-    ctx.log.info("reading", file=name)
+    ctx.log.info("reading", file=name, parts={1: name}, size=2**70)
     raise ValueError(f"cannot read {name}")
 
 

@@ -280,12 +280,20 @@ async def test_a_garbled_sequence_stops_the_claim_before_it_pops(
     after the pop), so repairing the key is all it takes; and a garbled token is not copied."""
     k = keys.queue_keys(queue)
     me = Consumer("w-1", lease_ms=60_000, max_envelope_bytes=10_000, result_ttl=60, dead_cap=10)
+    running = await client.enqueue("t.echo", "r", queue=queue)
+    _, [held] = await store.exchange(queue, [], 1, me, lane=0)
     ids = [await client.enqueue("t.echo", i, queue=queue) for i in range(3)]
     async with aredis.Redis.from_url(redis_server.url) as r:
-        await r.set(k.seq, "not-a-number")
-        with pytest.raises(StoreUnavailable, match="is not a counter: only botrix may write its keys"):
-            await store.exchange(queue, [], 3, me, lane=0)
-        assert await r.lrange(k.pending, 0, -1) == [i.encode() for i in ids]
+        # What INCR refuses: text, a leading zero, past 64 bits, and a value it cannot add 1 to.
+        for garbled in ("not-a-number", "007", "99999999999999999999", "9223372036854775807"):
+            await r.set(k.seq, garbled)
+            with pytest.raises(StoreUnavailable, match="is not a counter: only botrix may write its keys"):
+                await store.exchange(queue, [], 3, me, lane=0)
+            assert await r.lrange(k.pending, 0, -1) == [i.encode() for i in ids]
+        # A result is still written: settling never touches the sequence.
+        done = Settlement(running, queue, held.delivery, Outcome.COMPLETED, b"1")
+        assert await store.exchange(queue, [done], 0, me, lane=0) == (set(), [])
+        assert (await client.job(running, queue)).status is JobStatus.COMPLETED
         await r.delete(k.seq)
 
         await r.hset(k.job(ids[0]), "delivery", "2.5")

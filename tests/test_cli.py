@@ -182,6 +182,7 @@ def test_admin_cli_errors(redis_server: RedisServer) -> None:
         (["enqueue", "t\udcff"], "argument type: must be UTF-8 text"),
         (["job", "x", "--queue", "a b"], "queue name"),
         (["dead", "retry", "--queue", "q", "a b"], "job id"),
+        (["dead", "list", "--queue", "q", "some-id"], "'dead list' takes no ids"),
         (["queues", "--queue", "{q}"], "queue name"),
         (["enqueue", "t.echo", "--timeout", "0"], "--timeout: must be a number of seconds > 0"),
         (["enqueue", "t.echo", "--max-retries", "-1"], "--max-retries: must be a whole number from 0"),

@@ -315,6 +315,12 @@ async def test_an_error_holding_bytes_that_are_not_text_is_retried_like_any_othe
     assert (info.status, info.attempts) == (JobStatus.DEAD, 2)
     assert info.error is not None and info.error["type"] == "ValueError"
     assert info.error["message"] == "cannot read report-\\udcff.csv"
-    assert [e["file"] for e in worker.events() if e.get("event") == "reading"] == ["report-\\udcff.csv"] * 2
+    reading = [e for e in worker.events() if e.get("event") == "reading"]
+    assert len(reading) == 2
+    assert (reading[0]["file"], reading[0]["parts"], reading[0]["size"]) == (
+        "report-\\udcff.csv",
+        {"1": "report-\\udcff.csv"},
+        str(2**70),
+    )
     worker.signal(signal.SIGTERM)
     assert await worker.wait() == 0

@@ -159,6 +159,8 @@ async def test_handlers_that_outlast_their_cancel_are_requeued_and_do_not_hold_t
     assert await client.depth(queue) == {"pending": 1, "active": 0, "scheduled": 0, "dead": 0}
     names = worker.names()
     assert names.index("job.abandoned") < names.index("worker.stopped")
+    requeued = next(e for e in worker.events() if e.get("event") == "job.requeued")
+    assert (requeued["job_id"], requeued["attempt"]) == (job_id, 1)
     # A second cancel ends the cleanup; only the task that ignores every cancel is left behind.
     assert ("worker.tasks_abandoned" in names) is (kind == "t.ignores_cancel")
 

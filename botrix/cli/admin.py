@@ -221,6 +221,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             except ValueError as exc:
                 parser.error(f"argument ids: {exc}")
         args.ids += ids
+        if args.action == "list" and args.ids:
+            parser.error("'dead list' takes no ids: see 'botrix job ID'")
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:

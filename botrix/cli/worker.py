@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -120,10 +121,14 @@ def _exit_past_leftovers(threads: _HandlerThreads, tasks: int, worker_id: str) -
             tasks=tasks,
             reason="handlers ignoring their cancellation after the drain; their jobs are back on the queue",
         )
+    _exit_now(0)  # what was owed to Redis is written (or logged as given up); only handlers are left
+
+
+def _exit_now(code: int) -> None:
     atexit._run_exitfuncs()  # what a normal exit runs: the log lines still buffered, among others
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)  # what was owed to Redis is written (or logged as given up); only handlers are left
+    os._exit(code)
 
 
 class _EarlyStop:
@@ -169,7 +174,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         worker.install_signal_handlers()
         if early.reason:
             worker.request_stop(early.reason)
-        await worker.run()
+        try:
+            await worker.run()
+        except Exception:
+            if await _stuck_tasks():  # uvloop.run would wait for them forever, the error unseen
+                traceback.print_exc()
+                _exit_now(1)
+            raise
         # Here, not after uvloop.run: leaving this coroutine would make it wait for them.
         _exit_past_leftovers(threads, await _stuck_tasks(), settings.worker_id)
 

@@ -22,11 +22,12 @@ local function expect_types(expected)
   end
 end
 
--- The same for the queue's sequence: INCR on a value that is not a whole number fails, and a
--- claim increments it after its pop. `GET` on another type fails here too, before any write.
+-- The same for the queue's sequence: INCR fails on anything but the canonical form of a 64-bit
+-- integer (no sign, no leading zero; 18 digits keep clear of overflow), and a claim increments
+-- it after its pop. `GET` on another type fails here too, before the claim's first write.
 local function expect_counter(key)
   local value = redis.call('GET', key)
-  if value and not string.match(value, '^%d+$') then
+  if value and not (value == '0' or (#value <= 18 and string.match(value, '^[1-9]%d*$'))) then
     error({err = string.format('WRONGTYPE %s is not a counter: only botrix may write its keys', key)})
   end
 end
