@@ -261,3 +261,17 @@ async def test_idle_worker_does_not_spin(redis_server: RedisServer, queue: str, 
     await stop_all(worker)
     assert commands < 150, f"{commands} commands in 3 s of idling"
     assert cpu < 0.5, f"{cpu:.2f} s CPU in 3 s of idling"
+
+
+async def test_stop_signals_after_the_stop_do_not_turn_exit_0_into_death_by_signal(
+    redis_server: RedisServer, queue: str, spawn: Spawn
+) -> None:
+    """A supervisor (or an impatient operator) keeps sending SIGTERM until the process is
+    gone: the worker drains once and exits 0, whatever moment of its teardown a signal hits."""
+    worker = spawn(redis_server.url, queue)
+    await worker.wait_for("worker.started")
+    while worker.proc.poll() is None:
+        worker.signal(signal.SIGTERM)
+        await asyncio.sleep(0.002)
+    assert await worker.wait() == 0
+    assert "worker.stopped" in worker.names()

@@ -124,6 +124,18 @@ def _exit_past_leftovers(threads: _HandlerThreads, tasks: int, worker_id: str) -
     _exit_now(0)  # what was owed to Redis is written (or logged as given up); only handlers are left
 
 
+def _ignore_stop_signals() -> None:
+    """Once the worker has stopped, a stop signal has nothing left to stop.
+
+    Closing the loop would give SIGTERM its default action back, and a late one (a second
+    Ctrl-C, a supervisor's follow-up) would turn a clean exit 0 into death by signal.
+    """
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def _exit_now(code: int) -> None:
     atexit._run_exitfuncs()  # what a normal exit runs: the log lines still buffered, among others
     sys.stdout.flush()
@@ -181,6 +193,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 traceback.print_exc()
                 _exit_now(1)
             raise
+        _ignore_stop_signals()
         # Here, not after uvloop.run: leaving this coroutine would make it wait for them.
         _exit_past_leftovers(threads, await _stuck_tasks(), settings.worker_id)
 
