@@ -91,12 +91,22 @@ def _dumps(obj: Any, default: Any = None) -> bytes:
     except TypeError:
         # Lone surrogates (bytes that were never text, via os.fsdecode) in some value: a log
         # call must not raise into the handler that made it. Rare, so the slow path is fine.
-        return orjson.dumps(_escaped(obj), default=default or str)
+        try:
+            return orjson.dumps(_escaped(obj), default=default or str)
+        except Exception as exc:  # nested too deep, a cycle, a __str__ that raises: the line's
+            # identity still goes out, with what went wrong, rather than an error in the caller
+            kept = {k: obj[k] for k in _IDENTITY if isinstance(obj.get(k), str)}
+            kept["log_error"] = f"{type(exc).__name__}: the values of this line cannot be written as JSON"
+            return orjson.dumps(_escaped(kept))
+
+
+#: What a log line that cannot be rendered still says.
+_IDENTITY = ("worker_id", "queue", "job_id", "type", "event", "level", "timestamp")
 
 
 def _escaped(value: Any) -> Any:
-    # Everything orjson could refuse becomes text: also keys that are not strings and integers
-    # past 64 bits, which the fast path refuses as well.
+    # Text orjson refuses becomes text it takes, and so do keys that are not strings and
+    # integers past 64 bits, which the fast path refuses as well.
     if isinstance(value, str):
         return value.encode("utf-8", "backslashreplace").decode("utf-8")
     if isinstance(value, dict):

@@ -126,6 +126,9 @@ async def undecodable(ctx: JobContext, payload: Any) -> None:
     """Logs and fails with text holding bytes that were never text (os.fsdecode of a file name)."""
     name = os.fsdecode(b"report-\xff.csv")
     ctx.log.info("reading", file=name, parts={1: name}, size=2**70)
+    cycle: list[Any] = []
+    cycle.append(cycle)
+    ctx.log.info("cyclic", value=cycle)
     raise ValueError(f"cannot read {name}")
 
 

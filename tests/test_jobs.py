@@ -322,5 +322,7 @@ async def test_an_error_holding_bytes_that_are_not_text_is_retried_like_any_othe
         {"1": "report-\\udcff.csv"},
         str(2**70),
     )
+    cyclic = next(e for e in worker.events() if e.get("event") == "cyclic")
+    assert cyclic["job_id"] == job_id and cyclic["log_error"].startswith("RecursionError: ")
     worker.signal(signal.SIGTERM)
     assert await worker.wait() == 0
