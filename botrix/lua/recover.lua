@@ -35,8 +35,8 @@ for _, id in ipairs(expired) do
       end
       if type(envelope['max_retries']) == 'number' then
         max_retries = envelope['max_retries']
-      elseif type(envelope['type']) == 'string' and type(by_type[envelope['type']]) == 'number' then
-        max_retries = by_type[envelope['type']]
+      elseif type(by_type[job_type]) == 'number' then
+        max_retries = by_type[job_type]
       end
     end
     local worker = state[4] or '?'
