@@ -97,6 +97,9 @@ class WorkerState:
     #: Worst event-loop lag over the recent window, and when the loop last ticked (monotonic).
     loop_lag_s: float = 0.0
     last_loop_tick: float = field(default_factory=time.monotonic)
+    #: Queues whose keys something other than botrix wrote (``WRONGTYPE``), with the reason:
+    #: the runner leaves them alone, serving the others, until the key is repaired.
+    damaged: dict[str, str] = field(default_factory=dict)
 
     def held(self) -> dict[str, list[tuple[str, int]]]:
         """Leases held now, by queue: what the heartbeat renews."""

@@ -16,7 +16,7 @@ from botrix.aio import sleep_or_stop
 from botrix.config import Settings
 from botrix.health import Phase, WorkerState
 from botrix.logs import Logger
-from botrix.store import Store, StoreUnavailable
+from botrix.store import ForeignWrite, Store, StoreUnavailable
 
 #: Longest pause between two ticks: readiness should notice Redis coming and going quickly.
 MAX_TICK_S = 2.0
@@ -72,7 +72,13 @@ class Heartbeat:
         link.rtt_s, link.version = rtt, version
         for queue, held in self._state.held().items():
             sent = time.monotonic()
-            lost = await self._store.renew(queue, held, self._settings.lease_ms, self._settings.worker_id)
+            try:
+                lost = await self._store.renew(queue, held, self._settings.lease_ms, self._settings.worker_id)
+            except ForeignWrite:
+                # That queue's leases cannot be renewed, nor recovered by anyone, until its key
+                # is repaired (the runner reports it); the other queues' must still be renewed,
+                # or their jobs would be recovered and run twice while running here.
+                continue
             if lost:
                 self._on_lost(queue, lost, sent)
         if write_record:

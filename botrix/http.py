@@ -240,6 +240,8 @@ class HttpServer:
             return False, "redis_unreachable" if s.redis.in_outage else "starting"
         if s.phase is Phase.STARTING:
             return False, "starting"
+        if s.damaged:
+            return False, "queue_damaged"
         return True, "ok"
 
     async def _live(self, request: h11.Request) -> Reply:
@@ -256,6 +258,8 @@ class HttpServer:
         body: dict[str, Any] = {"status": "ready" if ok else "not_ready", "reason": reason}
         if reason == "redis_unreachable":
             body["detail"] = self._state.redis.reason
+        elif reason == "queue_damaged":
+            body["detail"] = dict(self._state.damaged)
         return Reply.json(body, 200 if ok else 503)
 
     async def _health(self, request: h11.Request) -> Reply:
@@ -282,6 +286,7 @@ class HttpServer:
                     "error": link.reason or None,
                 },
                 "event_loop": {"lag_ms": round(s.loop_lag_s * 1000, 3)},
+                "damaged_queues": dict(s.damaged),
                 "queues": self._metrics.depth_cache,
             },
             "counters": {

@@ -60,6 +60,14 @@ class _StateCollector(Collector):
             for name, count in states.items():
                 depth.add_metric([queue, name], count)
         yield depth
+        damaged = GaugeMetricFamily(
+            "botrix_queue_damaged",
+            "1 while a key of the queue holds what botrix never writes: its jobs wait for a repair.",
+            labels=["queue"],
+        )
+        for queue in s.queues:
+            damaged.add_metric([queue], int(queue in s.damaged))
+        yield damaged
         yield GaugeMetricFamily(
             "botrix_redis_up", "1 when Redis answered the last check.", value=int(s.redis.up)
         )

@@ -15,7 +15,7 @@ from botrix.config import Settings
 from botrix.health import WorkerState
 from botrix.logs import Logger
 from botrix.metrics import Metrics
-from botrix.store import Store, StoreUnavailable
+from botrix.store import ForeignWrite, Store, StoreUnavailable
 
 #: How long past its deadline a lease must be before its job is taken back.
 GRACE_MS = 1000
@@ -62,9 +62,12 @@ class Recoverer:
     async def _recover(self) -> None:
         s = self._settings
         for queue in s.queues:
-            recovered = await self._store.recover(
-                queue, GRACE_MS, s.max_retries, s.dead_letter_max, self._retries_by_type
-            )
+            try:
+                recovered = await self._store.recover(
+                    queue, GRACE_MS, s.max_retries, s.dead_letter_max, self._retries_by_type
+                )
+            except ForeignWrite:
+                continue  # that queue alone is broken (the runner reports it); the others go on
             for job in recovered:
                 self._state.counters.recovered += 1
                 if job.status == "dead":
@@ -83,7 +86,10 @@ class Recoverer:
         """Promote due jobs on every queue; returns how long until the next is due."""
         pause = PROMOTE_EVERY_S
         for queue in self._settings.queues:
-            moved, next_due_ms = await self._store.promote(queue)
+            try:
+                moved, next_due_ms = await self._store.promote(queue)
+            except ForeignWrite:
+                continue  # as in _recover
             if moved:
                 self._log.debug("jobs.promoted", queue=queue, count=moved)
             if next_due_ms is not None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from botrix.aio import Backoff, sleep_or_stop
 from botrix.attempt import Attempts
@@ -35,7 +35,7 @@ from botrix.metrics import Metrics
 from botrix.model import Claimed, ErrorInfo, Outcome, Settlement
 from botrix.registry import Registry
 from botrix.settler import Settler
-from botrix.store import Consumer, Store, StoreUnavailable
+from botrix.store import Consumer, ForeignWrite, Store, StoreUnavailable
 from botrix.waker import Waker
 
 #: After the shutdown timeout, how long cancelled jobs get to be written back as requeued.
@@ -54,6 +54,26 @@ class Lane:
     held: int = 0  # its jobs in flight: running, or finished and not yet written
     reserved: int = 0  # slots its pass in flight may fill
     busy: bool = False  # a pass is in flight
+
+
+#: A queue with a foreign-written key is tried again after a delay doubling from HOLD_BASE_S to
+#: HOLD_CAP_S: a person has to repair the key, and each try logs a warning.
+HOLD_BASE_S = 1.0
+HOLD_CAP_S = 30.0
+
+
+@dataclass(slots=True)
+class Hold:
+    """A queue left alone after a foreign write (store.ForeignWrite), until ``until`` (loop time).
+
+    Its finished jobs wait here, off the settler, so their lanes do not spin on a write that
+    cannot succeed; they keep their slots until it does.
+    """
+
+    backoff: Backoff
+    until: float = 0.0
+    parked: list[tuple[int, Settlement]] = field(default_factory=list)  # (lane, settlement)
+    timer: asyncio.TimerHandle | None = None
 
 
 #: A worker on one queue gets a lane per LANE_SLOTS slots, from two (at MIN_SPLIT slots or
@@ -103,6 +123,7 @@ class Runner:
         self._wake = asyncio.Event()
         self._waker = Waker(store, settings.queues, self._work_arrived, state.redis, log)
         self._backoff = Backoff()
+        self._holds: dict[str, Hold] = {}  # queues with a foreign-written key
         self._latest: dict[tuple[str, str], InFlight] = {}  # the newest attempt of each job held
         self._dry = False  # the last claim came back short: the queues looked empty
         self._failure: BaseException | None = None
@@ -214,6 +235,12 @@ class Runner:
         dry = False
         for queue in self._settings.queues:
             items = batches.pop(queue, [])
+            hold = self._holds.get(queue)
+            if hold is not None and hold.until > asyncio.get_running_loop().time():
+                # It cannot give jobs: for strict priority it ran dry, and the queues below go on.
+                hold.parked += [(lane.index, s) for s in items]
+                dry = dry or claiming
+                continue
             # Only this call's settlements free slots for its claim; jobs finishing meanwhile
             # keep theirs until a later call writes them.
             want = max(0, lane.size - lane.held - lane.reserved + len(items)) if claiming else 0
@@ -226,6 +253,11 @@ class Runner:
                 refused, claimed = await self._store.exchange(
                     queue, items, want, self._consumer, lane=lane.index
                 )
+            except ForeignWrite as exc:
+                # Only this queue is broken: Redis is fine, and the queues below it go on.
+                self._hold(queue, lane.index, items, str(exc))
+                dry = dry or claiming
+                continue
             except BaseException as exc:
                 # Redis failed, or the pass was cancelled (the shutdown timeout): keep the batch.
                 # If Redis applied it and the reply was lost, writing it again is a no-op (the
@@ -245,6 +277,8 @@ class Runner:
             self._backoff.reset()
             if self._state.redis.ok():
                 self._log.info("redis.recovered")
+            if hold is not None:
+                self._repaired(queue, hold)
             for settlement in items:
                 if isinstance(settlement.owner, InFlight):
                     self._forget(settlement.owner)
@@ -256,6 +290,51 @@ class Runner:
                 # Strict priority: lower queues claim only in a pass where this one ran dry.
                 claiming = dry
         return dry
+
+    def _hold(self, queue: str, lane: int, items: list[Settlement], reason: str) -> None:
+        """Leave ``queue`` alone for a while: one of its keys holds what botrix never writes."""
+        hold = self._holds.get(queue)
+        if hold is None:
+            hold = self._holds[queue] = Hold(Backoff(HOLD_BASE_S, HOLD_CAP_S))
+        hold.parked += [(lane, s) for s in items]
+        loop = asyncio.get_running_loop()
+        if hold.until > loop.time():
+            return  # another lane's call failed the same way meanwhile: one try, one warning
+        delay = hold.backoff.next()
+        hold.until = loop.time() + delay
+        hold.timer = loop.call_later(delay, self._retry_held, queue)
+        self._state.damaged[queue] = reason
+        self._log.warning(
+            "queue.damaged",
+            queue=queue,
+            reason=reason,
+            retry_in_s=round(delay, 1),
+            unsettled=len(hold.parked),
+        )
+
+    def _retry_held(self, queue: str) -> None:
+        """A held queue's delay is over: its parked results and its claims are tried again."""
+        hold = self._holds.get(queue)
+        if hold is None:
+            return
+        self._unpark(hold)
+        self._dry = False
+        self._wake.set()
+
+    def _unpark(self, hold: Hold) -> None:
+        for lane, settlement in hold.parked:
+            self._settler.submit(settlement, lane)
+        hold.parked = []
+
+    def _repaired(self, queue: str, hold: Hold) -> None:
+        """A call on a held queue succeeded: someone repaired the key."""
+        if self._holds.pop(queue, None) is None:
+            return  # another lane's call got there first
+        if hold.timer is not None:
+            hold.timer.cancel()
+        self._unpark(hold)
+        self._state.damaged.pop(queue, None)
+        self._log.info("queue.repaired", queue=queue)
 
     def _start(self, lane: Lane, queue: str, claimed: Claimed) -> None:
         key = (queue, claimed.job_id, claimed.delivery)
@@ -350,7 +429,12 @@ class Runner:
         if self._owed() and not await self._settle_until_idle(REQUEUE_GRACE_S, None):
             stuck = self._requeue_stuck()
             if not (stuck and await self._settle_until_idle(STUCK_REQUEUE_S, None)):
+                for hold in self._holds.values():
+                    self._unpark(hold)
                 self._settler.abandon()
+        for hold in self._holds.values():
+            if hold.timer is not None:
+                hold.timer.cancel()
 
     def _requeue_stuck(self) -> int:
         """Requeue the jobs whose handlers outlast the cancel's grace; returns how many.
@@ -383,7 +467,11 @@ class Runner:
     def _owed(self) -> bool:
         # Buffered outcomes count too: an attempt replaced under its key (after Redis lost
         # writes) is no longer in flight, but its outcome may still be owed.
-        return bool(self._state.in_flight) or len(self._settler) > 0
+        return (
+            bool(self._state.in_flight)
+            or len(self._settler) > 0
+            or any(hold.parked for hold in self._holds.values())
+        )
 
     async def _settle_until_idle(self, timeout: float, unless: asyncio.Event | None) -> bool:
         """Keep writing finished jobs back until none is held; False on timeout or ``unless``."""

@@ -37,6 +37,18 @@ class StoreUnavailable(BotrixError):
     """Redis could not be reached or did not answer in time; the caller backs off and retries."""
 
 
+class ForeignWrite(StoreUnavailable):
+    """A queue's key holds what botrix never writes (``WRONGTYPE``): something else wrote it.
+
+    Redis itself is fine and so are the other queues; only that queue's calls fail, each
+    before its first write (the scripts check their keys first), until someone repairs the key.
+    """
+
+    def __init__(self, reason: str, queue: str | None = None) -> None:
+        super().__init__(reason)
+        self.queue = queue
+
+
 def _load_script(name: str) -> str:
     folder = resources.files("botrix") / "lua"
     source = (folder / name).read_text(encoding="utf-8")
@@ -427,6 +439,8 @@ class Store:
 
 
 def _unavailable(exc: RedisError | OSError | RuntimeError) -> StoreUnavailable:
+    if isinstance(exc, ResponseError) and str(exc).startswith("WRONGTYPE"):
+        return ForeignWrite(_describe(exc))
     if not isinstance(exc, RuntimeError):
         return StoreUnavailable(_describe(exc))
     # uvloop reports a write on a connection the peer reset while it sat idle as a RuntimeError

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from botrix.aio import Backoff
 from botrix.health import RedisLink
 from botrix.logs import Logger
-from botrix.store import Store, StoreUnavailable
+from botrix.store import ForeignWrite, Store, StoreUnavailable
 
 
 class Waker:
@@ -64,6 +64,11 @@ class Waker:
             await self._armed.wait()
             try:
                 has_entry = await self._store.wait_for_jobs(queue)
+            except ForeignWrite:
+                # Not an outage: let the runner look, which finds and reports the broken key.
+                self._on_work()
+                await asyncio.sleep(backoff.next())
+                continue
             except StoreUnavailable as exc:
                 if self._link.down(str(exc)):
                     self._log.warning("redis.unavailable", reason=str(exc), during="wait")
