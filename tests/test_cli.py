@@ -162,6 +162,10 @@ def test_admin_cli_errors(redis_server: RedisServer) -> None:
     down = run("--redis-url", f"redis://:hunter2@127.0.0.1:{free_port()}/0", "job", "x")
     assert down.returncode == 3
     assert "unreachable" in down.stderr and "hunter2" not in down.stderr and "Traceback" not in down.stderr
+    redis_server.client().set(keys.queue_keys("default").job("overwritten"), "text")
+    foreign = run("--redis-url", redis_server.url, "job", "--queue", "default", "overwritten")
+    assert foreign.returncode == 3 and "Traceback" not in foreign.stderr
+    assert "a botrix key holds a type botrix never writes (ResponseError: WRONGTYPE" in foreign.stderr
     huge = run("--redis-url", redis_server.url, "enqueue", "t.echo", "--payload", "[1e400]")
     assert huge.returncode == 2 and "--payload is not valid JSON" in huge.stderr
 

@@ -23,7 +23,7 @@ from botrix.client import Client
 from botrix.config import OPTIONS, redact_url
 from botrix.errors import ConfigError, JobNotFoundError, PayloadTooLargeError
 from botrix.model import MAX_DELAY_S, validate_job_id, validate_queue_name
-from botrix.store import StoreUnavailable
+from botrix.store import ForeignWrite, StoreUnavailable
 
 PROG = "botrix"
 
@@ -235,6 +235,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(130) from None
     except TimeoutError:
         fail(PROG, "timed out waiting for the job", 1)
+    except ForeignWrite as exc:
+        fail(
+            PROG,
+            f"a botrix key holds a type botrix never writes ({exc}): see 'A key of the wrong type' "
+            "in docs/operations.md",
+            3,
+        )
     except StoreUnavailable as exc:
         fail(PROG, f"Redis at {redact_url(_redis_url(args))} is unreachable or refused: {exc}", 3)
     raise SystemExit(code)
