@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from botrix.model import Claimed
+
 
 class Phase(StrEnum):
     """The worker's life: starting -> running -> draining -> stopped."""
@@ -39,6 +41,8 @@ class InFlight:
     granted: float = 0.0
     #: The attempt number the claim gave it (for the log line of a requeue the drain writes).
     attempt: int = 0
+    #: What the claim handed over, to name the job's type in a requeue the drain writes.
+    claimed: Claimed | None = None
 
 
 @dataclass(slots=True)

@@ -17,6 +17,7 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    GCCollector,
     PlatformCollector,
     ProcessCollector,
 )
@@ -172,6 +173,7 @@ class Metrics:
         r.register(_StateCollector(state, lambda: self.depth_cache))
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
+        GCCollector(registry=r)  # gc.get_stats() at scrape time: nothing per job
 
     def job_type(self, name: str) -> str:
         """The label for a job type: its name if a handler is registered, else ``unknown``."""

@@ -22,6 +22,7 @@ counting an attempt. A second signal (``force``) skips the wait.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
 from dataclasses import dataclass, field
@@ -29,10 +30,11 @@ from dataclasses import dataclass, field
 from botrix.aio import Backoff, sleep_or_stop
 from botrix.attempt import Attempts
 from botrix.config import Settings
+from botrix.errors import EnvelopeError
 from botrix.health import InFlight, Phase, WorkerState
 from botrix.logs import Logger
 from botrix.metrics import Metrics
-from botrix.model import Claimed, ErrorInfo, Outcome, Settlement
+from botrix.model import Claimed, ErrorInfo, Outcome, Settlement, parse_job
 from botrix.registry import Registry
 from botrix.settler import Settler
 from botrix.store import Consumer, ForeignWrite, Store, StoreUnavailable
@@ -365,6 +367,7 @@ class Runner:
             lane=lane.index,
             granted=time.monotonic(),
             attempt=claimed.attempt,
+            claimed=claimed,
         )
         lane.held += 1
         self._state.in_flight[key] = entry
@@ -377,9 +380,7 @@ class Runner:
             settlement = await self._attempts.run(queue, claimed)
         except asyncio.CancelledError:
             if entry.cancel_reason == "shutdown":
-                settlement = Settlement(
-                    claimed.job_id, queue, claimed.delivery, Outcome.REQUEUE, attempt=claimed.attempt
-                )
+                settlement = _requeue(entry)
         except Exception as exc:  # a bug of ours: the job is dead-lettered with it, never stuck
             self._log.exception("job.internal_error", queue=queue, job_id=claimed.job_id)
             error = ErrorInfo("InternalError", f"botrix failed running the job: {exc!r}"[:1000])
@@ -450,9 +451,7 @@ class Runner:
         ]
         for entry in stuck:
             entry.cancel_reason = "abandoned"  # its task no longer speaks for the job
-            requeue = Settlement(
-                entry.job_id, entry.queue, entry.delivery, Outcome.REQUEUE, attempt=entry.attempt
-            )
+            requeue = _requeue(entry)
             requeue.owner = entry
             self._settler.submit(requeue, entry.lane)
             self._log.warning(
@@ -503,3 +502,25 @@ class Runner:
         finally:
             for waiting in waits:
                 waiting.cancel()
+
+
+def _requeue(entry: InFlight) -> Settlement:
+    """The settlement that puts ``entry``'s job back at shutdown, named for the log and metrics.
+
+    The envelope is parsed again here rather than kept from the attempt: shutdowns are rare,
+    and every job paying to carry its identity would not be.
+    """
+    job_type = correlation_id = ""
+    if entry.claimed is not None:
+        with contextlib.suppress(EnvelopeError):
+            job = parse_job(entry.claimed, entry.queue)
+            job_type, correlation_id = job.type, job.correlation_id
+    return Settlement(
+        entry.job_id,
+        entry.queue,
+        entry.delivery,
+        Outcome.REQUEUE,
+        job_type=job_type,
+        attempt=entry.attempt,
+        correlation_id=correlation_id,
+    )

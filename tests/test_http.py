@@ -215,6 +215,7 @@ async def test_metrics_move_as_jobs_complete_fail_and_retry(
     assert m[("botrix_redis_up", ())] == 1
     assert m[("botrix_queue_depth", (q, ("state", "pending")))] == 0
     assert ("process_resident_memory_bytes", ()) in m
+    assert m[("python_gc_collections_total", (("generation", "0"),))] >= 0
     assert any(name == "botrix_build_info" for name, _ in m)
     assert not any("job_id" in dict(labels) for _, labels in m)
 

@@ -112,7 +112,10 @@ async def test_sigterm_drains_short_jobs_and_requeues_long_ones(
 ) -> None:
     worker = spawn(redis_server.url, queue, "--concurrency", "4", "--shutdown-timeout", "2")
     short = [await client.enqueue("t.sleep", {"seconds": 0.5}, queue=queue) for _ in range(2)]
-    long = [await client.enqueue("t.sleep", {"seconds": 60}, queue=queue) for _ in range(2)]
+    long = [
+        await client.enqueue("t.sleep", {"seconds": 60}, queue=queue, correlation_id=f"req-{i}")
+        for i in range(2)
+    ]
     await worker.wait_for("job.started", count=4)
     worker.signal(signal.SIGTERM)
     assert await worker.wait() == 0
@@ -125,6 +128,11 @@ async def test_sigterm_drains_short_jobs_and_requeues_long_ones(
     assert await client.depth(queue) == {"pending": 2, "active": 0, "scheduled": 0, "dead": 0}
     names = worker.names()
     assert names.count("job.requeued") == 2
+    requeued = {e["job_id"]: e for e in worker.events() if e.get("event") == "job.requeued"}
+    assert {(e["type"], e["correlation_id"]) for e in requeued.values()} == {
+        ("t.sleep", "req-0"),
+        ("t.sleep", "req-1"),
+    }
     assert names.index("worker.stopping") < names.index("job.requeued") < names.index("worker.stopped")
 
 
@@ -160,7 +168,7 @@ async def test_handlers_that_outlast_their_cancel_are_requeued_and_do_not_hold_t
     names = worker.names()
     assert names.index("job.abandoned") < names.index("worker.stopped")
     requeued = next(e for e in worker.events() if e.get("event") == "job.requeued")
-    assert (requeued["job_id"], requeued["attempt"]) == (job_id, 1)
+    assert (requeued["job_id"], requeued["attempt"], requeued["type"]) == (job_id, 1, kind)
     # A second cancel ends the cleanup; only the task that ignores every cancel is left behind.
     assert ("worker.tasks_abandoned" in names) is (kind == "t.ignores_cancel")
 
