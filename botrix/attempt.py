@@ -51,7 +51,7 @@ class Attempts:
         timeout = job.timeout
         if timeout is None:
             timeout = s.job_timeout if handler.timeout is None else handler.timeout
-        wait_ms = max(0, int(time.time() * 1000) - job.enqueued_at_ms)
+        wait_ms = max(0, int(time.time() * 1000) - job.ready_at_ms)
         self._metrics.job_started(queue, wait_ms / 1000)
         # DEBUG: at INFO a job gets one line, its outcome, which carries the wait too. Who runs
         # what now is in /health, the job records and the event stream.

@@ -136,7 +136,9 @@ class _JobCollector(Collector):
             duration.add_metric(pair, histogram.buckets(), histogram.sum)
         yield duration
         wait = HistogramMetricFamily(
-            "botrix_job_queue_wait_seconds", "From enqueue (or due time) to start.", labels=["queue"]
+            "botrix_job_queue_wait_seconds",
+            "From when the job could run (enqueue, due time, requeue) to its start.",
+            labels=["queue"],
         )
         for queue, histogram in self.wait.items():
             wait.add_metric([queue], histogram.buckets(), histogram.sum)

@@ -53,7 +53,9 @@ class Claimed:
     envelope: bytes
     attempt: int
     delivery: int
-    enqueued_at_ms: int
+    #: When the job could last run: its enqueue, the due time of its delay or retry, or its
+    #: return to the queue (requeue, recovery, re-drive). The queue wait counts from here.
+    ready_at_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +68,7 @@ class Job:
     queue: str
     attempt: int
     delivery: int
-    enqueued_at_ms: int
+    ready_at_ms: int
     correlation_id: str
     max_retries: int | None = None
     timeout: float | None = None
@@ -122,7 +124,7 @@ def parse_job(claimed: Claimed, queue: str) -> Job:
         queue=queue,
         attempt=claimed.attempt,
         delivery=claimed.delivery,
-        enqueued_at_ms=claimed.enqueued_at_ms,
+        ready_at_ms=claimed.ready_at_ms,
         correlation_id=correlation_id or claimed.job_id,
         max_retries=_optional_int(envelope, "max_retries"),
         timeout=_optional_timeout(envelope),

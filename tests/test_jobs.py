@@ -326,3 +326,48 @@ async def test_an_error_holding_bytes_that_are_not_text_is_retried_like_any_othe
     assert cyclic["job_id"] == job_id and cyclic["log_error"].startswith("RecursionError: ")
     worker.signal(signal.SIGTERM)
     assert await worker.wait() == 0
+
+
+async def test_queue_wait_counts_from_when_the_job_could_run(
+    redis_server: RedisServer, client: Client, queue: str, spawn: Callable[..., WorkerProcess]
+) -> None:
+    """Each job's record says it was enqueued an hour ago. One that was pending all along
+    waited that hour; a delayed one, a retry and a re-driven dead letter waited only since they
+    fell due or came back, not since the enqueue (the wait feeds the queue-latency alert)."""
+    hour_ms = 3_600_000
+    k = keys.queue_keys(queue)
+
+    async def backdate(job_id: str) -> None:
+        async with aredis.Redis.from_url(redis_server.url) as r:
+            enqueued = int(await r.hget(k.job(job_id), "enqueued_at") or 0)
+            await r.hset(k.job(job_id), "enqueued_at", enqueued - hour_ms)
+
+    waiting = await client.enqueue("t.echo", "waiting", queue=queue)
+    delayed = await client.enqueue("t.echo", "delayed", queue=queue, delay=0.5)
+    retried = await client.enqueue("t.flaky", {"fail_times": 1}, queue=queue)
+    redriven = await client.enqueue("t.reject", {}, queue=queue)
+    for job_id in (waiting, delayed, retried, redriven):
+        await backdate(job_id)
+    worker = spawn(redis_server.url, queue)
+    for job_id in (waiting, delayed, retried):
+        assert (await client.wait(job_id, timeout=60)).status is JobStatus.COMPLETED
+    assert (await client.wait(redriven, timeout=60)).status is JobStatus.DEAD
+    await client.retry_dead(queue, [redriven])
+    await worker.wait_for("job.dead", count=2)
+
+    def waits(event: str, job_id: str) -> list[int]:
+        return [
+            int(e["queue_wait_ms"])
+            for e in worker.events()
+            if e.get("event") == event and e.get("job_id") == job_id
+        ]
+
+    [long_wait] = waits("job.succeeded", waiting)
+    assert long_wait >= hour_ms
+    [after_delay] = waits("job.succeeded", delayed)
+    [first_try, second_try] = waits("job.failed", retried) + waits("job.succeeded", retried)
+    [before_redrive, after_redrive] = waits("job.failed", redriven)
+    assert first_try >= hour_ms and before_redrive >= hour_ms
+    assert max(after_delay, second_try, after_redrive) < hour_ms / 6  # ten minutes: far from any noise
+    worker.signal(signal.SIGTERM)
+    assert await worker.wait() == 0

@@ -11,7 +11,7 @@
 -- finished job's id is enqueued again, and a token that repeated would let a stale worker's
 -- ack pass for the new attempt's. It also stays above the record's last one: an older botrix
 -- counted tokens on the record, and a fleet in the middle of an upgrade runs both.
--- Returns a flat array, five entries a job: id, envelope, attempt, delivery, enqueued_at.
+-- Returns a flat array, five entries a job: id, envelope, attempt, delivery, ready_at.
 local function claim_batch(k, prefix, queue, now, want, lease_ms, worker, max_bytes, dead_cap)
   local deadline = now + lease_ms
   local out = {}
@@ -111,7 +111,8 @@ local function claim_batch(k, prefix, queue, now, want, lease_ms, worker, max_by
     local id = item
     local fields = false
     if string.byte(item, 1) ~= 123 and #item <= 200 then
-      fields = record_fields(prefix .. item, 'status', 'envelope', 'enqueued_at', 'attempts', 'delivery')
+      fields = record_fields(prefix .. item, 'status', 'envelope', 'enqueued_at', 'attempts', 'delivery',
+        'run_at')
       if not fields then
         overwritten(item, prefix .. item)
         id = nil
@@ -121,7 +122,8 @@ local function claim_batch(k, prefix, queue, now, want, lease_ms, worker, max_by
     -- it like an envelope so that it is dead-lettered with a reason rather than dropped.
     if id and not (fields and fields[1]) then
       id = adopt(item)
-      fields = id and redis.call('HMGET', prefix .. id, 'status', 'envelope', 'enqueued_at', 'attempts', 'delivery')
+      fields = id and redis.call('HMGET', prefix .. id, 'status', 'envelope', 'enqueued_at', 'attempts',
+        'delivery', 'run_at')
     end
     local record = prefix .. (id or '')
     local envelope = fields and fields[2] or ''
@@ -155,7 +157,9 @@ local function claim_batch(k, prefix, queue, now, want, lease_ms, worker, max_by
       out[#out + 1] = envelope
       out[#out + 1] = attempt
       out[#out + 1] = delivery
-      out[#out + 1] = tonumber(fields[3]) or now
+      -- Queue wait counts from when the job could last run: its enqueue, or the due time of a
+      -- delay or retry, or its return to the list (requeue, recovery, re-drive set `run_at`).
+      out[#out + 1] = math.max(tonumber(fields[3]) or now, tonumber(fields[6]) or 0)
       claimed = claimed + 1
     end
   end

@@ -52,7 +52,7 @@ local function settle_batch(k, prefix, ttl, dead_cap, queue, now, first, worker)
         publish(k.events, 'dead', id, queue, now, {attempt = attempt})
       else
         redis.pcall('HINCRBY', record, 'attempts', -1)  -- a garbled count stays as it is
-        redis.call('HSET', record, 'status', 'queued', 'settled', mark)
+        redis.call('HSET', record, 'status', 'queued', 'settled', mark, 'run_at', now)
         redis.call('LPUSH', k.pending, id)
         publish(k.events, 'requeued', id, queue, now, {attempt = attempt})
       end

@@ -11,7 +11,7 @@
 -- ARGV[8] max envelope bytes
 -- ARGV[9..] five entries per settled job: id, delivery, outcome, data, delay ms
 -- Returns {refused ids, claimed jobs (five entries a job: id, envelope, attempt, delivery,
--- enqueued_at)}.
+-- ready_at: when it could last run)}.
 --- @include "_event.lua"
 --- @include "_settle.lua"
 --- @include "_claim.lua"

@@ -54,7 +54,7 @@ for _, id in ipairs(expired) do
       out[#out + 1] = 'dead'
       out[#out + 1] = job_type
     else
-      redis.call('HSET', record, 'status', 'queued')
+      redis.call('HSET', record, 'status', 'queued', 'run_at', now)
       redis.call('LPUSH', KEYS[2], id)
       publish(KEYS[4], 'recovered', id, queue, now, {attempt = attempts, worker = worker})
       out[#out + 1] = id

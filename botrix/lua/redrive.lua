@@ -17,8 +17,8 @@ local moved = {}
 for _, id in ipairs(ids) do
   local record = ARGV[1] .. id
   if redis.call('ZREM', KEYS[1], id) == 1 and redis.pcall('HGET', record, 'status') == 'dead' then
-    redis.call('HSET', record, 'status', 'queued', 'attempts', 0)
-    redis.call('HDEL', record, 'finished_at', 'run_at', 'worker', 'started_at')
+    redis.call('HSET', record, 'status', 'queued', 'attempts', 0, 'run_at', now)
+    redis.call('HDEL', record, 'finished_at', 'worker', 'started_at')
     redis.call('PERSIST', record)
     redis.call('RPUSH', KEYS[2], id)
     publish(KEYS[3], 'queued', id, ARGV[2], now, {redriven = true})
