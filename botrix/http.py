@@ -32,7 +32,7 @@ from botrix.config import Settings
 from botrix.health import Phase, WorkerState
 from botrix.logs import Logger
 from botrix.metrics import Metrics
-from botrix.store import Store, StoreUnavailable
+from botrix.store import ForeignWrite, Store, StoreUnavailable
 
 #: Redis counts as reachable if it answered within this many seconds (the heartbeat pings every 2 s).
 REDIS_FRESH_S = 10.0
@@ -316,6 +316,8 @@ class HttpServer:
                 try:
                     async with asyncio.timeout(DEPTH_TIMEOUT_S):
                         self._metrics.depth_cache[queue] = await self._store.depth(queue)
+                except ForeignWrite:
+                    continue  # that queue alone is damaged (/ready says so); the others are not
                 except (TimeoutError, StoreUnavailable):
                     return  # keep the last known depths; /ready already says why
 

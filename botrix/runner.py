@@ -69,7 +69,7 @@ class Hold:
     """A queue left alone after a foreign write (store.ForeignWrite), until ``until`` (loop time).
 
     Its finished jobs wait here, off the settler, so their lanes do not spin on a write that
-    cannot succeed; they keep their slots until it does.
+    cannot succeed; and they give their slots back meanwhile, so that the other queues run.
     """
 
     backoff: Backoff
@@ -240,7 +240,7 @@ class Runner:
             hold = self._holds.get(queue)
             if hold is not None and hold.until > asyncio.get_running_loop().time():
                 # It cannot give jobs: for strict priority it ran dry, and the queues below go on.
-                hold.parked += [(lane.index, s) for s in items]
+                self._park(hold, lane.index, items)
                 dry = dry or claiming
                 continue
             # Only this call's settlements free slots for its claim; jobs finishing meanwhile
@@ -279,7 +279,8 @@ class Runner:
             self._backoff.reset()
             if self._state.redis.ok():
                 self._log.info("redis.recovered")
-            if hold is not None:
+            if hold is not None and want:
+                # Not on a pure settle: a garbled sequence fails only calls that claim.
                 self._repaired(queue, hold)
             for settlement in items:
                 if isinstance(settlement.owner, InFlight):
@@ -298,7 +299,8 @@ class Runner:
         hold = self._holds.get(queue)
         if hold is None:
             hold = self._holds[queue] = Hold(Backoff(HOLD_BASE_S, HOLD_CAP_S))
-        hold.parked += [(lane, s) for s in items]
+        self._park(hold, lane, items)
+        self._waker.pause(queue)
         loop = asyncio.get_running_loop()
         if hold.until > loop.time():
             return  # another lane's call failed the same way meanwhile: one try, one warning
@@ -319,12 +321,21 @@ class Runner:
         hold = self._holds.get(queue)
         if hold is None:
             return
+        # Over now, whatever the clock says: a timer may fire a fraction of a millisecond early
+        # (uvloop rounds to whole ms), and a pass that still saw the hold would park the
+        # results again with no timer left to bring them back.
+        hold.until = 0.0
         self._unpark(hold)
         self._dry = False
         self._wake.set()
 
+    def _park(self, hold: Hold, lane: int, items: list[Settlement]) -> None:
+        self._lanes[lane].held -= len(items)
+        hold.parked += [(lane, s) for s in items]
+
     def _unpark(self, hold: Hold) -> None:
         for lane, settlement in hold.parked:
+            self._lanes[lane].held += 1
             self._settler.submit(settlement, lane)
         hold.parked = []
 
@@ -335,6 +346,7 @@ class Runner:
         if hold.timer is not None:
             hold.timer.cancel()
         self._unpark(hold)
+        self._waker.resume(queue)
         self._state.damaged.pop(queue, None)
         self._log.info("queue.repaired", queue=queue)
 
@@ -430,12 +442,23 @@ class Runner:
         if self._owed() and not await self._settle_until_idle(REQUEUE_GRACE_S, None):
             stuck = self._requeue_stuck()
             if not (stuck and await self._settle_until_idle(STUCK_REQUEUE_S, None)):
-                for hold in self._holds.values():
-                    self._unpark(hold)
+                self._abandon_parked()
                 self._settler.abandon()
         for hold in self._holds.values():
             if hold.timer is not None:
                 hold.timer.cancel()
+
+    def _abandon_parked(self) -> None:
+        for queue, hold in self._holds.items():
+            for _, settlement in hold.parked:
+                self._log.warning(
+                    "job.settle_abandoned",
+                    job_id=settlement.job_id,
+                    queue=queue,
+                    reason=f"its queue is damaged ({self._state.damaged.get(queue, '?')}); once the key "
+                    "is repaired, the job runs again after its lease, unless this result was written",
+                )
+            hold.parked = []
 
     def _requeue_stuck(self) -> int:
         """Requeue the jobs whose handlers outlast the cancel's grace; returns how many.

@@ -40,13 +40,11 @@ class StoreUnavailable(BotrixError):
 class ForeignWrite(StoreUnavailable):
     """A queue's key holds what botrix never writes (``WRONGTYPE``): something else wrote it.
 
-    Redis itself is fine and so are the other queues; only that queue's calls fail, each
-    before its first write (the scripts check their keys first), until someone repairs the key.
+    Redis itself is fine and so are the other queues; only that queue's calls fail, until
+    someone repairs the key. The scripts check their keys before their first write, except
+    ``exchange``'s check of the sequence, which comes after its settle half: a settle in that
+    call is applied, and sending it again is recognised as such.
     """
-
-    def __init__(self, reason: str, queue: str | None = None) -> None:
-        super().__init__(reason)
-        self.queue = queue
 
 
 def _load_script(name: str) -> str:
@@ -439,7 +437,7 @@ class Store:
 
 
 def _unavailable(exc: RedisError | OSError | RuntimeError) -> StoreUnavailable:
-    if isinstance(exc, ResponseError) and str(exc).startswith("WRONGTYPE"):
+    if isinstance(exc, ResponseError) and _wrong_type(str(exc)):
         return ForeignWrite(_describe(exc))
     if not isinstance(exc, RuntimeError):
         return StoreUnavailable(_describe(exc))
@@ -450,6 +448,15 @@ def _unavailable(exc: RedisError | OSError | RuntimeError) -> StoreUnavailable:
     if "handler is closed" not in str(exc) and "unable to perform operation" not in str(exc):
         raise exc
     return StoreUnavailable(f"connection reset: {_describe(exc)}")
+
+
+def _wrong_type(message: str) -> bool:
+    # Redis 7 passes a script's error through as it was raised; 6.2 wraps it in "ERR Error
+    # running script (call to f_...): @user_script:N: WRONGTYPE ..." (redis-py drops the ERR),
+    # and redis-py's pipelines in "Command # N (...) of pipeline caused error: WRONGTYPE ...".
+    return message.startswith("WRONGTYPE") or (
+        message.startswith(("Error running script", "Command # ")) and "WRONGTYPE " in message
+    )
 
 
 def _text(raw: bytes) -> str:

@@ -37,10 +37,23 @@ class Waker:
         self._log = log
         self._armed = asyncio.Event()
         self._stopping = False
+        # A queue the runner holds (a foreign-written key) is not watched: it cannot be claimed
+        # from, and its backlog would answer every BLMOVE at once, waking the runner in a loop.
+        self._open = {queue: asyncio.Event() for queue in queues}
+        for event in self._open.values():
+            event.set()
 
     def arm(self) -> None:
         """The runner is idle with free slots: start watching."""
         self._armed.set()
+
+    def pause(self, queue: str) -> None:
+        """Stop watching ``queue`` until :meth:`resume`."""
+        self._open[queue].clear()
+
+    def resume(self, queue: str) -> None:
+        """Watch ``queue`` again."""
+        self._open[queue].set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Watch every queue until ``stop`` is set."""
@@ -62,6 +75,7 @@ class Waker:
         backoff = Backoff()
         while not self._stopping:
             await self._armed.wait()
+            await self._open[queue].wait()
             try:
                 has_entry = await self._store.wait_for_jobs(queue)
             except ForeignWrite:
