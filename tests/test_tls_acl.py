@@ -43,7 +43,7 @@ ACL_RULES = (
     "+blmove +subscribe +llen +zcard +zrange +zrevrange +zremrangebyscore "
     "+get +set +del +sadd +smembers +hgetall +hset +zadd +zrem +publish "
     "+time +incr +hget +hmget +hdel +hincrby +lpop +lpush +rpush "
-    "+expire +persist +zscore +zrangebyscore +zpopmin"
+    "+expire +persist +zrangebyscore +zpopmin"
 )
 
 #: What each redis-py call in botrix/store.py sends to Redis.
