@@ -73,6 +73,8 @@ class Hold:
     """
 
     backoff: Backoff
+    #: Only a claiming call meets the broken key (a garbled sequence): a settle proves nothing.
+    claims_only: bool = False
     until: float = 0.0
     parked: list[tuple[int, Settlement]] = field(default_factory=list)  # (lane, settlement)
     timer: asyncio.TimerHandle | None = None
@@ -248,8 +250,8 @@ class Runner:
             want = max(0, lane.size - lane.held - lane.reserved + len(items)) if claiming else 0
             if want == 0:
                 claiming = False  # this queue was not looked at, so the ones below it wait too
-            if not items and want == 0:
-                continue
+            if not items and want == 0 and (hold is None or hold.claims_only):
+                continue  # (a held queue gets a call anyway, whose key checks tell if it is repaired)
             lane.reserved += want
             try:
                 refused, claimed = await self._store.exchange(
@@ -279,8 +281,7 @@ class Runner:
             self._backoff.reset()
             if self._state.redis.ok():
                 self._log.info("redis.recovered")
-            if hold is not None and want:
-                # Not on a pure settle: a garbled sequence fails only calls that claim.
+            if hold is not None and (want or not hold.claims_only):
                 self._repaired(queue, hold)
             for settlement in items:
                 if isinstance(settlement.owner, InFlight):
@@ -299,6 +300,7 @@ class Runner:
         hold = self._holds.get(queue)
         if hold is None:
             hold = self._holds[queue] = Hold(Backoff(HOLD_BASE_S, HOLD_CAP_S))
+        hold.claims_only = "is not a counter" in reason  # exchange.lua's sequence check
         self._park(hold, lane, items)
         self._waker.pause(queue)
         loop = asyncio.get_running_loop()
@@ -306,7 +308,9 @@ class Runner:
             return  # another lane's call failed the same way meanwhile: one try, one warning
         delay = hold.backoff.next()
         hold.until = loop.time() + delay
-        hold.timer = loop.call_later(delay, self._retry_held, queue)
+        if hold.timer is not None:
+            hold.timer.cancel()  # a pass that saw the delay over may have come before its timer
+        hold.timer = loop.call_later(delay, self._retry_held, queue, hold)
         self._state.damaged[queue] = reason
         self._log.warning(
             "queue.damaged",
@@ -316,11 +320,10 @@ class Runner:
             unsettled=len(hold.parked),
         )
 
-    def _retry_held(self, queue: str) -> None:
+    def _retry_held(self, queue: str, hold: Hold) -> None:
         """A held queue's delay is over: its parked results and its claims are tried again."""
-        hold = self._holds.get(queue)
-        if hold is None:
-            return
+        if self._holds.get(queue) is not hold:
+            return  # repaired meanwhile
         # Over now, whatever the clock says: a timer may fire a fraction of a millisecond early
         # (uvloop rounds to whole ms), and a pass that still saw the hold would park the
         # results again with no timer left to bring them back.
@@ -341,8 +344,11 @@ class Runner:
 
     def _repaired(self, queue: str, hold: Hold) -> None:
         """A call on a held queue succeeded: someone repaired the key."""
-        if self._holds.pop(queue, None) is None:
-            return  # another lane's call got there first
+        if self._holds.get(queue) is not hold:
+            # Another lane's call got there first; or it did, and a newer hold began since (the
+            # key broken again): a call that started before that proves nothing about it.
+            return
+        del self._holds[queue]
         if hold.timer is not None:
             hold.timer.cancel()
         self._unpark(hold)
@@ -456,7 +462,9 @@ class Runner:
                     job_id=settlement.job_id,
                     queue=queue,
                     reason=f"its queue is damaged ({self._state.damaged.get(queue, '?')}); once the key "
-                    "is repaired, the job runs again after its lease, unless this result was written",
+                    "is repaired, the job runs again after its lease, unless this result was written "
+                    "(if the damaged key is the active set, see 'A key of the wrong type' in "
+                    "docs/operations.md)",
                 )
             hold.parked = []
 

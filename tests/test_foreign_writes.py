@@ -7,12 +7,13 @@ import asyncio
 import functools
 import uuid
 
+import pytest
 import redis.asyncio as aredis
 
 from botrix import keys
 from botrix.client import Client
 from botrix.model import JobStatus
-from botrix.store import Consumer, Store
+from botrix.store import Consumer, Store, _wrong_type
 from tests.conftest import eventually
 from tests.redisproc import RedisServer
 from tests.test_http import get, http_worker, samples
@@ -146,3 +147,47 @@ async def _reason(base: str, reason: str) -> bool:
 async def _calls(r: aredis.Redis, command: str) -> int:
     stats = await r.info("commandstats")
     return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+async def test_a_repair_is_seen_while_a_higher_queue_keeps_the_worker_busy(
+    redis_server: RedisServer, client: Client
+) -> None:
+    """The lower queue is damaged and repaired while the higher one has a long backlog, so the
+    lower queue gets no claim: the worker still looks at it (a call that only checks its keys)
+    and reports the repair, rather than keeping /ready 503 and the alert up until the backlog
+    is gone."""
+    hi, lo = f"t-hi-{uuid.uuid4().hex[:8]}", f"t-lo-{uuid.uuid4().hex[:8]}"
+    k = keys.queue_keys(lo)
+    async with (
+        aredis.Redis.from_url(redis_server.url) as r,
+        http_worker(redis_server.url, hi, queues=(hi, lo), concurrency=1) as (_, base),
+    ):
+        await r.xadd(k.scheduled, {"oops": "1"})
+        await eventually(lambda: _reason(base, "queue_damaged"), what="/ready naming the damage")
+        for _ in range(300):  # a minute of work for the one slot
+            await client.enqueue("t.sleep", {"seconds": 0.2}, queue=hi)
+        await r.delete(k.scheduled)
+        await eventually(lambda: _ready(base), timeout=40, what="ready after the repair")
+        assert (await client.depth(hi))["pending"] > 0
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        # Redis 7, a script's own check, and a command's reply (BLMOVE on a stream)
+        "WRONGTYPE botrix:{q}:pending is not a list: only botrix may write its keys script: 1f, on "
+        "@user_script:27.",
+        "WRONGTYPE Operation against a key holding the wrong kind of value",
+        # Redis 6.2 wraps a script's error; redis-py has dropped the leading "ERR "
+        "Error running script (call to f_1f): @user_script:27: WRONGTYPE botrix:{q}:pending is not "
+        "a list: only botrix may write its keys",
+        # a pipeline (the depth refresh)
+        "Command # 3 (ZCARD botrix:{q}:scheduled) of pipeline caused error: ('WRONGTYPE Operation "
+        "against a key holding the wrong kind of value',)",
+    ],
+)
+def test_every_form_of_a_wrong_type_reply_is_a_foreign_write(message: str) -> None:
+    """Only Redis 7 runs here; the 6.2 form is the one its error handler builds from a string
+    error (a table, as botrix once raised, made 6.2 lose the message)."""
+    assert _wrong_type(message)
+    assert not _wrong_type("Error running script (call to f_1f): @user_script:3: OOM command not allowed")

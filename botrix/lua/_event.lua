@@ -13,11 +13,19 @@ end
 -- `expected` maps key names to 'list' or 'zset'; a key that does not exist is fine. The probes
 -- are LLEN and ZCARD rather than TYPE, which the documented least-privilege ACL does not grant.
 local type_probes = {list = 'LLEN', zset = 'ZCARD'}
+
+-- A plain string at level 0 (no position prefix), not an error table: Redis 7 replies
+-- "ERR WRONGTYPE ...", while Redis 6.2's error handler would fail on a table ("attempt to
+-- concatenate") and lose the message; with a string it replies "ERR Error running script
+-- ...: WRONGTYPE ...". The store recognises both (store._wrong_type).
+local function fail_wrong_type(what)
+  error('WRONGTYPE ' .. what .. ': only botrix may write its keys', 0)
+end
 local function expect_types(expected)
   for key, kind in pairs(expected) do
     local reply = redis.pcall(type_probes[kind], key)
     if type(reply) == 'table' and reply['err'] then
-      error({err = string.format('WRONGTYPE %s is not a %s: only botrix may write its keys', key, kind)})
+      fail_wrong_type(string.format('%s is not a %s', key, kind))
     end
   end
 end
@@ -28,7 +36,7 @@ end
 local function expect_counter(key)
   local value = redis.call('GET', key)
   if value and not (value == '0' or (#value <= 18 and string.match(value, '^[1-9]%d*$'))) then
-    error({err = string.format('WRONGTYPE %s is not a counter: only botrix may write its keys', key)})
+    fail_wrong_type(string.format('%s is not a counter', key))
   end
 end
 
