@@ -163,6 +163,8 @@ class Client:
         With ``queue`` given, the job need not exist yet (a foreign producer's envelope gets
         its record when a worker claims it).
         """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         if queue is None:
             queue = (await self.job(job_id)).queue
         async with asyncio.timeout(timeout), self._store.events(queue) as events:
@@ -172,6 +174,11 @@ class Client:
             async for event in events:
                 if event.get("job_id") == job_id and event.get("event") in ("completed", "dead"):
                     return await self.job(job_id, queue)
+                if loop.time() >= deadline:
+                    # asyncio.timeout's one cancel can be lost on Python 3.11: redis-py sends
+                    # through asyncio.wait_for, which swallows a cancel that lands as the send
+                    # completes. Without this check such a wait would last until the job ends.
+                    raise TimeoutError
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _find(self, job_id: str, queue: str) -> JobInfo | None:

@@ -345,12 +345,21 @@ class Store:
                 pass
 
             async def messages() -> AsyncIterator[dict[str, Any]]:
+                # An empty dict after each idle second: the caller gets to check a deadline of
+                # its own (Client.wait).
                 while True:
                     message = await self._call(
                         pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     )
-                    if message is not None:
-                        yield orjson.loads(message["data"])
+                    if message is None:
+                        yield {}
+                        continue
+                    try:
+                        event = orjson.loads(message["data"])
+                    except orjson.JSONDecodeError:
+                        continue  # not botrix's: anyone allowed to publish on the channel could
+                    if isinstance(event, dict):
+                        yield event
 
             yield messages()
         finally:

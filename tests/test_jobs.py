@@ -16,7 +16,7 @@ from botrix import keys
 from botrix.client import Client
 from botrix.errors import JobNotFoundError, PayloadTooLargeError
 from botrix.model import JobStatus
-from tests.conftest import WorkerProcess, running_worker
+from tests.conftest import WorkerProcess, eventually, running_worker
 from tests.redisproc import RedisServer
 
 
@@ -371,3 +371,29 @@ async def test_queue_wait_counts_from_when_the_job_could_run(
     assert max(after_delay, second_try, after_redrive) < hour_ms / 6  # ten minutes: far from any noise
     worker.signal(signal.SIGTERM)
     assert await worker.wait() == 0
+
+
+async def test_wait_keeps_its_timeout_however_short(client: Client, queue: str) -> None:
+    """No worker runs the job: every wait ends in TimeoutError, including those whose timeout
+    lands while redis-py sends a command (on Python 3.11 its asyncio.wait_for can swallow that
+    cancel, and a third of such waits hung until the job ended)."""
+    job_id = await client.enqueue("t.echo", {}, queue=queue)
+    for i in range(20):
+        async with asyncio.timeout(30):  # the guard: a wait that lost its own timeout
+            with pytest.raises(TimeoutError):
+                await client.wait(job_id, timeout=(i % 20) / 5_000, queue=queue)
+
+
+async def test_wait_steps_over_foreign_messages_on_the_event_channel(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
+    """Someone publishes text and a JSON array on the queue's channel: the wait goes on and
+    returns the job's end."""
+    job_id = await client.enqueue("t.echo", "x", queue=queue)
+    waiting = asyncio.create_task(client.wait(job_id, timeout=60, queue=queue))
+    async with aredis.Redis.from_url(redis_server.url) as r:
+        channel = keys.queue_keys(queue).events
+        await eventually(lambda: r.publish(channel, "hello"), what="the wait subscribed")
+        await r.publish(channel, "[1, 2]")
+    async with running_worker(redis_server.url, queue):
+        assert (await waiting).status is JobStatus.COMPLETED

@@ -104,10 +104,14 @@ async def _stuck_tasks() -> int:
     return len(pending)
 
 
-def _exit_past_leftovers(threads: _HandlerThreads, tasks: int, worker_id: str) -> None:
-    """End the process now if handlers outlived the drain: Python would wait for them."""
+def _exit_stopped(threads: _HandlerThreads, tasks: int, worker_id: str) -> None:
+    """End the process once the worker stopped, past any handler that outlived the drain.
+
+    Python would wait for those. And the event loop is never closed: closing it gives SIGTERM
+    its default action back, so a late stop signal would turn exit 0 into death by signal.
+    """
     if not threads.busy and not tasks:
-        return
+        _exit_now(0)
     log = get_logger(worker_id=worker_id)
     if threads.busy:
         log.warning(
@@ -127,12 +131,11 @@ def _exit_past_leftovers(threads: _HandlerThreads, tasks: int, worker_id: str) -
 def _ignore_stop_signals() -> None:
     """Once the worker has stopped, a stop signal has nothing left to stop.
 
-    Closing the loop would give SIGTERM its default action back, and a late one (a second
-    Ctrl-C, a supervisor's follow-up) would turn a clean exit 0 into death by signal.
+    Straight from the loop's handler to SIG_IGN: removing the loop's handler first would
+    restore the default action for a moment, and a late signal (a second Ctrl-C, a
+    supervisor's follow-up) landing then turned a clean exit 0 into death by signal.
     """
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.remove_signal_handler(sig)
         signal.signal(sig, signal.SIG_IGN)
 
 
@@ -195,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise
         _ignore_stop_signals()
         # Here, not after uvloop.run: leaving this coroutine would make it wait for them.
-        _exit_past_leftovers(threads, await _stuck_tasks(), settings.worker_id)
+        _exit_stopped(threads, await _stuck_tasks(), settings.worker_id)
 
     try:
         uvloop.run(serve())
