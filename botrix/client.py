@@ -202,13 +202,20 @@ class Client:
                 infos.append(job_info(job_id, queue, record))
         return infos
 
-    async def retry_dead(self, queue: str = "default", job_ids: Sequence[str] = ()) -> list[str]:
-        """Send dead jobs (every one when no ids are given) back to the queue."""
-        return await self._store.redrive(queue, job_ids)
+    async def retry_dead(self, queue: str = "default", job_ids: Sequence[str] | None = None) -> list[str]:
+        """Send these dead jobs back to the queue; every dead job with ``job_ids=None``.
 
-    async def purge_dead(self, queue: str = "default", job_ids: Sequence[str] = ()) -> int:
-        """Delete dead jobs (every one when no ids are given)."""
-        return await self._store.purge(queue, job_ids)
+        An empty list sends none: a filter that matched nothing must not mean "all".
+        """
+        if job_ids is not None and not job_ids:
+            return []
+        return await self._store.redrive(queue, job_ids or ())
+
+    async def purge_dead(self, queue: str = "default", job_ids: Sequence[str] | None = None) -> int:
+        """Delete these dead jobs; every dead job with ``job_ids=None`` (an empty list: none)."""
+        if job_ids is not None and not job_ids:
+            return 0
+        return await self._store.purge(queue, job_ids or ())
 
     async def workers(self, queue: str | None = None) -> list[dict[str, Any]]:
         """Health records of live workers, only those serving ``queue`` when given."""

@@ -146,6 +146,10 @@ def test_enqueue_wait_job_and_workers(
         "retried": [dead_id]
     }
     assert orjson.loads(run(*url, "wait", dead_id, "--queue", queue).stdout)["status"] == "dead"
+    assert orjson.loads(run(*url, "dead", "retry", "--queue", queue, "--all").stdout) == {
+        "retried": [dead_id]
+    }
+    assert orjson.loads(run(*url, "wait", dead_id, "--queue", queue).stdout)["status"] == "dead"
     assert orjson.loads(run(*url, "dead", "purge", "--queue", queue, dead_id).stdout) == {"purged": 1}
     workers = run(*url, "workers", "--queue", queue)
     assert workers.returncode == 0 and orjson.loads(workers.stdout)[0]["queues"] == [queue]
@@ -186,6 +190,8 @@ def test_admin_cli_errors(redis_server: RedisServer) -> None:
         (["enqueue", "t\udcff"], "argument type: must be UTF-8 text"),
         (["job", "x", "--queue", "a b"], "queue name"),
         (["dead", "retry", "--queue", "q", "a b"], "job id"),
+        (["dead", "purge", "--queue", "q"], "'dead purge' takes job ids, or --all for every dead job"),
+        (["dead", "retry", "x", "--all"], "'dead retry' takes job ids, or --all for every dead job"),
         (["dead", "list", "--queue", "q", "some-id"], "'dead list' takes no ids"),
         (["queues", "--queue", "{q}"], "queue name"),
         (["enqueue", "t.echo", "--timeout", "0"], "--timeout: must be a number of seconds > 0"),

@@ -397,3 +397,18 @@ async def test_wait_steps_over_foreign_messages_on_the_event_channel(
         await r.publish(channel, "[1, 2]")
     async with running_worker(redis_server.url, queue):
         assert (await waiting).status is JobStatus.COMPLETED
+
+
+async def test_an_empty_selection_of_dead_jobs_retries_and_purges_none(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
+    """A filter over the dead letters that matched nothing: no job is re-driven or purged
+    (an empty list used to mean every dead job); None means every one."""
+    dead = [await client.enqueue("t.reject", {}, queue=queue) for _ in range(2)]
+    async with running_worker(redis_server.url, queue):
+        for job_id in dead:
+            await client.wait(job_id, timeout=30)
+    assert await client.retry_dead(queue, []) == []
+    assert await client.purge_dead(queue, []) == 0
+    assert (await client.depth(queue))["dead"] == 2
+    assert await client.purge_dead(queue, None) == 2

@@ -127,8 +127,9 @@ def build_parser() -> Parser:
 
     dead = sub.add_parser("dead", help="dead letters: list, retry or purge")
     dead.add_argument("action", choices=["list", "retry", "purge"])
+    dead.add_argument("ids", nargs="*", type=_checked(validate_job_id), help="job ids (retry/purge)")
     dead.add_argument(
-        "ids", nargs="*", type=_checked(validate_job_id), help="job ids (retry/purge: all when none given)"
+        "--all", action="store_true", help="retry/purge every dead job of the queue (instead of ids)"
     )
     dead.add_argument("--queue", type=_checked(validate_queue_name), default="default")
     dead.add_argument("--limit", type=_whole(1), default=50)
@@ -169,9 +170,9 @@ async def _dead(client: Client, args: argparse.Namespace) -> int:
     if args.action == "list":
         _print([info.to_dict() for info in await client.dead(args.queue, count=args.limit)])
     elif args.action == "retry":
-        _print({"retried": await client.retry_dead(args.queue, args.ids)})
+        _print({"retried": await client.retry_dead(args.queue, None if args.all else args.ids)})
     else:
-        _print({"purged": await client.purge_dead(args.queue, args.ids)})
+        _print({"purged": await client.purge_dead(args.queue, None if args.all else args.ids)})
     return 0
 
 
@@ -221,8 +222,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             except ValueError as exc:
                 parser.error(f"argument ids: {exc}")
         args.ids += ids
-        if args.action == "list" and args.ids:
+        if args.action == "list" and (args.ids or args.all):
             parser.error("'dead list' takes no ids: see 'botrix job ID'")
+        # Explicit, both ways: `dead purge $(some filter)` that matched nothing must not purge all.
+        if args.action != "list" and bool(args.ids) == args.all:
+            parser.error(f"'dead {args.action}' takes job ids, or --all for every dead job (not both)")
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
