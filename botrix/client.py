@@ -116,6 +116,9 @@ class Client:
         validate_job_id(job_id)
         validate_queue_name(queue)
         if run_at is not None:
+            if run_at.tzinfo is None:
+                # Python would read it as local time: utcnow() + 60 s ran hours late in New York.
+                raise ValueError("run_at must be timezone-aware, e.g. datetime.now(timezone.utc) + ...")
             delay = max(0.0, run_at.timestamp() - time.time())
         if not math.isfinite(delay) or delay > MAX_DELAY_S:
             raise ValueError(f"delay must be a finite number of seconds up to {MAX_DELAY_S}, got {delay!r}")

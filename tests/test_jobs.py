@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -412,3 +413,12 @@ async def test_an_empty_selection_of_dead_jobs_retries_and_purges_none(
     assert await client.purge_dead(queue, []) == 0
     assert (await client.depth(queue))["dead"] == 2
     assert await client.purge_dead(queue, None) == 2
+
+
+async def test_run_at_must_say_its_timezone(client: Client, queue: str) -> None:
+    """A naive datetime would be read as local time; an aware one schedules the job."""
+    soon = datetime.now(UTC) + timedelta(seconds=60)
+    with pytest.raises(ValueError, match="run_at must be timezone-aware"):
+        await client.enqueue("t.echo", {}, queue=queue, run_at=soon.replace(tzinfo=None))
+    job_id = await client.enqueue("t.echo", {}, queue=queue, run_at=soon)
+    assert (await client.job(job_id, queue)).status is JobStatus.SCHEDULED
