@@ -128,6 +128,12 @@ def test_enqueue_wait_job_and_workers(
 ) -> None:
     url = ["--redis-url", redis_server.url]
     assert run(*url, "workers", "--queue", queue).returncode == 1
+    # No worker yet: the wait times out, and says which job it left enqueued.
+    late = run(
+        *url, "enqueue", "t.echo", "--job-id", "late-1", "--queue", queue, "--wait", "--wait-timeout", "0.2"
+    )
+    assert late.returncode == 1 and late.stdout == ""
+    assert f"timed out waiting for job 'late-1' in queue '{queue}' (it is still enqueued)" in late.stderr
     worker = spawn(redis_server.url, queue)
     done = run(*url, "enqueue", "t.echo", "--payload", '{"a": 1}', "--queue", queue, "--wait")
     assert done.returncode == 0, done.stderr

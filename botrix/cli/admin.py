@@ -161,7 +161,11 @@ async def _enqueue(client: Client, args: argparse.Namespace) -> int:
     if not args.wait:
         _print({"id": job_id, "queue": args.queue})
         return 0
-    info = await client.wait(job_id, args.wait_timeout, args.queue)
+    try:
+        info = await client.wait(job_id, args.wait_timeout, args.queue)
+    except TimeoutError:
+        # The job is queued: without its id the user could only enqueue it again.
+        fail(PROG, f"timed out waiting for job {job_id!r} in queue {args.queue!r} (it is still enqueued)", 1)
     _print(info.to_dict())
     return 0 if info.status == "completed" else 1
 
