@@ -31,6 +31,9 @@ class InFlight:
     job_id: str
     queue: str
     delivery: int
+    #: What the claim handed over: the attempt number and the envelope, which name the job in a
+    #: requeue the drain writes.
+    claimed: Claimed
     task: asyncio.Task[None] | None = None
     #: Why the task was cancelled, if it was: ``shutdown`` (requeue) or ``lease_lost`` (drop).
     cancel_reason: str | None = None
@@ -39,10 +42,6 @@ class InFlight:
     #: When Redis last handed this worker the lease (``time.monotonic()``): a renewal sent
     #: before then that found the lease gone speaks of an older grant, not this one.
     granted: float = 0.0
-    #: The attempt number the claim gave it (for the log line of a requeue the drain writes).
-    attempt: int = 0
-    #: What the claim handed over, to name the job's type in a requeue the drain writes.
-    claimed: Claimed | None = None
 
 
 @dataclass(slots=True)

@@ -259,7 +259,7 @@ class Runner:
                 )
             except ForeignWrite as exc:
                 # Only this queue is broken: Redis is fine, and the queues below it go on.
-                self._hold(queue, lane.index, items, str(exc))
+                self._hold(queue, lane.index, items, exc)
                 dry = dry or claiming
                 continue
             except BaseException as exc:
@@ -295,12 +295,13 @@ class Runner:
                 claiming = dry
         return dry
 
-    def _hold(self, queue: str, lane: int, items: list[Settlement], reason: str) -> None:
+    def _hold(self, queue: str, lane: int, items: list[Settlement], exc: ForeignWrite) -> None:
         """Leave ``queue`` alone for a while: one of its keys holds what botrix never writes."""
+        reason = str(exc)
         hold = self._holds.get(queue)
         if hold is None:
             hold = self._holds[queue] = Hold(Backoff(HOLD_BASE_S, HOLD_CAP_S))
-        hold.claims_only = "is not a counter" in reason  # exchange.lua's sequence check
+        hold.claims_only = exc.claims_only
         self._park(hold, lane, items)
         self._waker.pause(queue)
         loop = asyncio.get_running_loop()
@@ -382,10 +383,9 @@ class Runner:
             claimed.job_id,
             queue,
             claimed.delivery,
+            claimed,
             lane=lane.index,
             granted=time.monotonic(),
-            attempt=claimed.attempt,
-            claimed=claimed,
         )
         lane.held += 1
         self._state.in_flight[key] = entry
@@ -542,16 +542,15 @@ def _requeue(entry: InFlight) -> Settlement:
     and every job paying to carry its identity would not be.
     """
     job_type = correlation_id = ""
-    if entry.claimed is not None:
-        with contextlib.suppress(EnvelopeError):
-            job = parse_job(entry.claimed, entry.queue)
-            job_type, correlation_id = job.type, job.correlation_id
+    with contextlib.suppress(EnvelopeError):
+        job = parse_job(entry.claimed, entry.queue)
+        job_type, correlation_id = job.type, job.correlation_id
     return Settlement(
         entry.job_id,
         entry.queue,
         entry.delivery,
         Outcome.REQUEUE,
         job_type=job_type,
-        attempt=entry.attempt,
+        attempt=entry.claimed.attempt,
         correlation_id=correlation_id,
     )

@@ -46,6 +46,11 @@ class ForeignWrite(StoreUnavailable):
     call is applied, and sending it again is recognised as such.
     """
 
+    @property
+    def claims_only(self) -> bool:
+        """The queue's sequence is garbled: only a call that claims meets it (exchange.lua)."""
+        return "is not a counter" in str(self)
+
 
 def _load_script(name: str) -> str:
     folder = resources.files("botrix") / "lua"

@@ -110,8 +110,6 @@ def _exit_stopped(threads: _HandlerThreads, tasks: int, worker_id: str) -> None:
     Python would wait for those. And the event loop is never closed: closing it gives SIGTERM
     its default action back, so a late stop signal would turn exit 0 into death by signal.
     """
-    if not threads.busy and not tasks:
-        _exit_now(0)
     log = get_logger(worker_id=worker_id)
     if threads.busy:
         log.warning(

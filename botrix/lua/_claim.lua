@@ -12,6 +12,7 @@
 -- ack pass for the new attempt's. It also stays above the record's last one: an older botrix
 -- counted tokens on the record, and a fleet in the middle of an upgrade runs both.
 -- Returns a flat array, five entries a job: id, envelope, attempt, delivery, ready_at.
+local CLAIM_FIELDS = {'status', 'envelope', 'enqueued_at', 'attempts', 'delivery', 'run_at'}
 local function claim_batch(k, prefix, queue, now, want, lease_ms, worker, max_bytes, dead_cap)
   local deadline = now + lease_ms
   local out = {}
@@ -111,8 +112,7 @@ local function claim_batch(k, prefix, queue, now, want, lease_ms, worker, max_by
     local id = item
     local fields = false
     if string.byte(item, 1) ~= 123 and #item <= 200 then
-      fields = record_fields(prefix .. item, 'status', 'envelope', 'enqueued_at', 'attempts', 'delivery',
-        'run_at')
+      fields = record_fields(prefix .. item, unpack(CLAIM_FIELDS))
       if not fields then
         overwritten(item, prefix .. item)
         id = nil
@@ -122,8 +122,7 @@ local function claim_batch(k, prefix, queue, now, want, lease_ms, worker, max_by
     -- it like an envelope so that it is dead-lettered with a reason rather than dropped.
     if id and not (fields and fields[1]) then
       id = adopt(item)
-      fields = id and redis.call('HMGET', prefix .. id, 'status', 'envelope', 'enqueued_at', 'attempts',
-        'delivery', 'run_at')
+      fields = id and record_fields(prefix .. id, unpack(CLAIM_FIELDS))
     end
     local record = prefix .. (id or '')
     local envelope = fields and fields[2] or ''
