@@ -206,6 +206,10 @@ class Metrics:
         if extra_count is not None:
             extra_count.inc()
 
+    def dead_at_claim(self, queue: str) -> None:
+        """The claim dead-lettered an entry no handler saw: its type is not known."""
+        self.dead.labels(queue, "unknown").inc()
+
     def ack_refused(self, queue: str) -> None:
         """A late result was refused by the fencing token."""
         self.refused.labels(queue).inc()

@@ -59,6 +59,18 @@ class Claimed:
 
 
 @dataclass(frozen=True, slots=True)
+class Rejected:
+    """A pending entry the claim dead-lettered instead of handing over (docs/protocol.md).
+
+    An envelope over the size limit, or an entry whose record something else overwrote.
+    """
+
+    job_id: str
+    error_type: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Job:
     """A validated job, ready to run."""
 

@@ -254,7 +254,7 @@ class Runner:
                 continue  # (a held queue gets a call anyway, whose key checks tell if it is repaired)
             lane.reserved += want
             try:
-                refused, claimed = await self._store.exchange(
+                refused, claimed, rejected = await self._store.exchange(
                     queue, items, want, self._consumer, lane=lane.index
                 )
             except ForeignWrite as exc:
@@ -287,6 +287,8 @@ class Runner:
                 if isinstance(settlement.owner, InFlight):
                     self._forget(settlement.owner)
             self._settler.written(items, refused)
+            if rejected:
+                self._settler.rejected(queue, rejected)
             for job in claimed:
                 self._start(lane, queue, job)
             if want:

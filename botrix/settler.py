@@ -12,7 +12,7 @@ from collections import defaultdict
 from botrix.health import WorkerState
 from botrix.logs import Logger
 from botrix.metrics import Metrics
-from botrix.model import Outcome, Settlement
+from botrix.model import Outcome, Rejected, Settlement
 
 
 class Settler:
@@ -101,6 +101,24 @@ class Settler:
             else:
                 counters.dead += 1
                 log.error("job.dead", **job, error=error, reason=message)
+
+    def rejected(self, queue: str, entries: list[Rejected]) -> None:
+        """Report entries the claim dead-lettered before any handler saw them.
+
+        An envelope over the size limit or a record something else overwrote: dead letters
+        like any other, counted and logged, with no job type to name.
+        """
+        for entry in entries:
+            self._state.counters.dead += 1
+            self._metrics.dead_at_claim(queue)
+            self._log.error(
+                "job.dead",
+                queue=queue,
+                job_id=entry.job_id,
+                attempt=0,
+                error=entry.error_type,
+                reason=entry.reason,
+            )
 
     def abandon(self) -> None:
         """Give up on what is unwritten (Redis gone at shutdown): leases expire, jobs are recovered."""

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 
 import hiredis
 import orjson
@@ -28,7 +28,7 @@ from botrix import keys
 from botrix.aio import Deadline
 from botrix.config import check_redis_url, redact_url
 from botrix.errors import BotrixError, ConfigError
-from botrix.model import Claimed, Settlement
+from botrix.model import Claimed, Rejected, Settlement
 
 _INCLUDE = re.compile(r'^--- @include "([\w.]+)"$', re.MULTILINE)
 
@@ -50,6 +50,14 @@ class ForeignWrite(StoreUnavailable):
     def claims_only(self) -> bool:
         """The queue's sequence is garbled: only a call that claims meets it (exchange.lua)."""
         return "is not a counter" in str(self)
+
+
+class Exchanged(NamedTuple):
+    """What one exchange did: acks refused, jobs claimed, entries the claim dead-lettered."""
+
+    refused: set[str]
+    claimed: list[Claimed]
+    rejected: list[Rejected]
 
 
 def _load_script(name: str) -> str:
@@ -209,10 +217,11 @@ class Store:
 
     async def exchange(
         self, queue: str, settlements: Sequence[Settlement], want: int, consumer: Consumer, *, lane: int
-    ) -> tuple[set[str], list[Claimed]]:
+    ) -> Exchanged:
         """Settle finished attempts, then claim up to ``want`` jobs, in one round trip.
 
-        Returns the ids whose ack was refused (their lease was lost) and the claimed jobs.
+        Returns the ids whose ack was refused (their lease was lost), the claimed jobs, and the
+        entries the claim dead-lettered instead (oversized, or their record overwritten).
         ``lane`` names the caller's own connection: the caller never has two calls in flight
         on one lane (the runner's lanes, runner.py).
         """
@@ -229,14 +238,17 @@ class Store:
         ]
         for s in settlements:
             args += [s.job_id, s.delivery, s.outcome.value, s.data, s.delay_ms]
-        refused, flat = await self._run_direct(
+        refused, flat, dead = await self._run_direct(
             lane, "exchange", [k.pending, k.active, k.scheduled, k.dead, k.events, k.seq], args
         )
         claimed = [
             Claimed(_text(flat[i]), flat[i + 1], int(flat[i + 2]), int(flat[i + 3]), int(flat[i + 4]))
             for i in range(0, len(flat), 5)
         ]
-        return {_text(job_id) for job_id in refused}, claimed
+        rejected = [
+            Rejected(_text(dead[i]), _text(dead[i + 1]), _text(dead[i + 2])) for i in range(0, len(dead), 3)
+        ]
+        return Exchanged({_text(job_id) for job_id in refused}, claimed, rejected)
 
     async def wait_for_jobs(self, queue: str) -> bool:
         """Block until the queue has an entry (True) or the blocking timeout passes (False).
@@ -451,8 +463,8 @@ class Store:
 
 
 def _unavailable(exc: RedisError | OSError | RuntimeError) -> StoreUnavailable:
-    if isinstance(exc, ResponseError) and _wrong_type(str(exc)):
-        return ForeignWrite(_describe(exc))
+    if isinstance(exc, ResponseError) and (wrong := _wrong_type(str(exc))) is not None:
+        return ForeignWrite(f"{type(exc).__name__}: {wrong.splitlines()[0]}"[:300])
     if not isinstance(exc, RuntimeError):
         return StoreUnavailable(_describe(exc))
     # uvloop reports a write on a connection the peer reset while it sat idle as a RuntimeError
@@ -464,13 +476,20 @@ def _unavailable(exc: RedisError | OSError | RuntimeError) -> StoreUnavailable:
     return StoreUnavailable(f"connection reset: {_describe(exc)}")
 
 
-def _wrong_type(message: str) -> bool:
-    # Redis 7 passes a script's error through as it was raised; 6.2 wraps it in "ERR Error
-    # running script (call to f_...): @user_script:N: WRONGTYPE ..." (redis-py drops the ERR),
-    # and redis-py's pipelines in "Command # N (...) of pipeline caused error: WRONGTYPE ...".
-    return message.startswith("WRONGTYPE") or (
-        message.startswith(("Error running script", "Command # ")) and "WRONGTYPE " in message
-    )
+def _wrong_type(message: str) -> str | None:
+    """The ``WRONGTYPE ...`` part of a reply, or None: the same reason whatever wrapped it.
+
+    Redis 7 passes a script's error through as it was raised; 6.2 wraps it in "ERR Error
+    running script (call to f_...): @user_script:N: WRONGTYPE ..." (redis-py drops the ERR),
+    and redis-py's pipelines in "Command # N (...) of pipeline caused error: WRONGTYPE ...".
+    """
+    if message.startswith("WRONGTYPE"):
+        return message
+    if message.startswith("Error running script") and "WRONGTYPE " in message:
+        return message[message.index("WRONGTYPE ") :]
+    if message.startswith("Command # ") and "WRONGTYPE " in message:
+        return message[message.index("WRONGTYPE ") :].removesuffix("',)")
+    return None
 
 
 def _text(raw: bytes) -> str:

@@ -14,9 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
+import redis.asyncio as aredis
 from prometheus_client.parser import text_string_to_metric_families
 
+from botrix import keys
 from botrix.app import Worker
 from botrix.client import Client
 from botrix.http import MAX_CONNECTIONS, REQUEST_TIMEOUT_S
@@ -218,6 +221,26 @@ async def test_metrics_move_as_jobs_complete_fail_and_retry(
     assert m[("python_gc_collections_total", (("generation", "0"),))] >= 0
     assert any(name == "botrix_build_info" for name, _ in m)
     assert not any("job_id" in dict(labels) for _, labels in m)
+
+
+async def test_a_dead_letter_made_by_the_claim_is_counted_like_any_other(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
+    """A foreign envelope over the size limit and an entry whose record was overwritten never
+    reach a handler; the claim dead-letters them, and the worker counts them all the same."""
+    k = keys.queue_keys(queue)
+    big = orjson.dumps({"type": "t.echo", "payload": "x" * 5000})
+    overwritten = await client.enqueue("t.echo", {}, queue=queue)
+    async with aredis.Redis.from_url(redis_server.url) as r:
+        await r.set(k.job(overwritten), "oops")
+        await r.rpush(k.pending, big)
+    async with http_worker(redis_server.url, queue, max_payload_bytes=1000) as (_, base):
+        after = await client.enqueue("t.echo", {}, queue=queue)
+        await client.wait(after, timeout=30, queue=queue)
+        _, health, _ = await get(base, "/health")
+        text = (await get(base, "/metrics"))[1]
+    assert health["counters"]["jobs_dead"] == 2
+    assert samples(text)[("botrix_jobs_dead_total", (("queue", queue), ("type", "unknown")))] == 2
 
 
 async def _has(base: str, name: str, queue: str, job_type: str, outcome: str) -> bool:

@@ -11,11 +11,14 @@
 -- finished job's id is enqueued again, and a token that repeated would let a stale worker's
 -- ack pass for the new attempt's. It also stays above the record's last one: an older botrix
 -- counted tokens on the record, and a fleet in the middle of an upgrade runs both.
--- Returns a flat array, five entries a job: id, envelope, attempt, delivery, ready_at.
+-- Returns two flat arrays: the claimed jobs, five entries a job (id, envelope, attempt,
+-- delivery, ready_at), and the entries dead-lettered here, three a job (id, error type,
+-- reason), which the worker counts and logs like any other dead letter.
 local CLAIM_FIELDS = {'status', 'envelope', 'enqueued_at', 'attempts', 'delivery', 'run_at'}
 local function claim_batch(k, prefix, queue, now, want, lease_ms, worker, max_bytes, dead_cap)
   local deadline = now + lease_ms
   local out = {}
+  local rejected = {}
   local claimed = 0
 
   local function new_id()
@@ -45,6 +48,9 @@ local function claim_batch(k, prefix, queue, now, want, lease_ms, worker, max_by
     redis.call('ZADD', k.dead, now, id)
     cap_dead(k.dead, prefix, dead_cap)
     publish(k.events, 'dead', id, queue, now, {reason = reason})
+    rejected[#rejected + 1] = id
+    rejected[#rejected + 1] = kind
+    rejected[#rejected + 1] = reason
   end
 
   -- A record key something else overwrote: the job it held is gone, and its id with it.
@@ -134,6 +140,9 @@ local function claim_batch(k, prefix, queue, now, want, lease_ms, worker, max_by
       redis.call('ZADD', k.dead, now, id)
       cap_dead(k.dead, prefix, dead_cap)
       publish(k.events, 'dead', id, queue, now, {reason = reason})
+      rejected[#rejected + 1] = id
+      rejected[#rejected + 1] = 'EnvelopeError'
+      rejected[#rejected + 1] = reason
     elseif fields and fields[1] == 'queued' then
       local attempt = (tonumber(fields[4]) or 0) + 1
       local delivery = redis.call('INCR', k.seq)
@@ -162,5 +171,5 @@ local function claim_batch(k, prefix, queue, now, want, lease_ms, worker, max_by
       claimed = claimed + 1
     end
   end
-  return out
+  return out, rejected
 end

@@ -11,7 +11,8 @@
 -- ARGV[8] max envelope bytes
 -- ARGV[9..] five entries per settled job: id, delivery, outcome, data, delay ms
 -- Returns {refused ids, claimed jobs (five entries a job: id, envelope, attempt, delivery,
--- ready_at: when it could last run)}.
+-- ready_at: when it could last run), entries dead-lettered by the claim (three a job: id,
+-- error type, reason)}.
 --- @include "_event.lua"
 --- @include "_settle.lua"
 --- @include "_claim.lua"
@@ -24,13 +25,13 @@ local dead_cap = tonumber(ARGV[3])
 local now = now_ms()
 local worker = ARGV[7]
 local refused = settle_batch(k, prefix, tonumber(ARGV[2]), dead_cap, queue, now, 9, worker)
-local claimed = {}
+local claimed, rejected = {}, {}
 local want = tonumber(ARGV[5])
 if want > 0 then
   -- Here, not at the top: a bad sequence must not stop results from being written. Past this
   -- point the call fails with them written, and its retry finds them applied.
   expect_counter(k.seq)
-  claimed = claim_batch(k, prefix, queue, now, want, tonumber(ARGV[6]), worker,
+  claimed, rejected = claim_batch(k, prefix, queue, now, want, tonumber(ARGV[6]), worker,
     tonumber(ARGV[8]), dead_cap)
 end
-return {refused, claimed}
+return {refused, claimed, rejected}
