@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import re
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -123,6 +124,23 @@ def check_url(url: str) -> None:
         raise ConfigError(f"the Redis URL has {what} that redis-py refuses: {shown}") from None
 
 
+#: What a new connection sends: only what every supported Redis (6.2 on) knows and botrix's
+#: ACL grants. redis-py names itself with CLIENT SETINFO, which Redis has only from 7.2, and
+#: from 8.0 speaks RESP3 and then asks for CLIENT MAINT_NOTIFICATIONS, which only Redis
+#: Enterprise knows. Both fail on every connect: a failed call or error in INFO, and under the
+#: ACL on 6.2 a denial in ACL LOG each time (redis/redis-py#3085), burying the ones an operator
+#: looks for. RESP2 also gives botrix the same replies from every redis-py it supports (5.0 on).
+#: redis-py 7.2 moved the SETINFO switch from lib_name/lib_version (deprecated) to driver_info.
+_CONNECT_QUIETLY: dict[str, int | None] = {
+    "protocol": 2,
+    **(
+        {"driver_info": None}
+        if importlib.util.find_spec("redis.driver_info")
+        else {"lib_name": None, "lib_version": None}
+    ),
+}
+
+
 def _open(conn: Connection, socket_timeout: float | None) -> redis.Redis:
     # A blocking pool waits for a free connection instead of failing when a burst of
     # concurrent calls (progress events, settles, waits) exceeds the cap.
@@ -136,6 +154,7 @@ def _open(conn: Connection, socket_timeout: float | None) -> redis.Redis:
         # so every caller owns its retries and backs off through StoreUnavailable instead.
         retry=Retry(NoBackoff(), 0, supported_errors=()),
         health_check_interval=15,
+        **_CONNECT_QUIETLY,
     )
     return redis.Redis.from_pool(pool)
 

@@ -27,10 +27,10 @@ async def _count(ctx: JobContext, payload: dict[str, Any]) -> None:
         return
     url = payload["count_url"]
     if _IN_WORKER_PROCESS:
-        client = _SHARED.setdefault(url, aredis.Redis.from_url(url))
+        client = _SHARED.setdefault(url, aredis.Redis.from_url(url, driver_info=None, protocol=2))
         await client.hincrby(payload["count_key"], ctx.job_id, 1)
         return
-    async with aredis.Redis.from_url(url) as r:
+    async with aredis.Redis.from_url(url, driver_info=None, protocol=2) as r:
         await r.hincrby(payload["count_key"], ctx.job_id, 1)
 
 
@@ -151,7 +151,7 @@ async def unserializable(ctx: JobContext, payload: Any) -> object:
 @handler("t.switch")
 async def switch(ctx: JobContext, payload: dict[str, Any]) -> str:
     """Fails until the key named in the payload exists: lets a test fix the cause, then redrive."""
-    async with aredis.Redis.from_url(payload["url"]) as r:
+    async with aredis.Redis.from_url(payload["url"], driver_info=None, protocol=2) as r:
         if await r.get(payload["key"]) is None:
             raise RuntimeError("switch is off")
     return "on"

@@ -138,7 +138,16 @@ def acl_redis(tmp_path: Path) -> Iterator[ConfiguredRedis]:
     )
 
     def probe(port: int) -> redis.Redis:
-        return redis.Redis(port=port, username="admin", password=ADMIN_PASSWORD, socket_timeout=10)
+        # Connect as botrix does (store._CONNECT_QUIETLY): the end-to-end tests check that
+        # nothing sends a command the server refuses or does not know.
+        return redis.Redis(
+            port=port,
+            username="admin",
+            password=ADMIN_PASSWORD,
+            socket_timeout=10,
+            driver_info=None,
+            protocol=2,
+        )
 
     port = free_port()
     server = ConfiguredRedis(folder, ["--port", str(port), "--aclfile", str(aclfile)], probe, port=port)
@@ -161,6 +170,7 @@ def denials(server: ConfiguredRedis) -> list[dict[str, Any]]:
 # -- TLS -------------------------------------------------------------------------------------
 
 
+@pytest.mark.tls
 async def test_worker_and_client_over_tls(
     tls_redis: ConfiguredRedis, pki: Pki, queue: str, spawn: Callable[..., WorkerProcess]
 ) -> None:
@@ -179,6 +189,7 @@ async def test_worker_and_client_over_tls(
     assert SECRET not in worker.log_path.read_text()
 
 
+@pytest.mark.tls
 async def test_tls_port_does_not_speak_plain_text(tls_redis: ConfiguredRedis, queue: str) -> None:
     """The server has no plain-text port, so the job above could only have travelled over TLS."""
     async with Client.from_url(f"redis://:{SECRET}@127.0.0.1:{tls_redis.port}/0") as client:
@@ -187,6 +198,7 @@ async def test_tls_port_does_not_speak_plain_text(tls_redis: ConfiguredRedis, qu
     assert SECRET not in str(refused.value)
 
 
+@pytest.mark.tls
 async def test_wrong_ca_is_unavailable_and_never_leaks_the_password(
     tls_redis: ConfiguredRedis, tmp_path: Path, queue: str, spawn: Callable[..., WorkerProcess]
 ) -> None:
@@ -224,6 +236,7 @@ async def test_wrong_ca_is_unavailable_and_never_leaks_the_password(
         assert r.llen(keys.queue_keys(queue).pending) == 0
 
 
+@pytest.mark.tls
 async def test_mutual_tls_with_a_client_certificate(
     tmp_path: Path, pki: Pki, queue: str, spawn: Callable[..., WorkerProcess]
 ) -> None:
@@ -333,7 +346,10 @@ async def test_worker_and_client_end_to_end_as_the_acl_user(
     worker = spawn(url, queue, "--worker-id", worker_id)
     switch_key = f"botrix:test:{queue}:switch"
     k = keys.queue_keys(queue)
-    async with Client.from_url(url) as client, aredis.Redis.from_url(url) as producer:
+    async with (
+        Client.from_url(url) as client,
+        aredis.Redis.from_url(url, driver_info=None, protocol=2) as producer,
+    ):
         echo = await client.enqueue("t.echo", {"n": 1}, queue=queue)
         flaky = await client.enqueue("t.flaky", {"fail_times": 1}, queue=queue)
         failing = await client.enqueue("t.fail", {}, queue=queue, max_retries=0)
@@ -379,6 +395,10 @@ async def test_worker_and_client_end_to_end_as_the_acl_user(
     assert denials(acl_redis) == []
     with acl_redis.client() as admin:  # the clean exit removed the health record
         assert admin.zscore(keys.WORKERS, worker_id) is None
+        # And no error but EVALSHA's NOSCRIPT on a fresh server, after which the store loads
+        # each script: none of redis-py's CLIENT SETINFO (Redis 7.2 on) or CLIENT
+        # MAINT_NOTIFICATIONS (Redis Enterprise), which fail on every connect.
+        assert set(admin.info("errorstats")) <= {"errorstat_NOSCRIPT"}
 
 
 async def _dead_count(client: Client, queue: str, n: int) -> Any:
