@@ -25,6 +25,7 @@ from botrix.model import (
     validate_queue_name,
 )
 from botrix.store import Connection, Store
+from botrix.waits import Waits
 
 DEFAULT_MAX_PAYLOAD_BYTES = 1_048_576
 
@@ -77,6 +78,7 @@ class Client:
         self._store = store
         self._max_payload_bytes = max_payload_bytes
         self._registered: set[str] = set()
+        self._waits = Waits(store)
 
     @classmethod
     def from_url(cls, url: str, *, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Client:
@@ -90,7 +92,8 @@ class Client:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the connections."""
+        """Close the connections; waits still in progress fail with StoreUnavailable."""
+        await self._waits.aclose()
         await self._store.aclose()
 
     async def enqueue(
@@ -170,19 +173,21 @@ class Client:
         deadline = loop.time() + timeout
         if queue is None:
             queue = (await self.job(job_id)).queue
-        async with asyncio.timeout(timeout), self._store.events(queue) as events:
-            info = await self._find(job_id, queue)
-            if info is not None and info.status.finished:
-                return info
-            async for event in events:
-                if event.get("job_id") == job_id and event.get("event") in ("completed", "dead"):
-                    return await self.job(job_id, queue)
+        async with asyncio.timeout_at(deadline):
+            watch = await self._waits.watch(queue, job_id)
+            try:
+                info = await self._find(job_id, queue)
+                if info is not None and info.status.finished:
+                    return info
                 if loop.time() >= deadline:
                     # asyncio.timeout's one cancel can be lost on Python 3.11: redis-py sends
                     # through asyncio.wait_for, which swallows a cancel that lands as the send
                     # completes. Without this check such a wait would last until the job ends.
                     raise TimeoutError
-        raise AssertionError("unreachable")  # pragma: no cover
+                await watch.ended
+            finally:
+                watch.close()
+            return await self.job(job_id, queue)
 
     async def _find(self, job_id: str, queue: str) -> JobInfo | None:
         record = await self._store.job_record(queue, job_id)

@@ -12,8 +12,7 @@ import contextlib
 import importlib.util
 import re
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, NamedTuple
@@ -366,40 +365,9 @@ class Store:
         k = keys.queue_keys(queue)
         return int(await self._run("purge", [k.dead], [k.job_prefix, *job_ids]))
 
-    @asynccontextmanager
-    async def events(self, queue: str) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
-        """Subscribe to a queue's events; yields an iterator of decoded event dicts.
-
-        Yields only once Redis has confirmed the subscription: redis-py's ``subscribe`` returns
-        when the command is sent, and a caller that read a job's state on another connection
-        before Redis ran it could miss the job's end, published in between, and wait forever.
-        """
-        pubsub = self._redis.pubsub()
-        try:
-            await self._call(pubsub.subscribe(keys.queue_keys(queue).events))
-            while (await self._call(pubsub.get_message(timeout=1.0)) or {}).get("type") != "subscribe":
-                pass
-
-            async def messages() -> AsyncIterator[dict[str, Any]]:
-                # An empty dict after each idle second: the caller gets to check a deadline of
-                # its own (Client.wait).
-                while True:
-                    message = await self._call(
-                        pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    )
-                    if message is None:
-                        yield {}
-                        continue
-                    try:
-                        event = orjson.loads(message["data"])
-                    except orjson.JSONDecodeError:
-                        continue  # not botrix's: anyone allowed to publish on the channel could
-                    if isinstance(event, dict):
-                        yield event
-
-            yield messages()
-        finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+    def event_stream(self) -> EventStream:
+        """A pub/sub connection of its own for the events of any queues (Client.wait's)."""
+        return EventStream(self._redis.pubsub(), self._call)
 
     # -- workers ---------------------------------------------------------------------------
 
@@ -479,6 +447,55 @@ class Store:
         except (RedisError, OSError, RuntimeError) as exc:
             raise _unavailable(exc) from None
         return reply
+
+
+class EventStream:
+    """Events of the queues subscribed to, on one pub/sub connection.
+
+    ``subscribe`` only sends (redis-py's returns before Redis has run it); the confirmation
+    comes out of ``next`` like an event, so one task reads everything, in order. A caller that
+    reads a job's state before that confirmation could miss the job's end, published in
+    between. The connection is never unsubscribed: ``aclose`` drops it with all its channels.
+    """
+
+    def __init__(self, pubsub: Any, call: Callable[[Any], Awaitable[Any]]) -> None:
+        self._pubsub = pubsub
+        self._call = call
+        self._queues: dict[bytes, str] = {}
+
+    async def subscribe(self, queue: str) -> None:
+        """Ask for ``queue``'s events; ``next`` gives ``(queue, None)`` once Redis confirms."""
+        channel = keys.queue_keys(queue).events
+        self._queues[channel.encode()] = queue
+        await self._call(self._pubsub.subscribe(channel))
+
+    async def next(self) -> tuple[str, dict[str, Any] | None] | None:
+        """The next event as ``(queue, event)``, or ``(queue, None)`` for a confirmed subscription.
+
+        None after an idle second: the caller's chance to look at the time.
+        """
+        while True:
+            message = await self._call(self._pubsub.get_message(timeout=1.0))
+            if message is None:
+                return None
+            queue = self._queues.get(message["channel"])
+            if queue is None:
+                continue
+            if message["type"] == "subscribe":
+                return queue, None
+            if message["type"] != "message":
+                continue
+            try:
+                event = orjson.loads(message["data"])
+            except orjson.JSONDecodeError:
+                continue  # not botrix's: anyone allowed to publish on the channel could
+            if isinstance(event, dict):
+                return queue, event
+
+    async def aclose(self) -> None:
+        """Drop the connection, and with it every subscription."""
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            await self._pubsub.aclose()
 
 
 def _unavailable(exc: RedisError | OSError | RuntimeError) -> StoreUnavailable:

@@ -28,6 +28,7 @@ from botrix.client import Client
 from botrix.errors import JobNotFoundError
 from botrix.model import JobInfo, JobStatus, Outcome, Settlement
 from botrix.store import Connection, Consumer, Store, StoreUnavailable
+from botrix.waits import Waits
 from tests.conftest import WorkerProcess, eventually
 from tests.faultproxy import FaultProxy
 from tests.redisproc import RedisServer
@@ -441,7 +442,7 @@ async def test_a_settle_whose_reply_was_lost_is_not_reported_as_refused(
 async def test_an_event_subscription_is_in_force_in_redis_before_it_is_handed_out(
     proxy: FaultProxy, redis_server: RedisServer, queue: str
 ) -> None:
-    """Client.wait subscribes to the queue's events, then reads the job: if Redis had not run
+    """Client.wait watches the queue's events, then reads the job: if Redis had not run
     the SUBSCRIBE by then, a job ending between the read and the SUBSCRIBE would never be seen
     and the wait would hang. The proxy holds every byte for a while, so a SUBSCRIBE that was
     only sent (all redis-py's subscribe() waits for) has not reached Redis yet."""
@@ -450,8 +451,12 @@ async def test_an_event_subscription_is_in_force_in_redis_before_it_is_handed_ou
     channel = keys.queue_keys(queue).events
     try:
         proxy.set_delay(0.3)
-        async with store.events(queue):
+        waits = Waits(store)
+        for job_id in ("first", "second"):  # the second wait shares the first one's subscription
+            watch = await waits.watch(queue, job_id)
             assert await admin.pubsub_numsub(channel) == [(channel.encode(), 1)]
+            watch.close()
+        await waits.aclose()
     finally:
         await admin.aclose()
         await store.aclose()

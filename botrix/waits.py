@@ -1,0 +1,161 @@
+"""The waits of one Client, all on one pub/sub connection.
+
+A wait used to subscribe on a connection of its own, taken from the client's pool: about as
+many waits at once as the pool holds (100) left every other call of that client without a
+connection. Here one feed (a connection and the task that reads it) serves every wait of the
+client: it subscribes to each queue waited on, once, and wakes a job's waiters when its
+``completed`` or ``dead`` event comes. Subscriptions are never taken back one by one (that
+would need ``UNSUBSCRIBE``, which botrix's ACL line does not grant): the feed closes, with all
+of them, once no wait has been in progress for ``LINGER_S``, and the next wait opens a new one.
+If the connection fails, every wait on it fails with ``StoreUnavailable``, as a wait on its
+own connection did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+
+from botrix.store import EventStream, Store, StoreUnavailable
+
+#: How long a feed with no wait in progress stays open for the next one.
+LINGER_S = 2.0
+#: The events after which a job's record no longer changes by itself.
+_ENDS = ("completed", "dead")
+
+
+@dataclass(eq=False)
+class _Feed:
+    stream: EventStream
+    reader: asyncio.Task[None] | None = None
+    #: Each queue subscribed to, and Redis's confirmation of it.
+    subscribed: dict[str, asyncio.Future[None]] = field(default_factory=dict)
+    #: Who waits for which job: (queue, job id) -> the futures set when it ends.
+    waiting: dict[tuple[str, str], set[asyncio.Future[None]]] = field(default_factory=dict)
+    idle_since: float = 0.0
+
+
+@dataclass(eq=False)
+class Watch:
+    """One wait's registration: ``ended`` is done when the job's end was published."""
+
+    feed: _Feed
+    key: tuple[str, str]
+    ended: asyncio.Future[None]
+
+    def close(self) -> None:
+        """Stop watching (always, once the wait is over, however it ended)."""
+        waiters = self.feed.waiting.get(self.key)
+        if waiters is not None:
+            waiters.discard(self.ended)
+            if not waiters:
+                del self.feed.waiting[self.key]
+        if not self.feed.waiting:
+            self.feed.idle_since = asyncio.get_running_loop().time()
+        if not self.ended.done():
+            self.ended.cancel()
+
+
+class Waits:
+    """Every wait of one Client, on one feed at a time."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._feed: _Feed | None = None
+        # Opening the feed and subscribing are sends on one connection: one caller at a time.
+        self._lock = asyncio.Lock()
+
+    async def watch(self, queue: str, job_id: str) -> Watch:
+        """Watch for the end of ``job_id`` in ``queue``.
+
+        Returns once Redis has confirmed the subscription, so that the caller may read the
+        job's state next and miss nothing. Raises StoreUnavailable when Redis cannot be reached.
+        """
+        loop = asyncio.get_running_loop()
+        async with self._lock:
+            feed = self._feed
+            if feed is None:
+                feed = self._feed = _Feed(self._store.event_stream())
+            watch = Watch(feed, (queue, job_id), loop.create_future())
+            feed.waiting.setdefault(watch.key, set()).add(watch.ended)
+            confirmed = feed.subscribed.get(queue)
+            if confirmed is None:
+                confirmed = feed.subscribed[queue] = loop.create_future()
+                try:
+                    await feed.stream.subscribe(queue)
+                except BaseException as exc:
+                    watch.close()
+                    if feed.reader is None or not isinstance(exc, asyncio.CancelledError):
+                        # The connection broke, or a cancel cut its opening short: drop it.
+                        self._fail(feed, exc)
+                        if feed.reader is None:
+                            await feed.stream.aclose()
+                    elif feed.subscribed.get(queue) is confirmed:
+                        # Cancelled mid-send: the next wait on this queue sends SUBSCRIBE again.
+                        # Any confirmation for the channel, this one's or that one's, means it
+                        # is subscribed: nothing ever unsubscribes a feed's channels.
+                        del feed.subscribed[queue]
+                    raise
+                if feed.reader is None:
+                    feed.reader = asyncio.create_task(self._read(feed), name="botrix-waits")
+        try:
+            await asyncio.shield(confirmed)
+        except BaseException:
+            watch.close()
+            raise
+        return watch
+
+    async def aclose(self) -> None:
+        """Close the feed; waits still in progress fail with StoreUnavailable."""
+        feed, self._feed = self._feed, None
+        if feed is None:
+            return
+        self._fail(feed, StoreUnavailable("the client was closed"))
+        if feed.reader is not None:
+            feed.reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await feed.reader
+        await feed.stream.aclose()
+
+    async def _read(self, feed: _Feed) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                if not feed.waiting and loop.time() - feed.idle_since >= LINGER_S and not self._lock.locked():
+                    # No wait in progress, and none registering (they hold the lock): this feed
+                    # is done; the next wait opens a new one.
+                    if self._feed is feed:
+                        self._feed = None
+                    return
+                item = await feed.stream.next()
+                if item is None:
+                    continue
+                queue, event = item
+                if event is None:
+                    confirmed = feed.subscribed.get(queue)
+                    if confirmed is not None and not confirmed.done():
+                        confirmed.set_result(None)
+                elif event.get("event") in _ENDS:
+                    for ended in feed.waiting.get((queue, str(event.get("job_id"))), ()):
+                        if not ended.done():
+                            ended.set_result(None)
+        except BaseException as exc:
+            self._fail(feed, exc)
+            if not isinstance(exc, StoreUnavailable | asyncio.CancelledError):
+                raise  # a bug of ours: the task's error is logged by asyncio
+        finally:
+            await feed.stream.aclose()
+
+    def _fail(self, feed: _Feed, exc: BaseException) -> None:
+        """The feed is broken: every wait on it fails, and the next wait opens a new one."""
+        if self._feed is feed:
+            self._feed = None
+        reason = exc if isinstance(exc, StoreUnavailable) else StoreUnavailable(f"event feed failed: {exc!r}")
+        futures = [*feed.subscribed.values(), *(f for waiters in feed.waiting.values() for f in waiters)]
+        for future in futures:
+            if not future.done():
+                future.set_exception(reason)
+                future.exception()  # retrieved: a wait that already left must not log it
+        if feed.reader is not None and feed.reader is not asyncio.current_task():
+            feed.reader.cancel()

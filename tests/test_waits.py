@@ -1,0 +1,92 @@
+"""Client.wait at scale and under faults: every wait of a client shares one subscription."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import pytest
+import redis.asyncio as aredis
+
+from botrix import keys
+from botrix.client import Client
+from botrix.model import JobStatus
+from botrix.store import StoreUnavailable
+from tests.conftest import eventually, running_worker
+from tests.redisproc import RedisServer
+
+
+async def _subscribers(admin: aredis.Redis, queue: str) -> int:
+    channel = keys.queue_keys(queue).events
+    [(_, count)] = await admin.pubsub_numsub(channel)
+    return int(count)
+
+
+async def test_many_waits_share_one_subscription_and_starve_no_other_call(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
+    """150 waits at once on a client whose pool holds 100 connections: each wait used to hold
+    a pub/sub connection of its own, so the pool ran dry and every other call of the client
+    stalled, then failed with "No connection available"."""
+    ids = [await client.enqueue("t.echo", i, queue=queue) for i in range(150)]
+    waits = [asyncio.create_task(client.wait(job_id, timeout=120, queue=queue)) for job_id in ids]
+    async with aredis.Redis(port=redis_server.port) as admin:
+        await eventually(lambda: _subscribers(admin, queue), what="the waits' subscription")
+        assert await client.depth(queue) == {"pending": 150, "active": 0, "scheduled": 0, "dead": 0}
+        assert await _subscribers(admin, queue) == 1
+        assert not any(w.done() for w in waits)
+        async with running_worker(redis_server.url, queue, concurrency=20):
+            done = await asyncio.gather(*waits)
+        assert [info.status for info in done] == [JobStatus.COMPLETED] * 150
+        assert [info.result["echo"] for info in done] == list(range(150))
+        # With no wait left the subscription goes (after LINGER_S); the next wait opens one.
+        await eventually(lambda: _no_subscriber(admin, queue), what="the idle subscription closed")
+        assert (await client.wait(ids[0], timeout=30, queue=queue)).status is JobStatus.COMPLETED
+
+
+async def _no_subscriber(admin: aredis.Redis, queue: str) -> bool:
+    return await _subscribers(admin, queue) == 0
+
+
+async def test_waits_on_several_queues_share_the_subscription_connection(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
+    other = f"{queue}-b"
+    first = await client.enqueue("t.echo", 1, queue=queue)
+    second = await client.enqueue("t.echo", 2, queue=other)
+    waits = [
+        asyncio.create_task(client.wait(first, timeout=60, queue=queue)),
+        asyncio.create_task(client.wait(second, timeout=60, queue=other)),
+    ]
+    async with aredis.Redis(port=redis_server.port) as admin:
+        await eventually(lambda: _both_subscribed(admin, queue, other), what="both subscriptions")
+        pubsub_clients = [c for c in await admin.client_list() if int(c["sub"]) > 0]
+        assert len(pubsub_clients) == 1 and int(pubsub_clients[0]["sub"]) == 2
+        async with running_worker(redis_server.url, queue), running_worker(redis_server.url, other):
+            assert [i.result["echo"] for i in await asyncio.gather(*waits)] == [1, 2]
+
+
+async def _both_subscribed(admin: aredis.Redis, *queues: str) -> bool:
+    return all([await _subscribers(admin, q) == 1 for q in queues])
+
+
+@pytest.mark.chaos
+async def test_a_redis_restart_fails_the_waits_in_progress_and_the_next_wait_works(
+    own_redis: RedisServer, queue: str
+) -> None:
+    """A wait whose subscription is cut could miss the job's end: it fails with
+    StoreUnavailable (as any call does while Redis is gone), never hangs to its timeout; once
+    Redis is back, a new wait subscribes again and sees the job end."""
+    async with Client.from_url(own_redis.url) as client:
+        ids = [await client.enqueue("t.echo", i, queue=queue) for i in range(3)]
+        waits = [asyncio.create_task(client.wait(job_id, timeout=300, queue=queue)) for job_id in ids]
+        async with aredis.Redis(port=own_redis.port) as admin:
+            await eventually(lambda: _subscribers(admin, queue), what="the waits' subscription")
+        own_redis.stop(signal.SIGKILL)
+        async with asyncio.timeout(60):  # a guard against a hang only
+            outcomes = await asyncio.gather(*waits, return_exceptions=True)
+        assert all(isinstance(o, StoreUnavailable) for o in outcomes), outcomes
+        own_redis.start()
+        job_id = await client.enqueue("t.echo", "after", queue=queue)
+        async with running_worker(own_redis.url, queue):
+            assert (await client.wait(job_id, timeout=60, queue=queue)).result["echo"] == "after"
