@@ -217,13 +217,13 @@ class Client:
         """
         if job_ids is not None and not job_ids:
             return []
-        return await self._store.redrive(queue, job_ids or ())
+        return await self._store.redrive(queue, job_ids)
 
     async def purge_dead(self, queue: str = "default", job_ids: Sequence[str] | None = None) -> int:
         """Delete these dead jobs; every dead job with ``job_ids=None`` (an empty list: none)."""
         if job_ids is not None and not job_ids:
             return 0
-        return await self._store.purge(queue, job_ids or ())
+        return await self._store.purge(queue, job_ids)
 
     async def workers(self, queue: str | None = None) -> list[dict[str, Any]]:
         """Health records of live workers, only those serving ``queue`` when given."""

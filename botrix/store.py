@@ -12,7 +12,7 @@ import contextlib
 import importlib.util
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, NamedTuple
@@ -31,6 +31,10 @@ from botrix.errors import BotrixError, ConfigError
 from botrix.model import Claimed, Rejected, Settlement
 
 _INCLUDE = re.compile(r'^--- @include "([\w.]+)"$', re.MULTILINE)
+
+
+#: Dead jobs re-driven or purged per script call (Store._dead_chunks).
+DEAD_CHUNK = 1000
 
 
 class StoreUnavailable(BotrixError):
@@ -354,16 +358,46 @@ class Store:
         ids = await self._call(self._redis.zrevrange(keys.queue_keys(queue).dead, start, start + count - 1))
         return [i.decode() for i in ids]
 
-    async def redrive(self, queue: str, job_ids: Sequence[str]) -> list[str]:
-        """Send dead jobs (all of them when ``job_ids`` is empty) back to the queue."""
+    async def redrive(self, queue: str, job_ids: Sequence[str] | None) -> list[str]:
+        """Send dead jobs (every one dead now when ``job_ids`` is None) back to the queue."""
         k = keys.queue_keys(queue)
-        moved = await self._run("redrive", [k.dead, k.pending, k.events], [k.job_prefix, queue, *job_ids])
-        return [m.decode() for m in moved]
+        moved: list[str] = []
+        async for chunk in self._dead_chunks(queue, job_ids):
+            done = await self._run("redrive", [k.dead, k.pending, k.events], [k.job_prefix, queue, *chunk])
+            moved += (_text(job_id) for job_id in done)
+        return moved
 
-    async def purge(self, queue: str, job_ids: Sequence[str]) -> int:
-        """Delete dead jobs (all of them when ``job_ids`` is empty) and their records."""
+    async def purge(self, queue: str, job_ids: Sequence[str] | None) -> int:
+        """Delete dead jobs (every one dead now when ``job_ids`` is None) and their records."""
         k = keys.queue_keys(queue)
-        return int(await self._run("purge", [k.dead], [k.job_prefix, *job_ids]))
+        deleted = 0
+        async for chunk in self._dead_chunks(queue, job_ids):
+            deleted += int(await self._run("purge", [k.dead], [k.job_prefix, *chunk]))
+        return deleted
+
+    async def _dead_chunks(self, queue: str, job_ids: Sequence[str] | None) -> AsyncIterator[list[str]]:
+        """The ids to re-drive or purge, DEAD_CHUNK at a time.
+
+        One script runs alone in Redis: re-driving a dead set of 200,000 in one call stopped
+        every other client for 1.6 s, and 700,000 outlasted the caller's timeout. In chunks,
+        the other clients get their turn between calls. "Every one" is those dead when the
+        call began (at most the newest score then): the scripts remove each id they are
+        given, so the set shrinks call by call, and jobs that die meanwhile do not keep it
+        going forever.
+        """
+        if job_ids is not None:
+            for start in range(0, len(job_ids), DEAD_CHUNK):
+                yield list(job_ids[start : start + DEAD_CHUNK])
+            return
+        dead = keys.queue_keys(queue).dead
+        newest = await self._call(self._redis.zrevrange(dead, 0, 0, withscores=True))
+        if not newest:
+            return
+        cutoff = newest[0][1]
+        while chunk := await self._call(
+            self._redis.zrangebyscore(dead, "-inf", cutoff, start=0, num=DEAD_CHUNK)
+        ):
+            yield [_text(job_id) for job_id in chunk]
 
     def event_stream(self) -> EventStream:
         """A pub/sub connection of its own for the events of any queues (Client.wait's)."""

@@ -17,6 +17,7 @@ from botrix import keys
 from botrix.client import Client
 from botrix.errors import JobNotFoundError, PayloadTooLargeError
 from botrix.model import JobStatus
+from botrix.store import DEAD_CHUNK
 from tests.conftest import WorkerProcess, eventually, running_worker
 from tests.redisproc import RedisServer
 
@@ -413,6 +414,36 @@ async def test_an_empty_selection_of_dead_jobs_retries_and_purges_none(
     assert await client.purge_dead(queue, []) == 0
     assert (await client.depth(queue))["dead"] == 2
     assert await client.purge_dead(queue, None) == 2
+
+
+async def test_every_dead_job_is_retried_and_purged_a_chunk_per_call(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
+    """`dead retry|purge --all` on a large dead set: one script over 700,000 dead jobs held
+    Redis past the caller's timeout. They go DEAD_CHUNK (1,000) a call, all of them."""
+    n = 2 * DEAD_CHUNK + 500
+    ids = [await client.enqueue("t.reject", {}, queue=queue) for _ in range(n)]
+
+    async def all_dead() -> bool:
+        return (await client.depth(queue))["dead"] == n
+
+    async def calls(r: aredis.Redis) -> int:  # scripts run (a NOSCRIPT reply is a failed call)
+        stats = (await r.info("commandstats")).get("cmdstat_evalsha", {})
+        return int(stats.get("calls", 0)) - int(stats.get("failed_calls", 0))
+
+    async with aredis.Redis.from_url(redis_server.url) as r:
+        async with running_worker(redis_server.url, queue):
+            await eventually(all_dead, what="every job dead")
+        before = await calls(r)
+        assert sorted(await client.retry_dead(queue)) == sorted(ids)
+        assert await calls(r) - before == 3
+        assert (await client.depth(queue))["pending"] == n
+        async with running_worker(redis_server.url, queue):
+            await eventually(all_dead, what="every job dead again")
+        before = await calls(r)
+        assert await client.purge_dead(queue) == n
+        assert await calls(r) - before == 3
+    assert await client.depth(queue) == {"pending": 0, "active": 0, "scheduled": 0, "dead": 0}
 
 
 async def test_run_at_must_say_its_timezone(client: Client, queue: str) -> None:

@@ -65,6 +65,7 @@ STORE_METHOD_COMMANDS: dict[str, set[str]] = {
     "zrem": {"zrem"},
     "zremrangebyscore": {"zremrangebyscore"},
     "zrange": {"zrange"},
+    "zrangebyscore": {"zrangebyscore"},
     # redis-py scripts: EVALSHA, and SCRIPT LOAD when the server does not know the script yet.
     "register_script": {"evalsha", "script|load"},
     # Client.wait: SUBSCRIBE; the pub/sub health check is a PING (a connection command).
