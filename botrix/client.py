@@ -113,7 +113,9 @@ class Client:
 
         Passing your own ``job_id`` makes the enqueue idempotent: while a job with that id is
         queued, scheduled or running in ``queue``, another enqueue with it there does nothing.
-        Ids are unique per queue (docs/protocol.md).
+        Ids are unique per queue (docs/protocol.md). Choose the id yourself when you retry
+        enqueues: a StoreUnavailable may come after Redis ran the call (the reply was lost),
+        and only the same id makes the retry a no-op then.
         """
         job_id = job_id or uuid.uuid4().hex
         validate_job_id(job_id)

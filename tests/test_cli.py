@@ -164,6 +164,48 @@ def test_enqueue_wait_job_and_workers(
     worker.signal(signal.SIGTERM)
 
 
+def test_enqueue_names_the_job_when_redis_fails(own_redis: RedisServer, queue: str) -> None:
+    """Redis lost during `enqueue --wait`: the job is enqueued, and the error says which; an
+    enqueue that cannot reach Redis names the id it chose, to ask for it or enqueue it again."""
+    url = ["--redis-url", own_redis.url]
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "botrix",
+            *url,
+            "enqueue",
+            "t.echo",
+            "--job-id",
+            "cut-1",
+            "--queue",
+            queue,
+            "--wait",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    channel = keys.queue_keys(queue).events
+    deadline = time.monotonic() + 60  # a guard against a hang only
+    while own_redis.client().pubsub_numsub(channel) != [(channel.encode(), 1)]:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    own_redis.stop(signal.SIGKILL)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3 and out == ""
+    assert f"job 'cut-1' in queue '{queue}' was enqueued, but waiting for it failed" in err
+    assert "Traceback" not in err
+
+    gone = run(*url, "enqueue", "t.echo", "--queue", queue)
+    assert gone.returncode == 3 and "Traceback" not in gone.stderr
+    chosen = re.search(r"job '([0-9a-f]{32})' in queue", gone.stderr)
+    assert chosen is not None, gone.stderr
+    assert f"enqueueing again with --job-id {chosen.group(1)} does nothing if it is" in gone.stderr
+
+
 def test_admin_cli_errors(redis_server: RedisServer) -> None:
     bad_json = run("--redis-url", redis_server.url, "enqueue", "t.echo", "--payload", "{nope")
     assert bad_json.returncode == 2 and "--payload is not valid JSON" in bad_json.stderr

@@ -12,6 +12,7 @@ import argparse
 import math
 import os
 import sys
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -149,15 +150,32 @@ async def _enqueue(client: Client, args: argparse.Namespace) -> int:
         payload = orjson.loads(args.payload)
     except orjson.JSONDecodeError as exc:
         fail(PROG, f"--payload is not valid JSON: {exc}")
-    job_id = await client.enqueue(
-        args.type,
-        payload,
-        queue=args.queue,
-        delay=args.delay,
-        max_retries=args.max_retries,
-        timeout=args.timeout,
-        job_id=args.job_id,
-    )
+    # The id is chosen here, not by the client, so that every error below can name it: Redis
+    # may have run an enqueue whose reply was lost, and without the id the user could only
+    # enqueue the job again, a second time if it was.
+    job_id = args.job_id or uuid.uuid4().hex
+    where = f"job {job_id!r} in queue {args.queue!r}"
+    redis = f"Redis at {redact_url(_redis_url(args))}"
+    try:
+        await client.enqueue(
+            args.type,
+            payload,
+            queue=args.queue,
+            delay=args.delay,
+            max_retries=args.max_retries,
+            timeout=args.timeout,
+            job_id=job_id,
+        )
+    except ForeignWrite:
+        raise  # refused before any write: main() names the damaged key
+    except StoreUnavailable as exc:
+        fail(
+            PROG,
+            f"{redis} is unreachable or refused ({exc}); {where} may or may not be enqueued: "
+            f"'botrix job {job_id} --queue {args.queue}' tells, and enqueueing again with "
+            f"--job-id {job_id} does nothing if it is",
+            3,
+        )
     if not args.wait:
         _print({"id": job_id, "queue": args.queue})
         return 0
@@ -165,7 +183,11 @@ async def _enqueue(client: Client, args: argparse.Namespace) -> int:
         info = await client.wait(job_id, args.wait_timeout, args.queue)
     except TimeoutError:
         # The job is queued: without its id the user could only enqueue it again.
-        fail(PROG, f"timed out waiting for job {job_id!r} in queue {args.queue!r} (it is still enqueued)", 1)
+        fail(PROG, f"timed out waiting for {where} (it is still enqueued)", 1)
+    except ForeignWrite:
+        raise
+    except StoreUnavailable as exc:
+        fail(PROG, f"{where} was enqueued, but waiting for it failed: {redis} is unreachable ({exc})", 3)
     _print(info.to_dict())
     return 0 if info.status == "completed" else 1
 
