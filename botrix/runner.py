@@ -130,6 +130,9 @@ class Runner:
         self._holds: dict[str, Hold] = {}  # queues with a foreign-written key
         self._latest: dict[tuple[str, str], InFlight] = {}  # the newest attempt of each job held
         self._dry = False  # the last claim came back short: the queues looked empty
+        # Counts the signs of new work (the waker's, a hold's end): a pass that began before
+        # the latest one cannot tell the queues are empty, whatever its claims came back with.
+        self._arrivals = 0
         self._failure: BaseException | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -195,7 +198,8 @@ class Runner:
                     lane.busy = True
                     task = asyncio.create_task(self._pass(lane, claiming=True, stop=stop))
                     passes.add(task)
-                    task.add_done_callback(functools.partial(self._pass_done, lane=lane, passes=passes))
+                    done = functools.partial(self._pass_done, lane=lane, passes=passes, since=self._arrivals)
+                    task.add_done_callback(done)
                 if ready:
                     await asyncio.sleep(0)  # let them take their batches and reserve their slots
                     continue
@@ -213,11 +217,12 @@ class Runner:
                 await asyncio.wait(passes)
 
     def _work_arrived(self) -> None:
+        self._arrivals += 1
         self._dry = False
         self._wake.set()
 
     def _pass_done(
-        self, task: asyncio.Task[bool | None], lane: Lane, passes: set[asyncio.Task[bool | None]]
+        self, task: asyncio.Task[bool | None], lane: Lane, passes: set[asyncio.Task[bool | None]], since: int
     ) -> None:
         passes.discard(task)
         lane.busy = False
@@ -226,7 +231,7 @@ class Runner:
         if task.exception() is not None:
             self._failure = task.exception()
         elif task.result() is not None:
-            self._dry = bool(task.result())
+            self._dry = bool(task.result()) and self._arrivals == since
         self._wake.set()
 
     async def _pass(self, lane: Lane, *, claiming: bool, stop: asyncio.Event | None) -> bool | None:
@@ -332,8 +337,7 @@ class Runner:
         # results again with no timer left to bring them back.
         hold.until = 0.0
         self._unpark(hold)
-        self._dry = False
-        self._wake.set()
+        self._work_arrived()
 
     def _park(self, hold: Hold, lane: int, items: list[Settlement]) -> None:
         self._lanes[lane].held -= len(items)
