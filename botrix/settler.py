@@ -94,6 +94,9 @@ class Settler:
                 duration_ms=duration_ms,
                 error=error,
                 message=message,
+                # The handler's stack, as the job record keeps it (its last 4,000 characters):
+                # the log should not send the operator to Redis for it.
+                traceback=s.error.traceback if s.error else None,
             )
             if s.outcome is Outcome.RETRY:
                 counters.retried += 1

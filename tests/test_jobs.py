@@ -371,6 +371,11 @@ async def test_queue_wait_counts_from_when_the_job_could_run(
     [before_redrive, after_redrive] = waits("job.failed", redriven)
     assert first_try >= hour_ms and before_redrive >= hour_ms
     assert max(after_delay, second_try, after_redrive) < hour_ms / 6  # ten minutes: far from any noise
+    # A failure's log line carries the handler's stack, as the record does.
+    failed = next(e for e in worker.events() if e.get("event") == "job.failed" and e["job_id"] == retried)
+    assert failed["error"] == "ConnectionError" and failed["message"] == "flaky attempt 1"
+    assert failed["traceback"].startswith("Traceback (most recent call last):")
+    assert 'in flaky\n    raise ConnectionError(f"flaky attempt {ctx.attempt}")' in failed["traceback"]
     worker.signal(signal.SIGTERM)
     assert await worker.wait() == 0
 
