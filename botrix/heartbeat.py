@@ -2,8 +2,9 @@
 
 Every tick it pings Redis (readiness reads the answer), renews the lease of every job the
 worker still runs, and every ``--health-check-interval`` rewrites the health record with a TTL
-so a dead worker vanishes by itself. It stops only after the runner has settled its last job,
-so leases stay renewed through a graceful drain.
+so a dead worker vanishes by itself, and at once when the worker's phase changes (a drain
+begins: `botrix workers` shows it draining). It stops only after the runner has settled its
+last job, so leases stay renewed through a graceful drain.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class Heartbeat:
         self._on_lost = on_lost
         self._tick = min(settings.lease_seconds / 3, settings.health_check_interval, MAX_TICK_S)
         self._health_ttl = max(int(settings.health_check_interval * 3), 3)
+        self._recorded: Phase | None = None  # the phase the record in Redis shows
 
     async def run(self, stop: asyncio.Event) -> None:
         """Beat until ``stop``; then remove the health record."""
@@ -54,7 +56,7 @@ class Heartbeat:
     async def _loop(self, stop: asyncio.Event, next_record: float) -> None:
         while True:
             try:
-                await self._beat(time.monotonic() >= next_record)
+                await self._beat(time.monotonic() >= next_record or self._state.phase != self._recorded)
             except StoreUnavailable as exc:
                 if self._state.redis.down(str(exc)):
                     self._log.warning("redis.unavailable", reason=str(exc), during="heartbeat")
@@ -82,10 +84,12 @@ class Heartbeat:
             if lost:
                 self._on_lost(queue, lost, sent)
         if write_record:
+            phase = self._state.phase
             await self._store.register_queues(self._settings.queues)
             await self._store.write_health(
                 self._settings.worker_id, self._state.health_record(), self._health_ttl
             )
+            self._recorded = phase
 
     async def _goodbye(self) -> None:
         self._state.phase = Phase.STOPPED

@@ -235,6 +235,32 @@ async def test_health_record_is_published_and_expires_when_the_worker_dies(
     assert await client.workers(queue) == []
 
 
+async def test_health_record_says_draining_as_soon_as_the_drain_begins(
+    redis_server: RedisServer, client: Client, queue: str, spawn: Spawn
+) -> None:
+    """The record is rewritten on a change of phase, not only every --health-check-interval
+    (an hour here): during a drain `botrix workers` shows the worker draining."""
+    worker_id = f"hd-{queue}"
+    worker = spawn(redis_server.url, queue, "--worker-id", worker_id, "--health-check-interval", "3600")
+    job_id = await client.enqueue("t.sleep", {"seconds": 3600}, queue=queue)
+    await worker.wait_for("job.started")
+
+    async def statuses() -> list[str]:
+        return [w["status"] for w in await client.workers(queue)]
+
+    async def draining() -> bool:
+        return await statuses() == ["draining"]
+
+    assert await statuses() == ["running"]
+    worker.signal(signal.SIGTERM)
+    await eventually(draining, what="the record saying draining")
+    [record] = await client.workers(queue)
+    assert record["current_jobs"] == [job_id]
+    worker.signal(signal.SIGTERM)  # the second signal skips the drain wait
+    assert await worker.wait() == 0
+    assert await client.workers(queue) == []  # a clean exit removes the record
+
+
 async def _gone(r: aredis.Redis, key: str) -> bool:
     return not await r.exists(key)
 
