@@ -320,6 +320,13 @@ class HttpServer:
                     continue  # that queue alone is damaged (/ready says so); the others are not
                 except (TimeoutError, StoreUnavailable):
                     return  # keep the last known depths; /ready already says why
+            try:
+                async with asyncio.timeout(DEPTH_TIMEOUT_S):
+                    records = await self._store.workers()
+            except (TimeoutError, StoreUnavailable):
+                return
+            for queue in self._state.queues:
+                self._metrics.workers_cache[queue] = sum(queue in r.get("queues", ()) for r in records)
 
 
 def _bound_socket(host: str, port: int) -> socket.socket | None:

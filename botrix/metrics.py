@@ -41,9 +41,15 @@ WAIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
 class _StateCollector(Collector):
     """Gauges read from the worker's state (and the cached queue depth) at scrape time."""
 
-    def __init__(self, state: WorkerState, depth: Callable[[], Mapping[str, Mapping[str, int]]]) -> None:
+    def __init__(
+        self,
+        state: WorkerState,
+        depth: Callable[[], Mapping[str, Mapping[str, int]]],
+        workers: Callable[[], Mapping[str, int]],
+    ) -> None:
         self._state = state
         self._depth = depth
+        self._workers = workers
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         s = self._state
@@ -61,6 +67,14 @@ class _StateCollector(Collector):
             for name, count in states.items():
                 depth.add_metric([queue, name], count)
         yield depth
+        workers = GaugeMetricFamily(
+            "botrix_queue_workers",
+            "Live workers serving the queue, by their health records (read from Redis, cached briefly).",
+            labels=["queue"],
+        )
+        for queue, count in self._workers().items():
+            workers.add_metric([queue], count)
+        yield workers
         damaged = GaugeMetricFamily(
             "botrix_queue_damaged",
             "1 while a key of the queue holds what botrix never writes: its jobs wait for a repair.",
@@ -152,6 +166,7 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self._known_types = frozenset(handler_types)
         self.depth_cache: dict[str, dict[str, int]] = {}
+        self.workers_cache: dict[str, int] = {}
         # Label lookups cost more than the increments: children are looked up once and kept.
         self._finished: dict[tuple[str, str, str], tuple[list[float], _Histogram, Any]] = {}
         r = self.registry
@@ -172,7 +187,7 @@ class Metrics:
         )
         info = Gauge("botrix_build_info", "botrix version.", ["version", "python"], registry=r)
         info.labels(version, platform.python_version()).set(1)
-        r.register(_StateCollector(state, lambda: self.depth_cache))
+        r.register(_StateCollector(state, lambda: self.depth_cache, lambda: self.workers_cache))
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         GCCollector(registry=r)  # gc.get_stats() at scrape time: nothing per job

@@ -219,6 +219,7 @@ async def test_metrics_move_as_jobs_complete_fail_and_retry(
     assert m[("botrix_concurrency", ())] == 5
     assert m[("botrix_redis_up", ())] == 1
     assert m[("botrix_queue_depth", (q, ("state", "pending")))] == 0
+    assert m[("botrix_queue_workers", (q,))] == 1  # this worker, by its health record
     assert ("process_resident_memory_bytes", ()) in m
     assert m[("python_gc_collections_total", (("generation", "0"),))] >= 0
     assert any(name == "botrix_build_info" for name, _ in m)
