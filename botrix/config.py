@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, quote, urlsplit
 
 from botrix.errors import ConfigError
 
@@ -361,6 +361,28 @@ class Settings:
         return int(self.lease_seconds * 1000)
 
 
+#: The original daemon's Redis settings (its .env): a URL is built from them when none is given.
+REDIS_PARTS = ("REDIS_HOST", "REDIS_PORT", "REDIS_PASSWORD")
+
+
+def redis_url_from_parts(env: Mapping[str, str]) -> str | None:
+    """``redis://[:password@]host:port/0`` from REDIS_HOST, REDIS_PORT and REDIS_PASSWORD.
+
+    Only when one of them is set (then host localhost and port 6379 unless given); else None.
+    """
+    if not any(env.get(name) for name in REDIS_PARTS):
+        return None
+    host = env.get("REDIS_HOST") or "localhost"
+    port = env.get("REDIS_PORT") or "6379"
+    if not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"REDIS_PORT: must be a port number from 1 to 65535, got {port!r}")
+    if ":" in host:
+        host = f"[{host}]"  # an IPv6 address
+    password = env.get("REDIS_PASSWORD")
+    auth = f":{quote(password, safe='')}@" if password else ""
+    return f"redis://{auth}{host}:{port}/0"
+
+
 def resolve(flags: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
     """Settings from parsed flags (raw strings, None when absent), then env, then defaults."""
     values: dict[str, Any] = {}
@@ -369,6 +391,8 @@ def resolve(flags: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
         source = option.flag
         if raw is None:
             source, raw = next(((e, env[e]) for e in option.envs if env.get(e)), ("", None))
+        if raw is None and option.name == "redis_url":
+            source, raw = "/".join(REDIS_PARTS), redis_url_from_parts(env)
         if raw is None:
             raw = option.default
             source = f"default of {option.flag}"

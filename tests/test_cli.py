@@ -16,6 +16,7 @@ import orjson
 import pytest
 
 from botrix import keys
+from botrix.config import resolve
 from tests.conftest import ROOT, WorkerProcess
 from tests.redisproc import RedisServer, free_port
 
@@ -60,6 +61,7 @@ BAD_WORKER_ARGS = [
     (["--redis-url", "redis://:hunter2@h/0?db=one"], {}, "a value of 'db' that redis-py refuses"),
     (["--http-host", "my..host"], {}, "--http-host: must be an IP address or a host name"),
     ([], {"REDIS_URL": "redis://u:hunter2\udcffpw@h/0"}, "REDIS_URL: is not valid UTF-8 text"),
+    ([], {"REDIS_PORT": "63x9", "REDIS_PASSWORD": "hunter2"}, "REDIS_PORT: must be a port number"),
 ]
 
 
@@ -204,6 +206,29 @@ def test_enqueue_names_the_job_when_redis_fails(own_redis: RedisServer, queue: s
     chosen = re.search(r"job '([0-9a-f]{32})' in queue", gone.stderr)
     assert chosen is not None, gone.stderr
     assert f"enqueueing again with --job-id {chosen.group(1)} does nothing if it is" in gone.stderr
+
+
+def test_redis_host_port_and_password_of_the_original_daemon(own_redis: RedisServer, queue: str) -> None:
+    """With no URL given, REDIS_HOST, REDIS_PORT and REDIS_PASSWORD (the original daemon's .env)
+    make one, the password percent-encoded; a wrong password is never shown."""
+    own_redis.password = "p@ss/w#rd:x"
+    own_redis.stop()
+    own_redis.start()
+    parts = {
+        "REDIS_HOST": "127.0.0.1",
+        "REDIS_PORT": str(own_redis.port),
+        "REDIS_PASSWORD": own_redis.password,
+    }
+    # The worker reads them the same way (its settings, as parsed from flags and environment).
+    assert resolve({}, parts).redis_url == f"redis://:p%40ss%2Fw%23rd%3Ax@127.0.0.1:{own_redis.port}/0"
+    enqueued = run("enqueue", "t.echo", "--job-id", "from-parts", "--queue", queue, env=parts)
+    assert enqueued.returncode == 0, enqueued.stderr
+    assert own_redis.client().lrange(keys.queue_keys(queue).pending, 0, -1) == [b"from-parts"]
+    wrong = run("queues", env={**parts, "REDIS_PASSWORD": "hunter2"})
+    assert wrong.returncode == 3 and "hunter2" not in wrong.stderr and "Traceback" not in wrong.stderr
+    # A URL, when given, wins over the parts.
+    url_wins = run("queues", env={**parts, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
+    assert url_wins.returncode == 3
 
 
 def test_admin_cli_errors(redis_server: RedisServer) -> None:

@@ -21,7 +21,7 @@ import uvloop
 
 from botrix.cli import Parser, fail, hide_secrets_in_title
 from botrix.client import Client
-from botrix.config import OPTIONS, redact_url
+from botrix.config import OPTIONS, REDIS_PARTS, redact_url, redis_url_from_parts
 from botrix.errors import ConfigError, JobNotFoundError, PayloadTooLargeError
 from botrix.model import MAX_DELAY_S, validate_job_id, validate_queue_name
 from botrix.store import ForeignWrite, StoreUnavailable
@@ -37,9 +37,11 @@ def _redis_url(args: argparse.Namespace) -> str:
     option = next(o for o in OPTIONS if o.name == "redis_url")
     source, raw = "--redis-url", args.redis_url
     if not raw:
-        source, raw = next(
-            ((e, os.environ[e]) for e in option.envs if os.environ.get(e)), ("", option.default or "")
-        )
+        source, raw = next(((e, os.environ[e]) for e in option.envs if os.environ.get(e)), ("", None))
+    if not raw:
+        source, raw = "/".join(REDIS_PARTS), redis_url_from_parts(os.environ)
+    if not raw:
+        source, raw = "", option.default or ""
     try:
         return str(option.parse(raw))
     except ValueError as exc:
