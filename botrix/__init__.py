@@ -9,7 +9,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from botrix.context import JobContext
-from botrix.errors import InvalidPayloadError, NonRetryableError
+from botrix.errors import InvalidPayloadError, NonRetryableError, RetryLater
 from botrix.model import JobInfo, JobStatus
 from botrix.registry import Registry, handler
 
@@ -21,6 +21,7 @@ __all__ = [
     "JobStatus",
     "NonRetryableError",
     "Registry",
+    "RetryLater",
     "__version__",
     "handler",
 ]

@@ -82,7 +82,10 @@ class Attempts:
             return _settlement(job, Outcome.COMPLETED, attempt.result or b"null", duration, wait_ms)
         if attempt.retryable and job.attempt <= max_retries:
             settlement = _settlement(job, Outcome.RETRY, attempt.error.to_json(), duration, wait_ms)
-            settlement.delay_ms = backoff_ms(job.attempt, s.retry_backoff, s.retry_backoff_max)
+            if attempt.retry_after is not None:
+                settlement.delay_ms = int(attempt.retry_after * 1000)
+            else:
+                settlement.delay_ms = backoff_ms(job.attempt, s.retry_backoff, s.retry_backoff_max)
         else:
             settlement = _settlement(job, Outcome.DEAD, attempt.error.to_json(), duration, wait_ms)
         settlement.error = attempt.error

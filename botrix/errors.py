@@ -1,10 +1,13 @@
 """Exceptions that cross module boundaries.
 
 Handlers raise :class:`NonRetryableError` (or a subclass) to send a job straight to the dead
-letters; everything else a handler raises is a failed attempt that may be retried.
+letters, and :class:`RetryLater` to choose when it is retried; everything else a handler raises
+is a failed attempt that may be retried after the backoff.
 """
 
 from __future__ import annotations
+
+import math
 
 
 class BotrixError(Exception):
@@ -21,6 +24,21 @@ class NonRetryableError(BotrixError):
 
 class InvalidPayloadError(NonRetryableError):
     """The payload does not have the shape the handler needs."""
+
+
+class RetryLater(BotrixError):
+    """Raised by a handler to be retried after ``delay`` seconds instead of the backoff's.
+
+    For an upstream that says when to come back (HTTP 429 or 503 with ``Retry-After``, a
+    rate limit's reset time). It is a failed attempt like any other: it counts against
+    ``max_retries``, and with none left the job is dead-lettered.
+    """
+
+    def __init__(self, delay: float, message: str = "") -> None:
+        if not math.isfinite(delay) or delay < 0:
+            raise ValueError(f"RetryLater delay must be a finite number of seconds >= 0, got {delay!r}")
+        super().__init__(message or f"retry in {delay:g}s")
+        self.delay = delay
 
 
 class EnvelopeError(BotrixError):

@@ -14,8 +14,8 @@ import orjson
 
 from botrix.aio import Deadline
 from botrix.context import HandlerFunc, JobContext
-from botrix.errors import NonRetryableError
-from botrix.model import ErrorInfo
+from botrix.errors import NonRetryableError, RetryLater
+from botrix.model import MAX_DELAY_S, ErrorInfo
 
 #: Tracebacks are cut to their last part: the frames nearest the error are the useful ones.
 TRACEBACK_LIMIT = 4000
@@ -29,6 +29,8 @@ class Attempt:
     result: bytes | None = None
     error: ErrorInfo | None = None
     retryable: bool = True
+    #: Seconds until the retry, as the handler asked (RetryLater); None: the backoff's.
+    retry_after: float | None = None
 
 
 def error_info(exc: BaseException) -> ErrorInfo:
@@ -66,6 +68,8 @@ async def run_attempt(handler: HandlerFunc, ctx: JobContext, payload: object, ti
         raise
     except NonRetryableError as exc:
         return Attempt(error=error_info(exc), retryable=False)
+    except RetryLater as exc:
+        return Attempt(error=error_info(exc), retry_after=min(exc.delay, MAX_DELAY_S))
     except Exception as exc:
         return Attempt(error=error_info(exc))
     except BaseException as exc:  # SystemExit and friends from a handler: a failed attempt, not a crash

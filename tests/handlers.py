@@ -14,7 +14,7 @@ from typing import Any
 
 import redis.asyncio as aredis
 
-from botrix import InvalidPayloadError, JobContext, handler
+from botrix import InvalidPayloadError, JobContext, RetryLater, handler
 
 # Worker processes started by the tests keep one counting client (they have one event loop);
 # in the pytest process each test has its own loop, so a client is opened per call there.
@@ -71,6 +71,14 @@ async def fail(ctx: JobContext, payload: Any) -> None:
 async def flaky(ctx: JobContext, payload: dict[str, Any]) -> int:
     if ctx.attempt <= int(payload["fail_times"]):
         raise ConnectionError(f"flaky attempt {ctx.attempt}")
+    return ctx.attempt
+
+
+@handler("t.rate_limited")
+async def rate_limited(ctx: JobContext, payload: dict[str, Any]) -> int:
+    """An upstream answers 429 with a Retry-After on the first attempts."""
+    if ctx.attempt <= int(payload.get("limited_times", 1)):
+        raise RetryLater(float(payload["retry_after"]), "upstream said 429, Retry-After")
     return ctx.attempt
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import signal
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -15,7 +16,7 @@ import redis.asyncio as aredis
 
 from botrix import keys
 from botrix.client import Client
-from botrix.errors import JobNotFoundError, PayloadTooLargeError
+from botrix.errors import JobNotFoundError, PayloadTooLargeError, RetryLater
 from botrix.model import JobStatus
 from botrix.store import DEAD_CHUNK
 from tests.conftest import WorkerProcess, eventually, running_worker
@@ -106,6 +107,41 @@ async def test_flaky_job_succeeds_after_retries(
     assert info.status is JobStatus.COMPLETED
     assert info.result == 3
     assert info.attempts == 3
+
+
+async def test_a_handler_chooses_when_it_is_retried(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
+    """RetryLater(3600): the retry is due in an hour, which the backoff (1 s base, 300 s cap
+    here) would never choose; with a delay of 0 the job runs again at once. Either way it is an
+    attempt: with none left the job is dead."""
+    k = keys.queue_keys(queue)
+    async with running_worker(redis_server.url, queue, max_retries=2):
+        later = await client.enqueue("t.rate_limited", {"retry_after": 3600}, queue=queue)
+        soon = await client.enqueue("t.rate_limited", {"retry_after": 0}, queue=queue)
+        assert (await client.wait(soon, timeout=30)).attempts == 2
+        spent = await client.enqueue("t.rate_limited", {"retry_after": 0, "limited_times": 9}, queue=queue)
+        info = await client.wait(spent, timeout=30)
+        assert (info.status, info.attempts) == (JobStatus.DEAD, 3)
+        assert info.error is not None and info.error["type"] == "RetryLater"
+        assert info.error["message"] == "upstream said 429, Retry-After"
+
+        async def scheduled() -> float | None:
+            async with aredis.Redis.from_url(redis_server.url) as r:
+                return await r.zscore(k.scheduled, later)
+
+        due_ms = await eventually(scheduled, what="the retry scheduled")
+    info = await client.job(later, queue)
+    assert (info.status, info.attempts) == (JobStatus.RETRYING, 1)
+    assert info.run_at_ms == due_ms and info.started_at_ms is not None
+    hour_ms = 3_600_000
+    assert hour_ms * 0.9 < due_ms - info.started_at_ms < hour_ms * 1.1
+
+
+def test_retry_later_refuses_a_delay_that_is_not_a_time() -> None:
+    for bad in (-1.0, math.nan, math.inf):
+        with pytest.raises(ValueError, match="RetryLater delay must be a finite number"):
+            RetryLater(bad)
 
 
 async def test_per_job_max_retries_overrides_the_worker(
