@@ -199,6 +199,23 @@ class Client:
         """Jobs in the queue by state: pending, active, scheduled, dead."""
         return await self._store.depth(queue)
 
+    async def pause(self, queue: str = "default") -> None:
+        """Stop every worker from claiming jobs of ``queue`` until :meth:`resume`.
+
+        Enqueues go on, and jobs already running finish; workers notice within about a second.
+        """
+        validate_queue_name(queue)
+        await self._store.set_paused(queue, True)
+
+    async def resume(self, queue: str = "default") -> None:
+        """Let workers claim from ``queue`` again (within about a second)."""
+        validate_queue_name(queue)
+        await self._store.set_paused(queue, False)
+
+    async def is_paused(self, queue: str = "default") -> bool:
+        """Whether ``queue`` is paused."""
+        return await self._store.is_paused(queue)
+
     async def queues(self) -> list[str]:
         """Every queue name known to botrix in this Redis."""
         return await self._store.known_queues()

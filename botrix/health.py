@@ -103,6 +103,8 @@ class WorkerState:
     #: Queues whose keys something other than botrix wrote (``WRONGTYPE``), with the reason:
     #: the runner leaves them alone, serving the others, until the key is repaired.
     damaged: dict[str, str] = field(default_factory=dict)
+    #: Served queues an operator has paused (botrix pause), as the last claim found them.
+    paused: set[str] = field(default_factory=set)
 
     def held(self) -> dict[str, list[tuple[str, int]]]:
         """Leases held now, by queue: what the heartbeat renews."""

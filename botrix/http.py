@@ -287,6 +287,7 @@ class HttpServer:
                 },
                 "event_loop": {"lag_ms": round(s.loop_lag_s * 1000, 3)},
                 "damaged_queues": dict(s.damaged),
+                "paused_queues": sorted(s.paused),
                 "queues": self._metrics.depth_cache,
             },
             "counters": {

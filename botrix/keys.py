@@ -32,6 +32,8 @@ class QueueKeys:
     dead: str
     seq: str
     events: str
+    #: Set (to "1") while an operator has paused the queue: workers claim nothing from it.
+    paused: str
     job_prefix: str
 
     def job(self, job_id: str) -> str:
@@ -50,6 +52,7 @@ def queue_keys(queue: str) -> QueueKeys:
         dead=f"{base}:dead",
         seq=f"{base}:seq",
         events=f"{base}:events",
+        paused=f"{base}:paused",
         job_prefix=f"{base}:job:",
     )
 

@@ -83,6 +83,14 @@ class _StateCollector(Collector):
         for queue in s.queues:
             damaged.add_metric([queue], int(queue in s.damaged))
         yield damaged
+        paused = GaugeMetricFamily(
+            "botrix_queue_paused",
+            "1 while an operator has paused the queue (botrix pause): no new claims.",
+            labels=["queue"],
+        )
+        for queue in s.queues:
+            paused.add_metric([queue], int(queue in s.paused))
+        yield paused
         yield GaugeMetricFamily(
             "botrix_redis_up", "1 when Redis answered the last check.", value=int(s.redis.up)
         )

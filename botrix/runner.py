@@ -35,6 +35,7 @@ from botrix.health import InFlight, Phase, WorkerState
 from botrix.logs import Logger
 from botrix.metrics import Metrics
 from botrix.model import Claimed, ErrorInfo, Outcome, Settlement, parse_job
+from botrix.pauses import Pauses
 from botrix.registry import Registry
 from botrix.settler import Settler
 from botrix.store import Consumer, ForeignWrite, Store, StoreUnavailable
@@ -126,6 +127,7 @@ class Runner:
         self._settler = Settler(state, log, metrics, len(self._lanes))
         self._wake = asyncio.Event()
         self._waker = Waker(store, settings.queues, self._work_arrived, state.redis, log)
+        self._pauses = Pauses(self._waker, state, log, self._work_arrived)
         self._backoff = Backoff()
         self._holds: dict[str, Hold] = {}  # queues with a foreign-written key
         self._latest: dict[tuple[str, str], InFlight] = {}  # the newest attempt of each job held
@@ -250,16 +252,22 @@ class Runner:
                 self._park(hold, lane.index, items)
                 dry = dry or claiming
                 continue
+            # Paused by an operator (and not due for a look): its results are still written, and
+            # for strict priority it ran dry, so the queues below go on.
+            paused = claiming and self._pauses.skip(queue)
+            dry = dry or paused
             # Only this call's settlements free slots for its claim; jobs finishing meanwhile
             # keep theirs until a later call writes them.
-            want = max(0, lane.size - lane.held - lane.reserved + len(items)) if claiming else 0
-            if want == 0:
+            want = (
+                max(0, lane.size - lane.held - lane.reserved + len(items)) if claiming and not paused else 0
+            )
+            if want == 0 and not paused:
                 claiming = False  # this queue was not looked at, so the ones below it wait too
             if not items and want == 0 and (hold is None or hold.claims_only):
                 continue  # (a held queue gets a call anyway, whose key checks tell if it is repaired)
             lane.reserved += want
             try:
-                refused, claimed, rejected = await self._store.exchange(
+                refused, claimed, rejected, now_paused = await self._store.exchange(
                     queue, items, want, self._consumer, lane=lane.index
                 )
             except ForeignWrite as exc:
@@ -297,6 +305,7 @@ class Runner:
             for job in claimed:
                 self._start(lane, queue, job)
             if want:
+                self._pauses.saw(queue, now_paused)
                 dry = len(claimed) < want
                 # Strict priority: lower queues claim only in a pass where this one ran dry.
                 claiming = dry
@@ -310,7 +319,7 @@ class Runner:
             hold = self._holds[queue] = Hold(Backoff(HOLD_BASE_S, HOLD_CAP_S))
         hold.claims_only = exc.claims_only
         self._park(hold, lane, items)
-        self._waker.pause(queue)
+        self._waker.pause(queue, "damaged")
         loop = asyncio.get_running_loop()
         if hold.until > loop.time():
             return  # another lane's call failed the same way meanwhile: one try, one warning
@@ -359,7 +368,7 @@ class Runner:
         if hold.timer is not None:
             hold.timer.cancel()
         self._unpark(hold)
-        self._waker.resume(queue)
+        self._waker.resume(queue, "damaged")
         self._state.damaged.pop(queue, None)
         self._log.info("queue.repaired", queue=queue)
 

@@ -57,11 +57,16 @@ class ForeignWrite(StoreUnavailable):
 
 
 class Exchanged(NamedTuple):
-    """What one exchange did: acks refused, jobs claimed, entries the claim dead-lettered."""
+    """What one exchange did.
+
+    The acks refused, the jobs claimed, the entries the claim dead-lettered, and whether the
+    claim was skipped because the queue is paused.
+    """
 
     refused: set[str]
     claimed: list[Claimed]
     rejected: list[Rejected]
+    paused: bool
 
 
 def _load_script(name: str) -> str:
@@ -260,8 +265,8 @@ class Store:
         ]
         for s in settlements:
             args += [s.job_id, s.delivery, s.outcome.value, s.data, s.delay_ms]
-        refused, flat, dead = await self._run_direct(
-            lane, "exchange", [k.pending, k.active, k.scheduled, k.dead, k.events, k.seq], args
+        refused, flat, dead, paused = await self._run_direct(
+            lane, "exchange", [k.pending, k.active, k.scheduled, k.dead, k.events, k.seq, k.paused], args
         )
         claimed = [
             Claimed(_text(flat[i]), flat[i + 1], int(flat[i + 2]), int(flat[i + 3]), int(flat[i + 4]))
@@ -270,7 +275,7 @@ class Store:
         rejected = [
             Rejected(_text(dead[i]), _text(dead[i + 1]), _text(dead[i + 2])) for i in range(0, len(dead), 3)
         ]
-        return Exchanged({_text(job_id) for job_id in refused}, claimed, rejected)
+        return Exchanged({_text(job_id) for job_id in refused}, claimed, rejected, paused == 1)
 
     async def wait_for_jobs(self, queue: str) -> bool:
         """Block until the queue has an entry (True) or the blocking timeout passes (False).
@@ -352,6 +357,15 @@ class Store:
         pipe.zcard(k.dead)
         pending, active, scheduled, dead = await self._call(pipe.execute())
         return {"pending": pending, "active": active, "scheduled": scheduled, "dead": dead}
+
+    async def set_paused(self, queue: str, paused: bool) -> None:
+        """Pause the queue (workers claim nothing from it) or resume it."""
+        k = keys.queue_keys(queue)
+        await self._call(self._redis.set(k.paused, "1") if paused else self._redis.delete(k.paused))
+
+    async def is_paused(self, queue: str) -> bool:
+        """Whether an operator has paused the queue."""
+        return await self._call(self._redis.get(keys.queue_keys(queue).paused)) is not None
 
     async def dead_ids(self, queue: str, start: int, count: int) -> list[str]:
         """Dead job ids, newest first."""

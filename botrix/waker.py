@@ -37,9 +37,11 @@ class Waker:
         self._log = log
         self._armed = asyncio.Event()
         self._stopping = False
-        # A queue the runner holds (a foreign-written key) is not watched: it cannot be claimed
-        # from, and its backlog would answer every BLMOVE at once, waking the runner in a loop.
+        # A queue the runner holds (a foreign-written key) or an operator paused is not watched:
+        # it cannot be claimed from, and its backlog would answer every BLMOVE at once, waking
+        # the runner in a loop. Watched again once no reason is left.
         self._open = {queue: asyncio.Event() for queue in queues}
+        self._closed: dict[str, set[str]] = {queue: set() for queue in queues}
         for event in self._open.values():
             event.set()
 
@@ -47,13 +49,16 @@ class Waker:
         """The runner is idle with free slots: start watching."""
         self._armed.set()
 
-    def pause(self, queue: str) -> None:
-        """Stop watching ``queue`` until :meth:`resume`."""
+    def pause(self, queue: str, why: str) -> None:
+        """Stop watching ``queue`` until :meth:`resume` for the same ``why``."""
+        self._closed[queue].add(why)
         self._open[queue].clear()
 
-    def resume(self, queue: str) -> None:
-        """Watch ``queue`` again."""
-        self._open[queue].set()
+    def resume(self, queue: str, why: str) -> None:
+        """Watch ``queue`` again, unless another reason still stands."""
+        self._closed[queue].discard(why)
+        if not self._closed[queue]:
+            self._open[queue].set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Watch every queue until ``stop`` is set."""

@@ -162,7 +162,10 @@ def test_enqueue_wait_job_and_workers(
     workers = run(*url, "workers", "--queue", queue)
     assert workers.returncode == 0 and orjson.loads(workers.stdout)[0]["queues"] == [queue]
     depth = orjson.loads(run(*url, "queues", "--queue", queue).stdout)
-    assert depth == {queue: {"pending": 0, "active": 0, "scheduled": 0, "dead": 0}}
+    assert depth == {queue: {"pending": 0, "active": 0, "scheduled": 0, "dead": 0, "paused": False}}
+    assert orjson.loads(run(*url, "pause", "--queue", queue).stdout) == {"queue": queue, "paused": True}
+    assert orjson.loads(run(*url, "queues", "--queue", queue).stdout)[queue]["paused"] is True
+    assert orjson.loads(run(*url, "resume", "--queue", queue).stdout) == {"queue": queue, "paused": False}
     worker.signal(signal.SIGTERM)
 
 

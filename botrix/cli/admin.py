@@ -140,8 +140,12 @@ def build_parser() -> Parser:
     workers = sub.add_parser("workers", help="list live workers; exit 1 when none serves --queue")
     workers.add_argument("--queue", type=_checked(validate_queue_name))
 
-    queues = sub.add_parser("queues", help="depth of every known queue by state")
+    queues = sub.add_parser("queues", help="depth of every known queue by state, and whether it is paused")
     queues.add_argument("--queue", type=_checked(validate_queue_name), action="append")
+
+    for name, what in (("pause", "stop workers claiming from a queue"), ("resume", "let them claim again")):
+        toggle = sub.add_parser(name, help=what)
+        toggle.add_argument("--queue", type=_checked(validate_queue_name), default="default")
 
     sub.add_parser("worker", help="run the worker daemon (same flags as botrix-worker)", add_help=False)
     return parser
@@ -221,8 +225,12 @@ async def _run(args: argparse.Namespace) -> int:
             records = await client.workers(args.queue)
             _print(records)
             return 0 if records else 1
+        if args.command in ("pause", "resume"):
+            await (client.pause if args.command == "pause" else client.resume)(args.queue)
+            _print({"queue": args.queue, "paused": await client.is_paused(args.queue)})
+            return 0
         names = args.queue or await client.queues()
-        _print({name: await client.depth(name) for name in names})
+        _print({name: {**await client.depth(name), "paused": await client.is_paused(name)} for name in names})
         return 0
 
 

@@ -6,13 +6,14 @@
 --
 -- KEYS[1] pending list   KEYS[2] active zset   KEYS[3] scheduled zset   KEYS[4] dead zset
 -- KEYS[5] events channel KEYS[6] sequence (generated ids, delivery tokens)
+-- KEYS[7] paused flag (botrix pause): while it exists, nothing is claimed
 -- ARGV[1] job record key prefix   ARGV[2] finished record TTL s   ARGV[3] dead set cap
 -- ARGV[4] queue name   ARGV[5] how many to claim   ARGV[6] lease ms   ARGV[7] worker id
 -- ARGV[8] max envelope bytes
 -- ARGV[9..] five entries per settled job: id, delivery, outcome, data, delay ms
 -- Returns {refused ids, claimed jobs (five entries a job: id, envelope, attempt, delivery,
 -- ready_at: when it could last run), entries dead-lettered by the claim (three a job: id,
--- error type, reason)}.
+-- error type, reason), 1 if the claim was skipped because the queue is paused else 0}.
 --- @include "_event.lua"
 --- @include "_settle.lua"
 --- @include "_claim.lua"
@@ -27,11 +28,14 @@ local worker = ARGV[7]
 local refused = settle_batch(k, prefix, tonumber(ARGV[2]), dead_cap, queue, now, 9, worker)
 local claimed, rejected = {}, {}
 local want = tonumber(ARGV[5])
-if want > 0 then
+local paused = 0
+if want > 0 and redis.call('GET', KEYS[7]) then
+  paused = 1
+elseif want > 0 then
   -- Here, not at the top: a bad sequence must not stop results from being written. Past this
   -- point the call fails with them written, and its retry finds them applied.
   expect_counter(k.seq)
   claimed, rejected = claim_batch(k, prefix, queue, now, want, tonumber(ARGV[6]), worker,
     tonumber(ARGV[8]), dead_cap)
 end
-return {refused, claimed, rejected}
+return {refused, claimed, rejected, paused}
