@@ -1,11 +1,13 @@
 """The composition root: builds the worker's components and runs them in order.
 
 Start order: the HTTP server listens first (probes answer "starting"), then the heartbeat, the
-loop-lag monitor, the recoverer, and last the runner, which begins claiming.
+loop-lag monitor, the recoverer, the scheduler (periodic handlers' runs), and last the runner,
+which begins claiming.
 
 Shutdown order (the reason for each step is in docs/design.md):
   1. SIGTERM/SIGINT sets ``stop``; a second signal sets ``force``. Handlers do nothing else.
-  2. ``stop``: /ready turns 503 at once, the runner stops claiming, the recoverer stops;
+  2. ``stop``: /ready turns 503 at once, the runner stops claiming, the recoverer and the
+     scheduler stop;
      in-flight jobs keep running.
   3. The runner drains: jobs get --shutdown-timeout (or until ``force``), then the rest are
      cancelled and requeued; it returns once every claimed job is written back.
@@ -33,6 +35,7 @@ from botrix.notify import SystemdNotifier
 from botrix.recoverer import Recoverer
 from botrix.registry import Registry
 from botrix.runner import Runner
+from botrix.scheduler import Scheduler
 from botrix.store import Connection, Store
 
 
@@ -112,6 +115,8 @@ class Worker:
                 group.create_task(self._systemd(drained), name="botrix-systemd")
                 group.create_task(LagMonitor(self.state).run(drained), name="botrix-lag")
                 group.create_task(recoverer.run(self.stop_event), name="botrix-recoverer")
+                scheduler = Scheduler(store, self.registry, self.state, self.log)
+                group.create_task(scheduler.run(self.stop_event), name="botrix-scheduler")
                 try:
                     await runner.run(self.stop_event)
                 finally:

@@ -34,6 +34,8 @@ class QueueKeys:
     events: str
     #: Set (to "1") while an operator has paused the queue: workers claim nothing from it.
     paused: str
+    #: Hash: a periodic handler's job type -> the last slot (ms) enqueued for it (schedule.lua).
+    schedules: str
     job_prefix: str
 
     def job(self, job_id: str) -> str:
@@ -53,6 +55,7 @@ def queue_keys(queue: str) -> QueueKeys:
         seq=f"{base}:seq",
         events=f"{base}:events",
         paused=f"{base}:paused",
+        schedules=f"{base}:schedules",
         job_prefix=f"{base}:job:",
     )
 

@@ -13,6 +13,7 @@ from typing import TypeVar
 
 from botrix.context import HandlerFunc
 from botrix.errors import HandlerLoadError
+from botrix.model import MAX_DELAY_S, validate_job_id, validate_queue_name
 
 F = TypeVar("F", bound=HandlerFunc)
 
@@ -25,6 +26,9 @@ class Handler:
     func: HandlerFunc
     timeout: float | None = None
     max_retries: int | None = None
+    #: A periodic handler runs every ``every`` seconds, enqueued to ``queue`` (scheduler.py).
+    every: float | None = None
+    queue: str = "default"
 
 
 class Registry:
@@ -40,12 +44,26 @@ class Registry:
         *,
         timeout: float | None = None,
         max_retries: int | None = None,
+        every: float | None = None,
+        queue: str | None = None,
     ) -> None:
-        """Register ``func`` for jobs of type ``name``."""
+        """Register ``func`` for jobs of type ``name``.
+
+        With ``every`` (seconds, from 1), the workers also enqueue a run of it into ``queue``
+        (default "default") once per period, together once, not once per worker.
+        """
         existing = self._handlers.get(name)
         if existing is not None and existing.func is not func:
             raise HandlerLoadError(f"two handlers registered for job type {name!r}")
-        self._handlers[name] = Handler(name, func, timeout, max_retries)
+        if every is not None:
+            if not 1 <= every <= MAX_DELAY_S:  # also refuses NaN
+                raise ValueError(f"every= must be from 1 to {MAX_DELAY_S} seconds, got {every!r}")
+            # The runs' ids are every:<type>:<slot ms>: the type must fit in a job id.
+            validate_job_id(f"every:{name}:{10**13}")
+        elif queue is not None:
+            raise ValueError("queue= names where a periodic handler's runs go: it needs every=")
+        validate_queue_name(queue or "default")
+        self._handlers[name] = Handler(name, func, timeout, max_retries, every, queue or "default")
 
     def get(self, name: str) -> Handler | None:
         """The handler for a job type, or None."""
@@ -55,17 +73,27 @@ class Registry:
         """The handlers that set their own ``max_retries`` (recovery honours them too)."""
         return {n: h.max_retries for n, h in self._handlers.items() if h.max_retries is not None}
 
+    def periodic(self) -> list[Handler]:
+        """The handlers registered with ``every=``."""
+        return [h for h in self._handlers.values() if h.every is not None]
+
     def names(self) -> list[str]:
         """Registered job types, sorted."""
         return sorted(self._handlers)
 
     def handler(
-        self, name: str, *, timeout: float | None = None, max_retries: int | None = None
+        self,
+        name: str,
+        *,
+        timeout: float | None = None,
+        max_retries: int | None = None,
+        every: float | None = None,
+        queue: str | None = None,
     ) -> Callable[[F], F]:
         """Decorator form of :meth:`add`."""
 
         def register(func: F) -> F:
-            self.add(name, func, timeout=timeout, max_retries=max_retries)
+            self.add(name, func, timeout=timeout, max_retries=max_retries, every=every, queue=queue)
             return func
 
         return register
@@ -75,9 +103,19 @@ class Registry:
 default_registry = Registry()
 
 
-def handler(name: str, *, timeout: float | None = None, max_retries: int | None = None) -> Callable[[F], F]:
-    """Register an ``async def (ctx, payload)`` as the handler of job type ``name``."""
-    return default_registry.handler(name, timeout=timeout, max_retries=max_retries)
+def handler(
+    name: str,
+    *,
+    timeout: float | None = None,
+    max_retries: int | None = None,
+    every: float | None = None,
+    queue: str | None = None,
+) -> Callable[[F], F]:
+    """Register an ``async def (ctx, payload)`` as the handler of job type ``name``.
+
+    ``every=300`` also runs it every 300 s (enqueued into ``queue``; see Registry.add).
+    """
+    return default_registry.handler(name, timeout=timeout, max_retries=max_retries, every=every, queue=queue)
 
 
 def load_apps(modules: Iterable[str], registry: Registry = default_registry) -> Registry:

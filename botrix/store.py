@@ -195,6 +195,7 @@ class Store:
                 "redrive",
                 "purge",
                 "progress",
+                "schedule",
             )
         }
 
@@ -230,6 +231,19 @@ class Store:
             [job_id, envelope, delay_ms, queue],
         )
         return bool(reply)
+
+    async def schedule(self, queue: str, job_type: str, every_ms: int) -> tuple[str | None, int]:
+        """Enqueue the current slot's run of a periodic handler, unless it already was.
+
+        Returns the id enqueued (None if none) and the ms until calling again is worth it.
+        """
+        k = keys.queue_keys(queue)
+        job_id, wait_ms = await self._run(
+            "schedule",
+            [k.pending, k.scheduled, k.events, k.dead, k.schedules],
+            [job_type, every_ms, queue, k.job_prefix],
+        )
+        return (_text(job_id) or None), int(wait_ms)
 
     async def register_queues(self, queues: Sequence[str]) -> None:
         """Remember queue names so that admin tools can find their jobs."""

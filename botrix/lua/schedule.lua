@@ -1,0 +1,44 @@
+-- Enqueue the run of a periodic handler (`@handler(..., every=S)`) for the current slot, once.
+--
+-- Every worker with the handler calls this; the slot comes from the Redis clock (the start of
+-- the current period, counted from the epoch) and the hash remembers the last slot enqueued,
+-- so each slot is enqueued once whatever the workers' clocks, and slots missed while no worker
+-- ran are not made up. While the previous run is still queued or running, the new slot waits
+-- (runs never pile up behind a slow or stopped consumer); it is enqueued once that run ends.
+--
+-- KEYS[1] pending list   KEYS[2] scheduled zset   KEYS[3] events channel   KEYS[4] dead zset
+-- KEYS[5] schedules hash (job type -> last slot enqueued, ms)
+-- ARGV[1] job type   ARGV[2] period in ms   ARGV[3] queue name   ARGV[4] job record key prefix
+-- Returns {the id enqueued, or '' if none; ms until it is worth calling again}.
+--- @include "_event.lua"
+--- @include "_enqueue.lua"
+
+expect_types({[KEYS[1]] = 'list', [KEYS[2]] = 'zset', [KEYS[4]] = 'zset'})
+local job_type, every, queue, prefix = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local last = redis.pcall('HGET', KEYS[5], job_type)
+if type(last) == 'table' and last['err'] then
+  fail_wrong_type(string.format('%s is not a hash', KEYS[5]))
+end
+local now = now_ms()
+local slot = now - now % every
+local until_next = slot + every - now
+last = tonumber(last)
+if last and last >= slot then
+  return {'', until_next}
+end
+local function id_of(at)
+  return string.format('every:%s:%d', job_type, at)
+end
+if last then
+  local previous = redis.pcall('HGET', prefix .. id_of(last), 'status')
+  if previous == 'queued' or previous == 'scheduled' or previous == 'running' or previous == 'retrying' then
+    return {'', math.min(1000, until_next)}
+  end
+end
+local id = id_of(slot)
+local envelope = string.format('{"type":%s,"payload":{"slot_ms":%d},"queue":"%s"}',
+  cjson.encode(job_type), slot, queue)
+local k = {pending = KEYS[1], scheduled = KEYS[2], record = prefix .. id, events = KEYS[3], dead = KEYS[4]}
+enqueue_job(k, id, envelope, 0, queue)
+redis.call('HSET', KEYS[5], job_type, slot)
+return {id, until_next}
