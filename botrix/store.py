@@ -429,7 +429,7 @@ class Store:
 
     def event_stream(self) -> EventStream:
         """A pub/sub connection of its own for the events of any queues (Client.wait's)."""
-        return EventStream(self._redis.pubsub(), self._call)
+        return EventStream(self._redis.pubsub(), self._call, self._timeout)
 
     # -- workers ---------------------------------------------------------------------------
 
@@ -518,18 +518,31 @@ class EventStream:
     comes out of ``next`` like an event, so one task reads everything, in order. A caller that
     reads a job's state before that confirmation could miss the job's end, published in
     between. The connection is never unsubscribed: ``aclose`` drops it with all its channels.
+
+    A connection can die without a word (a partition, a NAT that forgot it): reads just find
+    nothing. ``keep_alive`` sends a PING when nothing was heard for a while, and ``next`` fails
+    with StoreUnavailable when Redis does not answer it in time.
     """
 
-    def __init__(self, pubsub: Any, call: Callable[[Any], Awaitable[Any]]) -> None:
+    def __init__(self, pubsub: Any, call: Callable[[Any], Awaitable[Any]], timeout: float) -> None:
         self._pubsub = pubsub
         self._call = call
+        self._timeout = timeout
         self._queues: dict[bytes, str] = {}
+        self._heard = time.monotonic()
+        self._pinged: float | None = None  # when the unanswered PING went out
 
     async def subscribe(self, queue: str) -> None:
         """Ask for ``queue``'s events; ``next`` gives ``(queue, None)`` once Redis confirms."""
         channel = keys.queue_keys(queue).events
         self._queues[channel.encode()] = queue
         await self._call(self._pubsub.subscribe(channel))
+
+    async def keep_alive(self, quiet_s: float) -> None:
+        """PING if nothing was heard for ``quiet_s``; ``next`` fails if no answer follows."""
+        if self._pinged is None and time.monotonic() - self._heard >= quiet_s:
+            self._pinged = time.monotonic()
+            await self._call(self._pubsub.ping())
 
     async def next(self) -> tuple[str, dict[str, Any] | None] | None:
         """The next event as ``(queue, event)``, or ``(queue, None)`` for a confirmed subscription.
@@ -539,10 +552,15 @@ class EventStream:
         while True:
             message = await self._call(self._pubsub.get_message(timeout=1.0))
             if message is None:
+                if self._pinged is not None and time.monotonic() - self._pinged > self._timeout:
+                    raise StoreUnavailable(
+                        f"Redis did not answer a PING on the event subscription in {self._timeout:g}s"
+                    )
                 return None
+            self._heard, self._pinged = time.monotonic(), None
             queue = self._queues.get(message["channel"])
             if queue is None:
-                continue
+                continue  # a PING's answer, or a channel this stream never asked for
             if message["type"] == "subscribe":
                 return queue, None
             if message["type"] != "message":
@@ -556,7 +574,7 @@ class EventStream:
 
     async def aclose(self) -> None:
         """Drop the connection, and with it every subscription."""
-        with contextlib.suppress(RedisError, OSError, TimeoutError):
+        with contextlib.suppress(RedisError, OSError, TimeoutError, RuntimeError, AttributeError):
             await self._pubsub.aclose()
 
 

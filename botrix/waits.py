@@ -7,20 +7,26 @@ client: it subscribes to each queue waited on, once, and wakes a job's waiters w
 ``completed`` or ``dead`` event comes. Subscriptions are never taken back one by one (that
 would need ``UNSUBSCRIBE``, which botrix's ACL line does not grant): the feed closes, with all
 of them, once no wait has been in progress for ``LINGER_S``, and the next wait opens a new one.
-If the connection fails, every wait on it fails with ``StoreUnavailable``, as a wait on its
-own connection did.
+
+The connection is shared, so no single wait may break it: each SUBSCRIBE is sent by a task of
+the feed's own, which a wait's timeout does not cancel (redis-py drops a connection whose send
+was cut short). While waits are in progress the reader PINGs a quiet connection, so one that
+died without a word fails within seconds instead of leaving every wait to its timeout. If the
+connection fails, every wait on it fails with ``StoreUnavailable``, as a wait on its own
+connection did, and the next wait opens a new feed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass, field
 
 from botrix.store import EventStream, Store, StoreUnavailable
 
 #: How long a feed with no wait in progress stays open for the next one.
 LINGER_S = 2.0
+#: How long a feed with waits in progress may hear nothing before it PINGs Redis.
+QUIET_S = 2.0
 #: The events after which a job's record no longer changes by itself.
 _ENDS = ("completed", "dead")
 
@@ -29,6 +35,8 @@ _ENDS = ("completed", "dead")
 class _Feed:
     stream: EventStream
     reader: asyncio.Task[None] | None = None
+    #: The last SUBSCRIBE sent or being sent: sends go one after the other, in order.
+    sending: asyncio.Task[None] | None = None
     #: Each queue subscribed to, and Redis's confirmation of it.
     subscribed: dict[str, asyncio.Future[None]] = field(default_factory=dict)
     #: Who waits for which job: (queue, job id) -> the futures set when it ends.
@@ -63,8 +71,7 @@ class Waits:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._feed: _Feed | None = None
-        # Opening the feed and subscribing are sends on one connection: one caller at a time.
-        self._lock = asyncio.Lock()
+        self._closed = False
 
     async def watch(self, queue: str, job_id: str) -> Watch:
         """Watch for the end of ``job_id`` in ``queue``.
@@ -72,33 +79,18 @@ class Waits:
         Returns once Redis has confirmed the subscription, so that the caller may read the
         job's state next and miss nothing. Raises StoreUnavailable when Redis cannot be reached.
         """
+        if self._closed:
+            raise StoreUnavailable("the client was closed")
         loop = asyncio.get_running_loop()
-        async with self._lock:
-            feed = self._feed
-            if feed is None:
-                feed = self._feed = _Feed(self._store.event_stream())
-            watch = Watch(feed, (queue, job_id), loop.create_future())
-            feed.waiting.setdefault(watch.key, set()).add(watch.ended)
-            confirmed = feed.subscribed.get(queue)
-            if confirmed is None:
-                confirmed = feed.subscribed[queue] = loop.create_future()
-                try:
-                    await feed.stream.subscribe(queue)
-                except BaseException as exc:
-                    watch.close()
-                    if feed.reader is None or not isinstance(exc, asyncio.CancelledError):
-                        # The connection broke, or a cancel cut its opening short: drop it.
-                        self._fail(feed, exc)
-                        if feed.reader is None:
-                            await feed.stream.aclose()
-                    elif feed.subscribed.get(queue) is confirmed:
-                        # Cancelled mid-send: the next wait on this queue sends SUBSCRIBE again.
-                        # Any confirmation for the channel, this one's or that one's, means it
-                        # is subscribed: nothing ever unsubscribes a feed's channels.
-                        del feed.subscribed[queue]
-                    raise
-                if feed.reader is None:
-                    feed.reader = asyncio.create_task(self._read(feed), name="botrix-waits")
+        feed = self._feed
+        if feed is None:
+            feed = self._feed = _Feed(self._store.event_stream())
+        watch = Watch(feed, (queue, job_id), loop.create_future())
+        feed.waiting.setdefault(watch.key, set()).add(watch.ended)
+        confirmed = feed.subscribed.get(queue)
+        if confirmed is None:
+            confirmed = feed.subscribed[queue] = loop.create_future()
+            feed.sending = asyncio.create_task(self._subscribe(feed, queue, feed.sending))
         try:
             await asyncio.shield(confirmed)
         except BaseException:
@@ -107,27 +99,50 @@ class Waits:
         return watch
 
     async def aclose(self) -> None:
-        """Close the feed; waits still in progress fail with StoreUnavailable."""
+        """Close the feed; waits in progress, and any started later, fail with StoreUnavailable."""
+        self._closed = True
         feed, self._feed = self._feed, None
         if feed is None:
             return
         self._fail(feed, StoreUnavailable("the client was closed"))
-        if feed.reader is not None:
-            feed.reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await feed.reader
+        tasks = [t for t in (feed.sending, feed.reader) if t is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
         await feed.stream.aclose()
+
+    async def _subscribe(self, feed: _Feed, queue: str, before: asyncio.Task[None] | None) -> None:
+        # The feed's own task: only a failure of the connection, never one wait's cancel,
+        # stops it. Sends go in order, the first of them opening the connection.
+        if before is not None:
+            await asyncio.wait([before])
+        if self._feed is not feed:
+            return  # that send failed the feed (its waits, this one's too, have been told)
+        try:
+            await feed.stream.subscribe(queue)
+        except BaseException as exc:
+            self._fail(feed, exc)
+            if feed.reader is None:
+                await feed.stream.aclose()  # nothing reads it yet to close it on the way out
+            if not isinstance(exc, Exception):
+                raise
+            return
+        if feed.reader is None and feed is self._feed:
+            feed.reader = asyncio.create_task(self._read(feed), name="botrix-waits")
 
     async def _read(self, feed: _Feed) -> None:
         loop = asyncio.get_running_loop()
         try:
             while True:
-                if not feed.waiting and loop.time() - feed.idle_since >= LINGER_S and not self._lock.locked():
-                    # No wait in progress, and none registering (they hold the lock): this feed
-                    # is done; the next wait opens a new one.
+                if not feed.waiting and loop.time() - feed.idle_since >= LINGER_S:
+                    # No wait in progress (one registering would already be in `waiting`):
+                    # this feed is done, and the next wait opens a new one.
                     if self._feed is feed:
                         self._feed = None
                     return
+                if feed.waiting:
+                    await feed.stream.keep_alive(QUIET_S)
                 item = await feed.stream.next()
                 if item is None:
                     continue
@@ -141,9 +156,12 @@ class Waits:
                         if not ended.done():
                             ended.set_result(None)
         except BaseException as exc:
+            current = self._feed is feed
             self._fail(feed, exc)
-            if not isinstance(exc, StoreUnavailable | asyncio.CancelledError):
-                raise  # a bug of ours: the task's error is logged by asyncio
+            # A bug of ours is worth asyncio's "exception never retrieved" log; the failure of
+            # a feed already given up (closed with its client) is not.
+            if current and not isinstance(exc, StoreUnavailable | asyncio.CancelledError):
+                raise
         finally:
             await feed.stream.aclose()
 

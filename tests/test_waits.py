@@ -11,8 +11,9 @@ import redis.asyncio as aredis
 from botrix import keys
 from botrix.client import Client
 from botrix.model import JobStatus
-from botrix.store import StoreUnavailable
+from botrix.store import Connection, Store, StoreUnavailable
 from tests.conftest import eventually, running_worker
+from tests.faultproxy import FaultProxy
 from tests.redisproc import RedisServer
 
 
@@ -90,3 +91,66 @@ async def test_a_redis_restart_fails_the_waits_in_progress_and_the_next_wait_wor
         job_id = await client.enqueue("t.echo", "after", queue=queue)
         async with running_worker(own_redis.url, queue):
             assert (await client.wait(job_id, timeout=60, queue=queue)).result["echo"] == "after"
+
+
+@pytest.mark.chaos
+async def test_a_subscription_that_dies_without_a_word_fails_the_waits_instead_of_hanging(
+    redis_server: RedisServer, queue: str
+) -> None:
+    """The network stops moving bytes (a partition, a NAT that forgot the connection) but no
+    reset arrives: reads just find nothing. The feed PINGs a quiet connection while waits are in
+    progress, so the wait fails within seconds, not at its two-minute timeout."""
+    async with (
+        FaultProxy(redis_server.port) as proxy,
+        Client(Store(Connection(proxy.url(), socket_timeout=2.0))) as client,
+    ):
+        job_id = await client.enqueue("t.echo", {}, queue=queue)  # no worker: it stays queued
+        waiting = asyncio.create_task(client.wait(job_id, timeout=120, queue=queue))
+        async with aredis.Redis(port=redis_server.port) as admin:
+            await eventually(lambda: _subscribers(admin, queue), what="the wait's subscription")
+        await asyncio.sleep(0.5)  # the wait has read the job's state and waits for its end
+        proxy.stall()
+        async with asyncio.timeout(60):  # a guard against a hang only
+            with pytest.raises(StoreUnavailable, match="did not answer a PING"):
+                await waiting
+        await proxy.resume()
+
+
+async def test_a_wait_that_gives_up_while_subscribing_leaves_the_others_be(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
+    """Waits whose timeout ends them at every point of their start, among others on the same
+    connection: a timeout never cuts the shared connection (redis-py drops a connection whose
+    send was interrupted), so the waits that keep going all see their job end."""
+    first = f"{queue}-a"
+    keep = [await client.enqueue("t.echo", i, queue=first) for i in range(3)]
+    waits = [asyncio.create_task(client.wait(job_id, timeout=60, queue=first)) for job_id in keep]
+    quitters = []
+    for i in range(30):
+        other = f"{queue}-q{i}"  # a new queue each: each of these waits sends a SUBSCRIBE
+        quitters.append(asyncio.create_task(client.wait("never", timeout=0.001 * (i % 5), queue=other)))
+        await asyncio.sleep(0)
+    assert all(isinstance(e, TimeoutError) for e in await asyncio.gather(*quitters, return_exceptions=True))
+    async with running_worker(redis_server.url, first):
+        done = await asyncio.gather(*waits)
+    assert [info.result["echo"] for info in done] == [0, 1, 2]
+
+
+async def test_a_closed_client_fails_its_waits_and_refuses_new_ones(
+    redis_server: RedisServer, queue: str
+) -> None:
+    client = Client.from_url(redis_server.url)
+    job_id = await client.enqueue("t.echo", {}, queue=queue)
+    waits = [asyncio.create_task(client.wait(job_id, timeout=60, queue=f"{queue}-{i % 3}")) for i in range(6)]
+    await asyncio.sleep(0)
+    await client.aclose()
+    outcomes = await asyncio.gather(*waits, return_exceptions=True)
+    assert all(isinstance(o, StoreUnavailable) for o in outcomes), outcomes
+    with pytest.raises(StoreUnavailable, match="closed"):
+        await client.wait(job_id, timeout=5, queue=queue)
+    async with aredis.Redis(port=redis_server.port) as admin:
+        await eventually(lambda: _no_pubsub_client(admin), what="the subscription connection gone")
+
+
+async def _no_pubsub_client(admin: aredis.Redis) -> bool:
+    return not [c for c in await admin.client_list() if int(c["sub"]) > 0]
