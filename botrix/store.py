@@ -52,8 +52,11 @@ class ForeignWrite(StoreUnavailable):
 
     @property
     def claims_only(self) -> bool:
-        """The queue's sequence is garbled: only a call that claims meets it (exchange.lua)."""
-        return "is not a counter" in str(self)
+        """The queue's sequence or pause flag is garbled.
+
+        Only a call that claims meets those (exchange.lua), so only a claim proves a repair.
+        """
+        return "is not a counter" in str(self) or "is not a pause flag" in str(self)
 
 
 class Exchanged(NamedTuple):
@@ -379,7 +382,14 @@ class Store:
 
     async def is_paused(self, queue: str) -> bool:
         """Whether an operator has paused the queue."""
-        return await self._call(self._redis.get(keys.queue_keys(queue).paused)) is not None
+        key = keys.queue_keys(queue).paused
+        try:
+            return await self._call(self._redis.get(key)) is not None
+        except ForeignWrite:
+            # Name the key, as the scripts' own check does (a GET's error does not).
+            raise ForeignWrite(
+                f"WRONGTYPE {key} is not a pause flag: only botrix may write its keys"
+            ) from None
 
     async def dead_ids(self, queue: str, start: int, count: int) -> list[str]:
         """Dead job ids, newest first."""

@@ -6,6 +6,7 @@ import asyncio
 
 import redis.asyncio as aredis
 
+from botrix import keys
 from botrix.client import Client
 from botrix.model import JobStatus
 from tests.conftest import eventually, running_worker
@@ -69,3 +70,51 @@ async def _status(client: Client, job_id: str, status: JobStatus) -> bool:
 async def _not_paused(base: str) -> bool:
     _, body, _ = await get(base, "/health")
     return bool(body["checks"]["paused_queues"] == [])
+
+
+async def test_pausing_a_damaged_queue_does_not_pass_for_a_repair(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
+    """A queue whose sequence something overwrote is held; pausing it must not make the next
+    claim look like a repair (the pause was answered before the sequence was checked), nor may
+    a pause flag of the wrong type pass for one: /ready stays 503 queue_damaged throughout."""
+    k = keys.queue_keys(queue)
+    await client.enqueue("t.echo", {}, queue=queue)
+    async with aredis.Redis.from_url(redis_server.url) as r:
+        await r.set(k.seq, "not-a-number")
+        async with running_worker(redis_server.url, queue, http_port=0, http_host="127.0.0.1") as worker:
+            port = await eventually(lambda: worker.http and worker.http.port, what="http port")
+            base = f"http://127.0.0.1:{port}"
+
+            async def damaged() -> bool:
+                status, body, _ = await get(base, "/ready")
+                return status == 503 and body["reason"] == "queue_damaged"
+
+            await eventually(damaged, what="the queue held as damaged")
+            await client.pause(queue)
+            before = await _failed_scripts(r)
+            await eventually(lambda: _more_failed(r, before), timeout=60, what="the held queue tried again")
+            assert await damaged()
+            await client.resume(queue)
+            await r.delete(k.seq)
+            await r.sadd(k.paused, "a set")  # now the flag is garbled instead
+            before = await _failed_scripts(r)
+            await eventually(lambda: _more_failed(r, before), timeout=60, what="the held queue tried again")
+            assert await damaged()
+            _, body, _ = await get(base, "/ready")
+            assert "is not a pause flag" in body["detail"][queue]
+            await r.delete(k.paused)
+            await eventually(lambda: _ready(base), timeout=60, what="ready after the repair")
+
+
+async def _failed_scripts(r: aredis.Redis) -> int:
+    """Script calls that failed: here, the held queue's claims (its other scripts succeed)."""
+    return int((await r.info("commandstats")).get("cmdstat_evalsha", {}).get("failed_calls", 0))
+
+
+async def _more_failed(r: aredis.Redis, before: int) -> bool:
+    return await _failed_scripts(r) > before
+
+
+async def _ready(base: str) -> bool:
+    return (await get(base, "/ready"))[0] == 200

@@ -40,6 +40,16 @@ local function expect_counter(key)
   end
 end
 
+-- Whether a flag key (a queue's pause) is set; fails like expect_counter if something else
+-- wrote another type there, naming the key, as a plain GET's error would not.
+local function expect_flag(key)
+  local value = redis.pcall('GET', key)
+  if type(value) == 'table' and value['err'] then
+    fail_wrong_type(string.format('%s is not a pause flag', key))
+  end
+  return value ~= false
+end
+
 -- A job record's fields (HMGET), or nil when its key holds another type: something other than
 -- botrix overwrote it and the job's data is gone. The scripts treat that job as one they cannot
 -- run rather than fail; a failure after a pop or a ZREM would lose the other jobs in the call.

@@ -29,13 +29,17 @@ local refused = settle_batch(k, prefix, tonumber(ARGV[2]), dead_cap, queue, now,
 local claimed, rejected = {}, {}
 local want = tonumber(ARGV[5])
 local paused = 0
-if want > 0 and redis.call('GET', KEYS[7]) then
-  paused = 1
-elseif want > 0 then
-  -- Here, not at the top: a bad sequence must not stop results from being written. Past this
-  -- point the call fails with them written, and its retry finds them applied.
+if want > 0 then
+  -- Here, not at the top: a bad sequence or pause flag must not stop results from being
+  -- written. Past this point the call fails with them written, and its retry finds them
+  -- applied. Both are checked before the pause is honoured, so that a claim that succeeds,
+  -- paused or not, proves them sound (the runner takes it as the end of a hold).
   expect_counter(k.seq)
-  claimed, rejected = claim_batch(k, prefix, queue, now, want, tonumber(ARGV[6]), worker,
-    tonumber(ARGV[8]), dead_cap)
+  if expect_flag(KEYS[7]) then
+    paused = 1
+  else
+    claimed, rejected = claim_batch(k, prefix, queue, now, want, tonumber(ARGV[6]), worker,
+      tonumber(ARGV[8]), dead_cap)
+  end
 end
 return {refused, claimed, rejected, paused}
