@@ -84,6 +84,7 @@ class Attempts:
             settlement = _settlement(job, Outcome.RETRY, attempt.error.to_json(), duration, wait_ms)
             if attempt.retry_after is not None:
                 settlement.delay_ms = int(attempt.retry_after * 1000)
+                settlement.retry_asked = True
             else:
                 settlement.delay_ms = backoff_ms(job.attempt, s.retry_backoff, s.retry_backoff_max)
         else:

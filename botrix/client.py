@@ -205,6 +205,7 @@ class Client:
         Enqueues go on, and jobs already running finish; workers notice within about a second.
         """
         validate_queue_name(queue)
+        await self._store.register_queues([queue])  # listed by `botrix queues` even if still empty
         await self._store.set_paused(queue, True)
 
     async def resume(self, queue: str = "default") -> None:

@@ -376,8 +376,17 @@ def redis_url_from_parts(env: Mapping[str, str]) -> str | None:
     port = env.get("REDIS_PORT") or "6379"
     if not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"REDIS_PORT: must be a port number from 1 to 65535, got {port!r}")
-    if ":" in host:
-        host = f"[{host}]"  # an IPv6 address
+    bare = host.removeprefix("[").removesuffix("]")
+    try:
+        if ipaddress.ip_address(bare).version == 6:
+            host = f"[{bare}]"
+    except ValueError:
+        # Not an IP: a host name, and nothing else (an "@" or "/" would change what the URL
+        # means: another host, a user, a path).
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,253}", host):
+            raise ConfigError(
+                f"REDIS_HOST: must be a host name or an IP address, got {host[:100]!r}"
+            ) from None
     password = env.get("REDIS_PASSWORD")
     auth = f":{quote(password, safe='')}@" if password else ""
     return f"redis://{auth}{host}:{port}/0"

@@ -326,8 +326,9 @@ class HttpServer:
                     records = await self._store.workers()
             except (TimeoutError, StoreUnavailable):
                 return
+            serving = [r for r in records if r.get("status") != "draining"]  # a draining one is leaving
             for queue in self._state.queues:
-                self._metrics.workers_cache[queue] = sum(queue in r.get("queues", ()) for r in records)
+                self._metrics.workers_cache[queue] = sum(queue in r.get("queues", ()) for r in serving)
 
 
 def _bound_socket(host: str, port: int) -> socket.socket | None:

@@ -3,24 +3,23 @@
 Every worker with such a handler runs this, and each period's run is enqueued once all the
 same: schedule.lua takes the slot from the Redis clock and remembers the last one enqueued.
 The script also says how long until the next slot, so a worker calls it about once a period,
-not once a second. The runs are ordinary jobs (retries, leases, dead letters, events).
+not once a second. While the previous run is still live the new slot waits for it, and the
+worker looks again after 1 s, then 2, 4 ... up to 30 s. The runs are ordinary jobs (retries,
+leases, dead letters, events).
 """
 
 from __future__ import annotations
 
 import asyncio
 
-from botrix.aio import sleep_or_stop
+from botrix.aio import Backoff, sleep_or_stop
 from botrix.health import WorkerState
 from botrix.logs import Logger
-from botrix.registry import Registry
+from botrix.registry import Handler, Registry
 from botrix.store import ForeignWrite, Store, StoreUnavailable
 
-#: Longest sleep between two looks, whatever the period: a changed clock or a lost slot
-#: (a run still going) is noticed within it.
+#: Longest sleep between two looks, whatever the period: a changed clock is noticed within it.
 MAX_PAUSE_S = 60.0
-#: Back-off after Redis failed, or the queue's keys are damaged.
-RETRY_S = 1.0
 
 
 class Scheduler:
@@ -31,6 +30,9 @@ class Scheduler:
         self._periodic = registry.periodic()
         self._state = state
         self._log = log
+        # Per handler: the back-off while its previous run is live or its keys are damaged.
+        self._waits = {h.name: Backoff(1.0, 30.0) for h in self._periodic}
+        self._damaged: set[str] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Enqueue runs as their slots come, until ``stop``."""
@@ -38,23 +40,34 @@ class Scheduler:
         due = {h.name: 0.0 for h in self._periodic}
         while self._periodic and not stop.is_set():
             for handler in self._periodic:
-                if loop.time() < due[handler.name]:
-                    continue
-                assert handler.every is not None
-                try:
-                    job_id, wait_ms = await self._store.schedule(
-                        handler.queue, handler.name, int(handler.every * 1000)
-                    )
-                except ForeignWrite:
-                    wait_ms = int(RETRY_S * 1000)  # that queue is damaged (the runner reports it)
-                except StoreUnavailable as exc:
-                    if self._state.redis.down(str(exc)):
-                        self._log.warning("redis.unavailable", reason=str(exc), during="schedule")
-                    wait_ms = int(RETRY_S * 1000)
-                else:
-                    if job_id is not None:
-                        self._log.info(
-                            "schedule.enqueued", type=handler.name, queue=handler.queue, job_id=job_id
-                        )
-                due[handler.name] = loop.time() + min(max(wait_ms, 1) / 1000, MAX_PAUSE_S)
+                if loop.time() >= due[handler.name]:
+                    due[handler.name] = loop.time() + await self._look(handler)
             await sleep_or_stop(stop, max(0.001, min(due.values()) - loop.time()))
+
+    async def _look(self, handler: Handler) -> float:
+        """Enqueue ``handler``'s run if its slot has come; returns the seconds until the next look."""
+        assert handler.every is not None
+        wait = self._waits[handler.name]
+        try:
+            job_id, until_next_ms, blocked = await self._store.schedule(
+                handler.queue, handler.name, int(handler.every * 1000)
+            )
+        except ForeignWrite as exc:
+            # The queue's keys hold what botrix never writes: no run until someone repairs them.
+            if handler.name not in self._damaged:
+                self._damaged.add(handler.name)
+                self._log.warning("schedule.damaged", type=handler.name, queue=handler.queue, reason=str(exc))
+            return wait.next()
+        except StoreUnavailable as exc:
+            if self._state.redis.down(str(exc)):
+                self._log.warning("redis.unavailable", reason=str(exc), during="schedule")
+            return wait.next()
+        if handler.name in self._damaged:
+            self._damaged.discard(handler.name)
+            self._log.info("schedule.repaired", type=handler.name, queue=handler.queue)
+        if job_id is not None:
+            self._log.info("schedule.enqueued", type=handler.name, queue=handler.queue, job_id=job_id)
+        if blocked:
+            return min(wait.next(), until_next_ms / 1000 + 0.001, MAX_PAUSE_S)
+        wait.reset()
+        return min(max(until_next_ms, 1) / 1000, MAX_PAUSE_S)

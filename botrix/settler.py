@@ -87,6 +87,12 @@ class Settler:
             counters.failed += 1
             error = s.error.type if s.error else None
             message = s.error.message if s.error else None
+            if s.retry_asked:
+                # RetryLater: the handler chose to come back later (a rate limit): one INFO
+                # line, no stack. It still counts as an attempt, and as a retry.
+                counters.retried += 1
+                log.info("job.retry_requested", **job, delay_ms=s.delay_ms, message=message)
+                continue
             log.warning(
                 "job.failed",
                 **job,

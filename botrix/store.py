@@ -235,18 +235,19 @@ class Store:
         )
         return bool(reply)
 
-    async def schedule(self, queue: str, job_type: str, every_ms: int) -> tuple[str | None, int]:
+    async def schedule(self, queue: str, job_type: str, every_ms: int) -> tuple[str | None, int, bool]:
         """Enqueue the current slot's run of a periodic handler, unless it already was.
 
-        Returns the id enqueued (None if none) and the ms until calling again is worth it.
+        Returns the id enqueued (None if none), the ms until the next slot, and whether the
+        previous run is still live (then this slot waits for it).
         """
         k = keys.queue_keys(queue)
-        job_id, wait_ms = await self._run(
+        job_id, until_next_ms, blocked = await self._run(
             "schedule",
             [k.pending, k.scheduled, k.events, k.dead, k.schedules],
             [job_type, every_ms, queue, k.job_prefix],
         )
-        return (_text(job_id) or None), int(wait_ms)
+        return (_text(job_id) or None), int(until_next_ms), blocked == 1
 
     async def register_queues(self, queues: Sequence[str]) -> None:
         """Remember queue names so that admin tools can find their jobs."""
@@ -467,8 +468,18 @@ class Store:
         pipe = self._redis.pipeline(transaction=False)
         for worker_id in ids:
             pipe.get(keys.worker_health(worker_id.decode()))
-        records = await self._call(pipe.execute())
-        return [orjson.loads(r) for r in records if r is not None]
+        records = []
+        for raw in await self._call(pipe.execute(raise_on_error=False)):
+            # Anything but botrix's own JSON object there (another type, other text) is someone
+            # else's write: skipped, so that one bad key cannot break every worker's /metrics
+            # and `botrix workers`.
+            if not isinstance(raw, bytes):
+                continue
+            with contextlib.suppress(orjson.JSONDecodeError):
+                record = orjson.loads(raw)
+                if isinstance(record, dict):
+                    records.append(record)
+        return records
 
     async def _run_direct(self, lane: int, script: str, keys_: Sequence[str], args: Sequence[Any]) -> Any:
         """Run a script on ``lane``'s own connection, within the socket timeout."""

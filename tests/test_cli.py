@@ -62,6 +62,8 @@ BAD_WORKER_ARGS = [
     (["--http-host", "my..host"], {}, "--http-host: must be an IP address or a host name"),
     ([], {"REDIS_URL": "redis://u:hunter2\udcffpw@h/0"}, "REDIS_URL: is not valid UTF-8 text"),
     ([], {"REDIS_PORT": "63x9", "REDIS_PASSWORD": "hunter2"}, "REDIS_PORT: must be a port number"),
+    ([], {"REDIS_HOST": "a@evil.example", "REDIS_PASSWORD": "hunter2"}, "REDIS_HOST: must be a host name"),
+    ([], {"REDIS_HOST": "host/3"}, "REDIS_HOST: must be a host name or an IP address, got 'host/3'"),
 ]
 
 

@@ -246,6 +246,29 @@ async def test_a_dead_letter_made_by_the_claim_is_counted_like_any_other(
     assert samples(text)[("botrix_jobs_dead_total", (("queue", queue), ("type", "unknown")))] == 2
 
 
+async def test_health_records_someone_else_wrote_are_skipped(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
+    """Text, a JSON array and another type where a worker's health record belongs: /metrics and
+    the workers list skip them (one bad key used to fail /metrics on every worker)."""
+    bad = {f"bad-{queue}-{i}": i for i in range(3)}
+    async with aredis.Redis.from_url(redis_server.url) as r:
+        await r.set(keys.worker_health(f"bad-{queue}-0"), "not json")
+        await r.set(keys.worker_health(f"bad-{queue}-1"), "[1, 2]")
+        await r.sadd(keys.worker_health(f"bad-{queue}-2"), "a set")
+        await r.zadd(keys.WORKERS, dict.fromkeys(bad, 2**50))
+        try:
+            async with http_worker(redis_server.url, queue) as (worker, base):
+                await eventually(lambda: client.workers(queue), what="the worker's own record")
+                status, text, _ = await get(base, "/metrics")
+                assert status == 200
+                assert samples(text)[("botrix_queue_workers", (("queue", queue),))] == 1
+                assert [w["worker_id"] for w in await client.workers(queue)] == [worker.settings.worker_id]
+        finally:
+            await r.zrem(keys.WORKERS, *bad)
+            await r.delete(*(keys.worker_health(w) for w in bad))
+
+
 async def _has(base: str, name: str, queue: str, job_type: str, outcome: str) -> bool:
     text = (await get(base, "/metrics"))[1]
     key = (name, (("outcome", outcome), ("queue", queue), ("type", job_type)))

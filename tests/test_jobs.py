@@ -138,6 +138,33 @@ async def test_a_handler_chooses_when_it_is_retried(
     assert hour_ms * 0.9 < due_ms - info.started_at_ms < hour_ms * 1.1
 
 
+async def test_a_requested_retry_is_logged_as_such_not_as_a_failure(
+    redis_server: RedisServer, client: Client, queue: str, spawn: Callable[..., WorkerProcess]
+) -> None:
+    """RetryLater is a rate limit doing its job: one INFO line with the delay, no warning and
+    no stack; the attempt that uses up the retries is a failure like any other."""
+    worker = spawn(redis_server.url, queue, "--max-retries", "1")
+    asked = await client.enqueue("t.rate_limited", {"retry_after": 0}, queue=queue)
+    spent = await client.enqueue("t.rate_limited", {"retry_after": 0, "limited_times": 5}, queue=queue)
+    assert (await client.wait(asked, timeout=30)).status is JobStatus.COMPLETED
+    assert (await client.wait(spent, timeout=30)).status is JobStatus.DEAD
+    await worker.wait_for("job.dead")
+    lines = [e for e in worker.events() if e.get("job_id") == asked and e.get("event", "").startswith("job.")]
+    assert [e["event"] for e in lines] == [
+        "job.started",
+        "job.retry_requested",
+        "job.started",
+        "job.succeeded",
+    ]
+    requested = lines[1]
+    assert requested["level"] == "info" and requested["delay_ms"] == 0 and "traceback" not in requested
+    assert requested["message"] == "upstream said 429, Retry-After"
+    spent_lines = [e["event"] for e in worker.events() if e.get("job_id") == spent]
+    assert spent_lines.count("job.retry_requested") == 1 and spent_lines[-2:] == ["job.failed", "job.dead"]
+    worker.signal(signal.SIGTERM)
+    assert await worker.wait() == 0
+
+
 def test_retry_later_refuses_a_delay_that_is_not_a_time() -> None:
     for bad in (-1.0, math.nan, math.inf):
         with pytest.raises(ValueError, match="RetryLater delay must be a finite number"):

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -256,6 +258,15 @@ async def test_health_record_says_draining_as_soon_as_the_drain_begins(
     await eventually(draining, what="the record saying draining")
     [record] = await client.workers(queue)
     assert record["current_jobs"] == [job_id]
+    # Listed, but leaving: as a deploy gate, `botrix workers --queue` says no worker serves it.
+    gate = subprocess.run(
+        [sys.executable, "-m", "botrix", "--redis-url", redis_server.url, "workers", "--queue", queue],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert gate.returncode == 1 and worker_id in gate.stdout
     worker.signal(signal.SIGTERM)  # the second signal skips the drain wait
     assert await worker.wait() == 0
     assert await client.workers(queue) == []  # a clean exit removes the record

@@ -6,19 +6,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import AsyncIterator
+import signal
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 import redis.asyncio as aredis
 
-from botrix import JobContext
+from botrix import JobContext, keys
 from botrix.app import Worker
 from botrix.client import Client
 from botrix.model import JobStatus
 from botrix.registry import Registry
 from botrix.store import Store
-from tests.conftest import eventually, settings_for
+from tests import periodic_app
+from tests.conftest import WorkerProcess, eventually, settings_for
 from tests.redisproc import RedisServer
 
 
@@ -30,6 +32,17 @@ def ticking(url: str, queue: str) -> Registry:
     async def tick(ctx: JobContext, payload: dict[str, Any]) -> int:
         async with aredis.Redis.from_url(url) as r:
             return int(await r.hincrby(f"botrix:test:{queue}:ticks", str(payload["slot_ms"]), 1))
+
+    @registry.handler("t.idle")
+    async def idle(ctx: JobContext, payload: Any) -> None:
+        return None
+
+    return registry
+
+
+def idling() -> Registry:
+    """A registry that runs the store-level runs of ``t.idle`` and schedules nothing itself."""
+    registry = Registry()
 
     @registry.handler("t.idle")
     async def idle(ctx: JobContext, payload: Any) -> None:
@@ -78,12 +91,13 @@ async def test_a_slot_is_enqueued_once_even_after_its_run_ended(
     clock) gets nothing, even once that period's run is over. The period here is ten years, so
     the whole test is one slot."""
     decade_ms = 10 * 365 * 86400 * 1000
-    first, wait_ms = await store.schedule(queue, "t.idle", decade_ms)
+    first, wait_ms, blocked = await store.schedule(queue, "t.idle", decade_ms)
     assert first is not None and first.startswith("every:t.idle:") and 0 < wait_ms <= decade_ms
-    async with workers(redis_server.url, ticking(redis_server.url, queue), queue):
+    assert not blocked
+    async with workers(redis_server.url, idling(), queue):
         assert (await client.wait(first, timeout=30, queue=queue)).status is JobStatus.COMPLETED
-    again, _ = await store.schedule(queue, "t.idle", decade_ms)
-    assert again is None
+    again, _, blocked = await store.schedule(queue, "t.idle", decade_ms)
+    assert again is None and not blocked
     assert (await client.depth(queue))["pending"] == 0
 
 
@@ -101,6 +115,29 @@ async def test_runs_do_not_pile_up_while_nobody_consumes_them(
 
 async def _pending(client: Client, queue: str) -> bool:
     return (await client.depth(queue))["pending"] > 0
+
+
+async def test_a_damaged_schedules_key_is_reported_and_its_repair_noticed(
+    redis_server: RedisServer, spawn: Callable[..., WorkerProcess]
+) -> None:
+    """Something overwrote the key that remembers the last period: the worker says so (once,
+    naming it), keeps trying with a back-off, and runs the handler again once it is repaired."""
+    k = keys.queue_keys(periodic_app.QUEUE)
+    async with aredis.Redis.from_url(redis_server.url) as r:
+        await r.delete(k.schedules, k.pending)
+        await r.set(k.schedules, "not a hash")
+        worker = spawn(redis_server.url, f"{periodic_app.QUEUE}-unused", "--app", "tests.periodic_app")
+        await worker.wait_for("schedule.damaged")
+        [damaged] = [e for e in worker.events() if e.get("event") == "schedule.damaged"]
+        assert damaged["type"] == "t.every_second" and damaged["queue"] == periodic_app.QUEUE
+        assert f"{k.schedules} is not a hash" in damaged["reason"]
+        await r.delete(k.schedules)
+        await worker.wait_for("schedule.repaired", timeout=60)
+        await worker.wait_for("schedule.enqueued")
+        assert await r.llen(k.pending) == 1
+        worker.signal(signal.SIGTERM)
+        assert await worker.wait() == 0
+        await r.delete(k.schedules, k.pending)
 
 
 @pytest.mark.parametrize(

@@ -137,7 +137,9 @@ def build_parser() -> Parser:
     dead.add_argument("--queue", type=_checked(validate_queue_name), default="default")
     dead.add_argument("--limit", type=_whole(1), default=50)
 
-    workers = sub.add_parser("workers", help="list live workers; exit 1 when none serves --queue")
+    workers = sub.add_parser(
+        "workers", help="list live workers; exit 1 when none (but draining ones) serves --queue"
+    )
     workers.add_argument("--queue", type=_checked(validate_queue_name))
 
     queues = sub.add_parser("queues", help="depth of every known queue by state, and whether it is paused")
@@ -224,7 +226,8 @@ async def _run(args: argparse.Namespace) -> int:
         if args.command == "workers":
             records = await client.workers(args.queue)
             _print(records)
-            return 0 if records else 1
+            # A draining worker is leaving: it is listed, but it does not serve the queue.
+            return 0 if any(r.get("status") != "draining" for r in records) else 1
         if args.command in ("pause", "resume"):
             await (client.pause if args.command == "pause" else client.resume)(args.queue)
             _print({"queue": args.queue, "paused": await client.is_paused(args.queue)})

@@ -9,7 +9,8 @@
 -- KEYS[1] pending list   KEYS[2] scheduled zset   KEYS[3] events channel   KEYS[4] dead zset
 -- KEYS[5] schedules hash (job type -> last slot enqueued, ms)
 -- ARGV[1] job type   ARGV[2] period in ms   ARGV[3] queue name   ARGV[4] job record key prefix
--- Returns {the id enqueued, or '' if none; ms until it is worth calling again}.
+-- Returns {the id enqueued, or '' if none; ms until the next slot; 1 if the previous run is still
+-- live (the caller backs off and looks again), else 0}.
 --- @include "_event.lua"
 --- @include "_enqueue.lua"
 
@@ -24,7 +25,7 @@ local slot = now - now % every
 local until_next = slot + every - now
 last = tonumber(last)
 if last and last >= slot then
-  return {'', until_next}
+  return {'', until_next, 0}
 end
 local function id_of(at)
   return string.format('every:%s:%d', job_type, at)
@@ -32,7 +33,7 @@ end
 if last then
   local previous = redis.pcall('HGET', prefix .. id_of(last), 'status')
   if previous == 'queued' or previous == 'scheduled' or previous == 'running' or previous == 'retrying' then
-    return {'', math.min(1000, until_next)}
+    return {'', until_next, 1}
   end
 end
 local id = id_of(slot)
@@ -41,4 +42,4 @@ local envelope = string.format('{"type":%s,"payload":{"slot_ms":%d},"queue":"%s"
 local k = {pending = KEYS[1], scheduled = KEYS[2], record = prefix .. id, events = KEYS[3], dead = KEYS[4]}
 enqueue_job(k, id, envelope, 0, queue)
 redis.call('HSET', KEYS[5], job_type, slot)
-return {id, until_next}
+return {id, until_next, 0}
