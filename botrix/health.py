@@ -24,6 +24,11 @@ class Phase(StrEnum):
     STOPPED = "stopped"
 
 
+def serving(record: dict[str, Any]) -> bool:
+    """Whether a worker's health record says it takes jobs: a draining worker is leaving."""
+    return record.get("status") != Phase.DRAINING
+
+
 @dataclass(slots=True)
 class InFlight:
     """A job this worker is running now."""

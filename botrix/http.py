@@ -29,7 +29,7 @@ import orjson
 from prometheus_client.exposition import choose_encoder
 
 from botrix.config import Settings
-from botrix.health import Phase, WorkerState
+from botrix.health import Phase, WorkerState, serving
 from botrix.logs import Logger
 from botrix.metrics import Metrics
 from botrix.store import ForeignWrite, Store, StoreUnavailable
@@ -326,9 +326,10 @@ class HttpServer:
                     records = await self._store.workers()
             except (TimeoutError, StoreUnavailable):
                 return
-            serving = [r for r in records if r.get("status") != "draining"]  # a draining one is leaving
             for queue in self._state.queues:
-                self._metrics.workers_cache[queue] = sum(queue in r.get("queues", ()) for r in serving)
+                self._metrics.workers_cache[queue] = sum(
+                    queue in r.get("queues", ()) for r in records if serving(r)
+                )
 
 
 def _bound_socket(host: str, port: int) -> socket.socket | None:

@@ -38,6 +38,14 @@ DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 
 WAIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 
+def _per_queue(name: str, documentation: str, values: Mapping[str, float]) -> GaugeMetricFamily:
+    """A gauge with one sample per queue."""
+    family = GaugeMetricFamily(name, documentation, labels=["queue"])
+    for queue, value in values.items():
+        family.add_metric([queue], value)
+    return family
+
+
 class _StateCollector(Collector):
     """Gauges read from the worker's state (and the cached queue depth) at scrape time."""
 
@@ -53,10 +61,11 @@ class _StateCollector(Collector):
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         s = self._state
-        in_progress = GaugeMetricFamily("botrix_jobs_in_progress", "Jobs running now.", labels=["queue"])
-        for queue in s.queues:
-            in_progress.add_metric([queue], sum(1 for j in s.in_flight.values() if j.queue == queue))
-        yield in_progress
+        yield _per_queue(
+            "botrix_jobs_in_progress",
+            "Jobs running now.",
+            {q: sum(1 for j in s.in_flight.values() if j.queue == q) for q in s.queues},
+        )
         yield GaugeMetricFamily("botrix_concurrency", "Configured --concurrency.", value=s.concurrency)
         depth = GaugeMetricFamily(
             "botrix_queue_depth",
@@ -67,30 +76,21 @@ class _StateCollector(Collector):
             for name, count in states.items():
                 depth.add_metric([queue, name], count)
         yield depth
-        workers = GaugeMetricFamily(
+        yield _per_queue(
             "botrix_queue_workers",
             "Live workers serving the queue, by their health records (read from Redis, cached briefly).",
-            labels=["queue"],
+            self._workers(),
         )
-        for queue, count in self._workers().items():
-            workers.add_metric([queue], count)
-        yield workers
-        damaged = GaugeMetricFamily(
+        yield _per_queue(
             "botrix_queue_damaged",
             "1 while a key of the queue holds what botrix never writes: its jobs wait for a repair.",
-            labels=["queue"],
+            {q: int(q in s.damaged) for q in s.queues},
         )
-        for queue in s.queues:
-            damaged.add_metric([queue], int(queue in s.damaged))
-        yield damaged
-        paused = GaugeMetricFamily(
+        yield _per_queue(
             "botrix_queue_paused",
             "1 while an operator has paused the queue (botrix pause): no new claims.",
-            labels=["queue"],
+            {q: int(q in s.paused) for q in s.queues},
         )
-        for queue in s.queues:
-            paused.add_metric([queue], int(queue in s.paused))
-        yield paused
         yield GaugeMetricFamily(
             "botrix_redis_up", "1 when Redis answered the last check.", value=int(s.redis.up)
         )

@@ -90,7 +90,11 @@ class Registry:
         every: float | None = None,
         queue: str | None = None,
     ) -> Callable[[F], F]:
-        """Decorator form of :meth:`add`."""
+        """Register an ``async def (ctx, payload)`` as the handler of job type ``name``.
+
+        Decorator form of :meth:`add`: ``every=300`` also runs it every 300 s, enqueued into
+        ``queue``.
+        """
 
         def register(func: F) -> F:
             self.add(name, func, timeout=timeout, max_retries=max_retries, every=every, queue=queue)
@@ -103,19 +107,9 @@ class Registry:
 default_registry = Registry()
 
 
-def handler(
-    name: str,
-    *,
-    timeout: float | None = None,
-    max_retries: int | None = None,
-    every: float | None = None,
-    queue: str | None = None,
-) -> Callable[[F], F]:
-    """Register an ``async def (ctx, payload)`` as the handler of job type ``name``.
-
-    ``every=300`` also runs it every 300 s (enqueued into ``queue``; see Registry.add).
-    """
-    return default_registry.handler(name, timeout=timeout, max_retries=max_retries, every=every, queue=queue)
+#: ``@handler("type", timeout=..., max_retries=..., every=..., queue=...)``: registers an
+#: ``async def (ctx, payload)`` in the default registry (Registry.handler, Registry.add).
+handler = default_registry.handler
 
 
 def load_apps(modules: Iterable[str], registry: Registry = default_registry) -> Registry:

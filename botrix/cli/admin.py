@@ -23,6 +23,7 @@ from botrix.cli import Parser, fail, hide_secrets_in_title
 from botrix.client import Client
 from botrix.config import OPTIONS, REDIS_PARTS, redact_url, redis_url_from_parts
 from botrix.errors import ConfigError, JobNotFoundError, PayloadTooLargeError
+from botrix.health import serving
 from botrix.model import MAX_DELAY_S, validate_job_id, validate_queue_name
 from botrix.store import ForeignWrite, StoreUnavailable
 
@@ -226,8 +227,7 @@ async def _run(args: argparse.Namespace) -> int:
         if args.command == "workers":
             records = await client.workers(args.queue)
             _print(records)
-            # A draining worker is leaving: it is listed, but it does not serve the queue.
-            return 0 if any(r.get("status") != "draining" for r in records) else 1
+            return 0 if any(serving(r) for r in records) else 1  # a draining one is listed, not counted
         if args.command in ("pause", "resume"):
             await (client.pause if args.command == "pause" else client.resume)(args.queue)
             _print({"queue": args.queue, "paused": await client.is_paused(args.queue)})
