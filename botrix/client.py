@@ -19,6 +19,7 @@ from botrix.model import (
     Claimed,
     JobInfo,
     JobStatus,
+    RateLimit,
     build_envelope,
     parse_job,
     validate_job_id,
@@ -216,6 +217,28 @@ class Client:
     async def is_paused(self, queue: str = "default") -> bool:
         """Whether ``queue`` is paused."""
         return await self._store.is_paused(queue)
+
+    async def set_rate_limit(self, queue: str, max_jobs: int, per: float) -> RateLimit:
+        """Let at most ``max_jobs`` jobs of ``queue`` start in any ``per`` seconds, fleet-wide.
+
+        Every worker's claim counts against the one limit, and retries are starts like any
+        other. Takes effect on the workers' next claim (within about a second). Returns the
+        limit with the window's count.
+        """
+        validate_queue_name(queue)
+        limit = RateLimit(max_jobs, per)
+        await self._store.register_queues([queue])
+        await self._store.set_rate_limit(queue, limit)
+        return await self.rate_limit(queue) or limit
+
+    async def clear_rate_limit(self, queue: str = "default") -> None:
+        """Lift ``queue``'s rate limit."""
+        validate_queue_name(queue)
+        await self._store.set_rate_limit(queue, None)
+
+    async def rate_limit(self, queue: str = "default") -> RateLimit | None:
+        """``queue``'s rate limit, if it has one."""
+        return await self._store.rate_limit(queue)
 
     async def queues(self) -> list[str]:
         """Every queue name known to botrix in this Redis."""

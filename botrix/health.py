@@ -110,6 +110,8 @@ class WorkerState:
     damaged: dict[str, str] = field(default_factory=dict)
     #: Served queues an operator has paused (botrix pause), as the last claim found them.
     paused: set[str] = field(default_factory=set)
+    #: Served queues whose rate limit (botrix limit) cut the last claim short.
+    limited: set[str] = field(default_factory=set)
 
     def held(self) -> dict[str, list[tuple[str, int]]]:
         """Leases held now, by queue: what the heartbeat renews."""

@@ -288,6 +288,7 @@ class HttpServer:
                 "event_loop": {"lag_ms": round(s.loop_lag_s * 1000, 3)},
                 "damaged_queues": dict(s.damaged),
                 "paused_queues": sorted(s.paused),
+                "rate_limited_queues": sorted(s.limited),
                 "queues": self._metrics.depth_cache,
             },
             "counters": {

@@ -34,6 +34,11 @@ class QueueKeys:
     events: str
     #: Set (to "1") while an operator has paused the queue: workers claim nothing from it.
     paused: str
+    #: Hash (botrix limit): ``max`` claims per ``per_ms``, across all workers, and ``used``, the
+    #: claims in the window now; the window's claims are logged in ``rate_log`` (_rate.lua).
+    rate: str
+    #: List of "<ms> <count>" entries, one per claiming call inside the window, oldest first.
+    rate_log: str
     #: Hash: a periodic handler's job type -> the last slot (ms) enqueued for it (schedule.lua).
     schedules: str
     job_prefix: str
@@ -55,6 +60,8 @@ def queue_keys(queue: str) -> QueueKeys:
         seq=f"{base}:seq",
         events=f"{base}:events",
         paused=f"{base}:paused",
+        rate=f"{base}:rate",
+        rate_log=f"{base}:rate:log",
         schedules=f"{base}:schedules",
         job_prefix=f"{base}:job:",
     )

@@ -184,6 +184,12 @@ class Metrics:
             "botrix_job_retries", "Attempts that failed and were rescheduled.", ["queue", "type"], registry=r
         )
         self.dead = Counter("botrix_jobs_dead", "Jobs dead-lettered.", ["queue", "type"], registry=r)
+        self.limited = Counter(
+            "botrix_queue_rate_limited",
+            "Claims the queue's rate limit (botrix limit) cut short: it is what sets the pace.",
+            ["queue"],
+            registry=r,
+        )
         self.recoveries = Counter(
             "botrix_lease_recoveries",
             "Jobs taken back from an expired lease.",
@@ -228,6 +234,10 @@ class Metrics:
             duration.observe(duration_s)
         if extra_count is not None:
             extra_count.inc()
+
+    def rate_limited(self, queue: str) -> None:
+        """The queue's rate limit cut a claim short."""
+        self.limited.labels(queue).inc()
 
     def dead_at_claim(self, queue: str) -> None:
         """The claim dead-lettered an entry no handler saw: its type is not known."""

@@ -272,3 +272,31 @@ class JobInfo:
 
 ProgressSink = Callable[[str, str, int, JSON], Awaitable[None]]
 """Publishes a progress value: ``(queue, job_id, delivery, value)``."""
+
+
+#: Bounds of a rate limit: a claim a week at the slowest, 1e9 claims a window at the most.
+RATE_MAX_LIMIT = 1_000_000_000
+RATE_PER_RANGE_S = (0.001, 7 * 86400.0)
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """A queue's rate limit: at most ``max`` jobs start in any ``per`` seconds, fleet-wide."""
+
+    max: int
+    per: float
+    #: Jobs started in the window that ends now (as the last claim left it).
+    used: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max, bool) or not isinstance(self.max, int) or not 1 <= self.max <= RATE_MAX_LIMIT:
+            raise ValueError(
+                f"rate limit max must be a whole number from 1 to {RATE_MAX_LIMIT:,}, not {self.max!r}"
+            )
+        low, high = RATE_PER_RANGE_S
+        if not (isinstance(self.per, int | float) and math.isfinite(self.per) and low <= self.per <= high):
+            raise ValueError(f"rate limit per must be from {low:g} to {high:g} seconds, not {self.per!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view for the CLI."""
+        return {"max": self.max, "per_s": self.per, "used": self.used}

@@ -127,7 +127,7 @@ class Runner:
         self._settler = Settler(state, log, metrics, len(self._lanes))
         self._wake = asyncio.Event()
         self._waker = Waker(store, settings.queues, self._work_arrived, state.redis, log)
-        self._pauses = Pauses(self._waker, state, log, self._work_arrived)
+        self._pauses = Pauses(self._waker, state, log, metrics, self._work_arrived)
         self._backoff = Backoff()
         self._holds: dict[str, Hold] = {}  # queues with a foreign-written key
         self._latest: dict[tuple[str, str], InFlight] = {}  # the newest attempt of each job held
@@ -252,8 +252,8 @@ class Runner:
                 self._park(hold, lane.index, items)
                 dry = dry or claiming
                 continue
-            # Paused by an operator (and not due for a look): its results are still written, and
-            # for strict priority it ran dry, so the queues below go on.
+            # Paused by an operator or at its rate limit (and not due for a look): its results are
+            # still written, and for strict priority it ran dry, so the queues below go on.
             paused = claiming and self._pauses.skip(queue)
             dry = dry or paused
             # Only this call's settlements free slots for its claim; jobs finishing meanwhile
@@ -267,7 +267,7 @@ class Runner:
                 continue  # (a held queue gets a call anyway, whose key checks tell if it is repaired)
             lane.reserved += want
             try:
-                refused, claimed, rejected, now_paused = await self._store.exchange(
+                refused, claimed, rejected, now_paused, limited_s = await self._store.exchange(
                     queue, items, want, self._consumer, lane=lane.index
                 )
             except ForeignWrite as exc:
@@ -305,7 +305,7 @@ class Runner:
             for job in claimed:
                 self._start(lane, queue, job)
             if want:
-                self._pauses.saw(queue, now_paused)
+                self._pauses.saw(queue, now_paused, limited_s)
                 dry = len(claimed) < want
                 # Strict priority: lower queues claim only in a pass where this one ran dry.
                 claiming = dry

@@ -28,7 +28,7 @@ from botrix import keys
 from botrix.aio import Deadline
 from botrix.config import check_redis_url, redact_url
 from botrix.errors import BotrixError, ConfigError
-from botrix.model import Claimed, Rejected, Settlement
+from botrix.model import Claimed, RateLimit, Rejected, Settlement
 
 _INCLUDE = re.compile(r'^--- @include "([\w.]+)"$', re.MULTILINE)
 
@@ -56,20 +56,31 @@ class ForeignWrite(StoreUnavailable):
 
         Only a call that claims meets those (exchange.lua), so only a claim proves a repair.
         """
-        return "is not a counter" in str(self) or "is not a pause flag" in str(self)
+        return any(what in str(self) for what in _CLAIM_KEYS)
+
+
+#: What exchange.lua's claim half checks, after its settle half was written.
+_CLAIM_KEYS = ("is not a counter", "is not a pause flag", "is not a rate limit", "is not a rate log")
 
 
 class Exchanged(NamedTuple):
     """What one exchange did.
 
-    The acks refused, the jobs claimed, the entries the claim dead-lettered, and whether the
-    claim was skipped because the queue is paused.
+    The acks refused, the jobs claimed, the entries the claim dead-lettered, whether the claim
+    was skipped because the queue is paused, and, when the queue's rate limit cut the claim
+    short, how long until it lets another job through (seconds; 0 when it did not).
     """
 
     refused: set[str]
     claimed: list[Claimed]
     rejected: list[Rejected]
     paused: bool
+    limited_s: float
+
+
+def _foreign(key: str, what: str) -> ForeignWrite:
+    """The error naming ``key``, as the scripts' own checks do (a plain command's does not)."""
+    return ForeignWrite(f"WRONGTYPE {key} is not {what}: only botrix may write its keys")
 
 
 def _load_script(name: str) -> str:
@@ -283,8 +294,11 @@ class Store:
         ]
         for s in settlements:
             args += [s.job_id, s.delivery, s.outcome.value, s.data, s.delay_ms]
-        refused, flat, dead, paused = await self._run_direct(
-            lane, "exchange", [k.pending, k.active, k.scheduled, k.dead, k.events, k.seq, k.paused], args
+        refused, flat, dead, paused, limited_ms = await self._run_direct(
+            lane,
+            "exchange",
+            [k.pending, k.active, k.scheduled, k.dead, k.events, k.seq, k.paused, k.rate, k.rate_log],
+            args,
         )
         claimed = [
             Claimed(_text(flat[i]), flat[i + 1], int(flat[i + 2]), int(flat[i + 3]), int(flat[i + 4]))
@@ -293,7 +307,9 @@ class Store:
         rejected = [
             Rejected(_text(dead[i]), _text(dead[i + 1]), _text(dead[i + 2])) for i in range(0, len(dead), 3)
         ]
-        return Exchanged({_text(job_id) for job_id in refused}, claimed, rejected, paused == 1)
+        return Exchanged(
+            {_text(job_id) for job_id in refused}, claimed, rejected, paused == 1, limited_ms / 1000
+        )
 
     async def wait_for_jobs(self, queue: str) -> bool:
         """Block until the queue has an entry (True) or the blocking timeout passes (False).
@@ -387,10 +403,37 @@ class Store:
         try:
             return await self._call(self._redis.get(key)) is not None
         except ForeignWrite:
-            # Name the key, as the scripts' own check does (a GET's error does not).
-            raise ForeignWrite(
-                f"WRONGTYPE {key} is not a pause flag: only botrix may write its keys"
-            ) from None
+            raise _foreign(key, "a pause flag") from None
+
+    async def set_rate_limit(self, queue: str, limit: RateLimit | None) -> None:
+        """Limit how many jobs of the queue start per window, fleet-wide; None lifts the limit.
+
+        Changing a limit keeps the window's count: a higher limit lets more through at once,
+        a lower one holds claims until the window's earlier ones have left it.
+        """
+        k = keys.queue_keys(queue)
+        if limit is None:
+            await self._call(self._redis.delete(k.rate, k.rate_log))
+            return
+        per_ms = max(1, round(limit.per * 1000))
+        try:
+            await self._call(self._redis.hset(k.rate, mapping={"max": limit.max, "per_ms": per_ms}))
+        except ForeignWrite:
+            raise _foreign(k.rate, "a rate limit") from None
+
+    async def rate_limit(self, queue: str) -> RateLimit | None:
+        """The queue's rate limit, with the window's count as the last claim left it."""
+        k = keys.queue_keys(queue)
+        try:
+            limit, per_ms, used = await self._call(self._redis.hmget(k.rate, ["max", "per_ms", "used"]))
+        except ForeignWrite:
+            raise _foreign(k.rate, "a rate limit") from None
+        if limit is None and per_ms is None:
+            return None
+        try:
+            return RateLimit(int(limit), int(per_ms) / 1000, int(used or 0))
+        except (TypeError, ValueError):
+            raise _foreign(k.rate, "a rate limit") from None
 
     async def dead_ids(self, queue: str, start: int, count: int) -> list[str]:
         """Dead job ids, newest first."""

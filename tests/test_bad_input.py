@@ -137,7 +137,7 @@ async def test_a_key_of_the_wrong_type_stops_every_script_before_it_writes(
         async with running_worker(redis_server.url, queue):
             await eventually(lambda: _status(client, dead, JobStatus.DEAD), what="dead letter")
         leased = await client.enqueue("t.echo", {}, queue=queue)
-        _, [claimed], _, _ = await store.exchange(queue, [], 1, gone, lane=0)  # its 1 ms lease runs out
+        _, [claimed], _, _, _ = await store.exchange(queue, [], 1, gone, lane=0)  # its 1 ms lease runs out
         assert claimed.job_id == leased
         scheduled = await client.enqueue("t.echo", {}, queue=queue, delay=0.001)
         await r.xadd(k.pending, {"oops": "1"})
@@ -218,7 +218,7 @@ async def test_a_running_job_whose_record_is_overwritten_costs_its_neighbours_no
     me = Consumer("w-1", lease_ms=60_000, max_envelope_bytes=10_000, result_ttl=60, dead_cap=10)
     kept, broken, spare = [await client.enqueue("t.echo", i, queue=queue) for i in range(3)]
     due, overwritten = [await client.enqueue("t.echo", i, queue=queue, delay=0.001) for i in range(2)]
-    _, claimed, _, _ = await store.exchange(queue, [], 3, me, lane=0)
+    _, claimed, _, _, _ = await store.exchange(queue, [], 3, me, lane=0)
     delivery = {c.job_id: c.delivery for c in claimed}
     async with aredis.Redis.from_url(redis_server.url) as r:
         await r.set(k.job(broken), "oops")
@@ -236,7 +236,7 @@ async def test_a_running_job_whose_record_is_overwritten_costs_its_neighbours_no
         held = [(j, delivery[j]) for j in (kept, broken, spare)]
         assert await store.renew(queue, held, 60_000, "w-1") == [(broken, delivery[broken])]
         done = [Settlement(j, queue, delivery[j], Outcome.COMPLETED, b"1") for j in (kept, broken)]
-        refused, _, _, _ = await store.exchange(queue, done, 0, me, lane=0)
+        refused, _, _, _, _ = await store.exchange(queue, done, 0, me, lane=0)
         assert refused == {broken}
         assert (await client.job(kept, queue)).status is JobStatus.COMPLETED
         assert await store.publish_progress(queue, broken, delivery[broken], "w-1", b"50") is False
@@ -250,10 +250,10 @@ async def test_a_running_job_whose_record_is_overwritten_costs_its_neighbours_no
         await r.zadd(k.dead, {"ghost": 0})
         await r.set(k.job("ghost"), "oops")
         capped = Consumer("w-1", lease_ms=60_000, max_envelope_bytes=10_000, result_ttl=60, dead_cap=1)
-        _, [again], _, _ = await store.exchange(queue, [], 1, capped, lane=0)
+        _, [again], _, _, _ = await store.exchange(queue, [], 1, capped, lane=0)
         assert again.job_id == spare
         failed = Settlement(spare, queue, again.delivery, Outcome.DEAD, b'{"type":"E","message":"m"}')
-        assert await store.exchange(queue, [failed], 0, capped, lane=0) == (set(), [], [], False)
+        assert await store.exchange(queue, [failed], 0, capped, lane=0) == (set(), [], [], False, 0)
         assert await r.zrange(k.dead, 0, -1) == [spare.encode()]
         assert await r.get(k.job("ghost")) == b"oops"
 
@@ -267,16 +267,16 @@ async def test_a_garbled_attempt_count_does_not_fail_the_settle_it_is_in(
     k = keys.queue_keys(queue)
     me = Consumer("w-1", lease_ms=60_000, max_envelope_bytes=10_000, result_ttl=60, dead_cap=10)
     ids = [await client.enqueue("t.echo", i, queue=queue) for i in range(3)]
-    _, claimed, _, _ = await store.exchange(queue, [], 3, me, lane=0)
+    _, claimed, _, _, _ = await store.exchange(queue, [], 3, me, lane=0)
     async with aredis.Redis.from_url(redis_server.url) as r:
         for job_id in ids[:2]:
             await r.hset(k.job(job_id), "attempts", "many")
     outcomes = [Outcome.COMPLETED, Outcome.REQUEUE, Outcome.COMPLETED]
     done = [Settlement(c.job_id, queue, c.delivery, o, b"1") for c, o in zip(claimed, outcomes, strict=True)]
-    assert await store.exchange(queue, done, 0, me, lane=0) == (set(), [], [], False)
+    assert await store.exchange(queue, done, 0, me, lane=0) == (set(), [], [], False, 0)
     statuses = [(await client.job(j, queue)).status for j in ids]
     assert statuses == [JobStatus.COMPLETED, JobStatus.QUEUED, JobStatus.COMPLETED]
-    _, [again], _, _ = await store.exchange(queue, [], 1, me, lane=0)
+    _, [again], _, _, _ = await store.exchange(queue, [], 1, me, lane=0)
     assert (again.job_id, again.attempt) == (ids[1], 1)
 
 
@@ -289,7 +289,7 @@ async def test_a_garbled_sequence_stops_the_claim_before_it_pops(
     k = keys.queue_keys(queue)
     me = Consumer("w-1", lease_ms=60_000, max_envelope_bytes=10_000, result_ttl=60, dead_cap=10)
     running = await client.enqueue("t.echo", "r", queue=queue)
-    _, [held], _, _ = await store.exchange(queue, [], 1, me, lane=0)
+    _, [held], _, _, _ = await store.exchange(queue, [], 1, me, lane=0)
     ids = [await client.enqueue("t.echo", i, queue=queue) for i in range(3)]
     async with aredis.Redis.from_url(redis_server.url) as r:
         # What INCR refuses: text, a leading zero, past 64 bits, and a value it cannot add 1 to.
@@ -300,12 +300,12 @@ async def test_a_garbled_sequence_stops_the_claim_before_it_pops(
             assert await r.lrange(k.pending, 0, -1) == [i.encode() for i in ids]
         # A result is still written: settling never touches the sequence.
         done = Settlement(running, queue, held.delivery, Outcome.COMPLETED, b"1")
-        assert await store.exchange(queue, [done], 0, me, lane=0) == (set(), [], [], False)
+        assert await store.exchange(queue, [done], 0, me, lane=0) == (set(), [], [], False, 0)
         assert (await client.job(running, queue)).status is JobStatus.COMPLETED
         await r.delete(k.seq)
 
         await r.hset(k.job(ids[0]), "delivery", "2.5")
-        _, [first], _, _ = await store.exchange(queue, [], 1, me, lane=0)
+        _, [first], _, _, _ = await store.exchange(queue, [], 1, me, lane=0)
         assert first.job_id == ids[0] and (await r.get(k.seq) or b"").isdigit()
-        _, rest, _, _ = await store.exchange(queue, [], 2, me, lane=0)
+        _, rest, _, _, _ = await store.exchange(queue, [], 2, me, lane=0)
         assert [c.job_id for c in rest] == ids[1:]

@@ -164,7 +164,9 @@ def test_enqueue_wait_job_and_workers(
     workers = run(*url, "workers", "--queue", queue)
     assert workers.returncode == 0 and orjson.loads(workers.stdout)[0]["queues"] == [queue]
     depth = orjson.loads(run(*url, "queues", "--queue", queue).stdout)
-    assert depth == {queue: {"pending": 0, "active": 0, "scheduled": 0, "dead": 0, "paused": False}}
+    assert depth == {
+        queue: {"pending": 0, "active": 0, "scheduled": 0, "dead": 0, "paused": False, "rate_limit": None}
+    }
     assert orjson.loads(run(*url, "pause", "--queue", queue).stdout) == {"queue": queue, "paused": True}
     assert orjson.loads(run(*url, "queues", "--queue", queue).stdout)[queue]["paused"] is True
     assert orjson.loads(run(*url, "resume", "--queue", queue).stdout) == {"queue": queue, "paused": False}
@@ -272,6 +274,11 @@ def test_admin_cli_errors(redis_server: RedisServer) -> None:
         (["dead", "retry", "x", "--all"], "'dead retry' takes job ids, or --all for every dead job"),
         (["dead", "list", "--queue", "q", "some-id"], "'dead list' takes no ids"),
         (["queues", "--queue", "{q}"], "queue name"),
+        (["limit", "--max", "0", "--per", "1"], "--max: must be a whole number from 1 to 1000000000"),
+        (["limit", "--max", "5", "--per", "0"], "--per: must be from 0.001 to 604800 seconds"),
+        (["limit", "--max", "5", "--per", "nan"], "--per: must be from 0.001 to 604800 seconds"),
+        (["limit", "--max", "5"], "'limit' takes --max N --per SECONDS together, or --off"),
+        (["limit", "--off", "--max", "5", "--per", "1"], "'limit' takes --max N --per SECONDS together"),
         (["enqueue", "t.echo", "--timeout", "0"], "--timeout: must be a number of seconds > 0"),
         (["enqueue", "t.echo", "--max-retries", "-1"], "--max-retries: must be a whole number from 0"),
         (["enqueue", "t.echo", "--delay", "soon"], "--delay: must be a finite number of seconds >= 0"),

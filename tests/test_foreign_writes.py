@@ -35,7 +35,7 @@ async def test_a_damaged_queue_waits_for_its_repair_while_the_others_run(
     hi, lo = f"t-hi-{uuid.uuid4().hex[:8]}", f"t-lo-{uuid.uuid4().hex[:8]}"
     gone = Consumer("gone-worker", lease_ms=1, max_envelope_bytes=10_000, result_ttl=60, dead_cap=10)
     expired = await client.enqueue("t.echo", "expired", queue=lo)
-    _, [claimed], _, _ = await store.exchange(lo, [], 1, gone, lane=0)  # its 1 ms lease runs out
+    _, [claimed], _, _, _ = await store.exchange(lo, [], 1, gone, lane=0)  # its 1 ms lease runs out
     assert claimed.job_id == expired
     delayed = await client.enqueue("t.echo", "delayed", queue=lo, delay=0.5)
     pending = await client.enqueue("t.echo", "pending", queue=lo)

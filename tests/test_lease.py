@@ -30,11 +30,11 @@ async def test_ack_from_a_worker_that_lost_its_lease_is_refused(
     worker_a = Consumer("worker-a", lease_ms=50, max_envelope_bytes=10_000, result_ttl=60, dead_cap=10)
     worker_b = Consumer("worker-b", lease_ms=30_000, max_envelope_bytes=10_000, result_ttl=60, dead_cap=10)
     job_id = await client.enqueue("t.echo", {}, queue=queue)
-    _, [first], _, _ = await store.exchange(queue, [], 1, worker_a, lane=0)
+    _, [first], _, _, _ = await store.exchange(queue, [], 1, worker_a, lane=0)
     await asyncio.sleep(0.2)  # let the 50 ms lease run out on the server's clock
     recovered = await store.recover(queue, grace_ms=0, max_retries=3, dead_cap=10)
     assert [(r.job_id, r.status) for r in recovered] == [(job_id, "queued")]
-    _, [second], _, _ = await store.exchange(queue, [], 1, worker_b, lane=0)
+    _, [second], _, _, _ = await store.exchange(queue, [], 1, worker_b, lane=0)
     assert second.attempt == 2 and second.delivery > first.delivery
 
     assert await store.exchange(queue, [_completed(first, queue, b'"stale"')], 0, worker_a, lane=0) == (
@@ -42,6 +42,7 @@ async def test_ack_from_a_worker_that_lost_its_lease_is_refused(
         [],
         [],
         False,
+        0,
     )
     lost = await store.renew(queue, [(job_id, first.delivery)], 30_000, worker_a.worker_id)
     assert lost == [(job_id, first.delivery)]
@@ -50,6 +51,7 @@ async def test_ack_from_a_worker_that_lost_its_lease_is_refused(
         [],
         [],
         False,
+        0,
     )
     info = await client.job(job_id)
     assert info.result == "fresh" and info.worker == "worker-b" and info.attempts == 2
@@ -77,11 +79,11 @@ async def test_one_call_settles_more_jobs_than_lua_can_unpack(
     worker = _consumer("worker-big")
     active = keys.queue_keys(queue).active
     async with aredis.Redis.from_url(redis_server.url) as r:
-        _, claimed, _, _ = await store.exchange(queue, [], n, worker, lane=0)
+        _, claimed, _, _, _ = await store.exchange(queue, [], n, worker, lane=0)
         assert len(claimed) == n
         assert await r.zcard(active) == n
         done = [Settlement(c.job_id, queue, c.delivery, Outcome.COMPLETED, b"null") for c in claimed]
-        assert await store.exchange(queue, done, 0, worker, lane=0) == (set(), [], [], False)
+        assert await store.exchange(queue, done, 0, worker, lane=0) == (set(), [], [], False, 0)
         assert await r.zcard(active) == 0
     assert {(await client.job(c.job_id)).status for c in claimed[::500]} == {JobStatus.COMPLETED}
 
@@ -93,9 +95,9 @@ async def test_a_job_requeued_and_claimed_again_in_one_call_keeps_its_new_lease(
     n = 50
     await _enqueue_many(client, queue, 500)
     worker = _consumer("worker-requeue")
-    _, claimed, _, _ = await store.exchange(queue, [], n, worker, lane=0)
+    _, claimed, _, _, _ = await store.exchange(queue, [], n, worker, lane=0)
     back = [Settlement(c.job_id, queue, c.delivery, Outcome.REQUEUE, attempt=c.attempt) for c in claimed]
-    _, again, _, _ = await store.exchange(queue, back, n, worker, lane=0)
+    _, again, _, _, _ = await store.exchange(queue, back, n, worker, lane=0)
     active = keys.queue_keys(queue).active
     async with aredis.Redis.from_url(redis_server.url) as r:
         leases = [await r.zscore(active, c.job_id) for c in claimed]
@@ -162,23 +164,26 @@ async def test_a_reused_job_id_gets_a_new_token_and_the_old_attempts_ack_is_refu
     short = Consumer("worker-a", lease_ms=50, max_envelope_bytes=10_000, result_ttl=60, dead_cap=10)
     worker_a, worker_b = _consumer("worker-a"), _consumer("worker-b")
     await client.enqueue("t.echo", {"n": 1}, queue=queue, job_id="reused")
-    _, [old], _, _ = await store.exchange(queue, [], 1, short, lane=0)
+    _, [old], _, _, _ = await store.exchange(queue, [], 1, short, lane=0)
     await asyncio.sleep(0.2)  # the 50 ms lease runs out; worker-a is "frozen"
     recovered = await store.recover(queue, grace_ms=0, max_retries=3, dead_cap=10)
     assert [r.status for r in recovered] == ["queued"]
-    _, [other], _, _ = await store.exchange(queue, [], 1, worker_b, lane=0)
+    _, [other], _, _, _ = await store.exchange(queue, [], 1, worker_b, lane=0)
     finished = [_completed(other, queue, b'"b"')]
-    assert await store.exchange(queue, finished, 0, worker_b, lane=0) == (set(), [], [], False)
+    assert await store.exchange(queue, finished, 0, worker_b, lane=0) == (set(), [], [], False, 0)
     await client.enqueue("t.echo", {"n": 2}, queue=queue, job_id="reused")
-    _, [new], _, _ = await store.exchange(queue, [], 1, worker_a, lane=0)
+    _, [new], _, _, _ = await store.exchange(queue, [], 1, worker_a, lane=0)
     assert new.delivery not in (old.delivery, other.delivery)
-    refused, _, _, _ = await store.exchange(queue, [_completed(old, queue, b'"stale"')], 0, worker_a, lane=0)
+    refused, _, _, _, _ = await store.exchange(
+        queue, [_completed(old, queue, b'"stale"')], 0, worker_a, lane=0
+    )
     assert refused == {"reused"}
     assert await store.exchange(queue, [_completed(new, queue, b'"fresh"')], 0, worker_a, lane=0) == (
         set(),
         [],
         [],
         False,
+        0,
     )
     assert (await client.job("reused", queue)).result == "fresh"
 
@@ -215,19 +220,21 @@ async def test_after_redis_loses_recent_writes_the_first_workers_acks_are_refuse
             job_id = await c.enqueue("t.echo", {}, queue=queue)
         with server.client() as r:
             r.save()
-        _, [first], _, _ = await store.exchange(queue, [], 1, worker_a, lane=0)
+        _, [first], _, _, _ = await store.exchange(queue, [], 1, worker_a, lane=0)
         server.stop(signal.SIGKILL)
         server.start()
-        _, [second], _, _ = await _despite_reconnects(lambda: store.exchange(queue, [], 1, worker_b, lane=0))
+        _, [second], _, _, _ = await _despite_reconnects(
+            lambda: store.exchange(queue, [], 1, worker_b, lane=0)
+        )
         assert second.delivery == first.delivery  # Redis forgot the first claim, its token too
         stale = [_completed(first, queue, b'"a"')]
-        refused, _, _, _ = await store.exchange(queue, stale, 0, worker_a, lane=0)
+        refused, _, _, _, _ = await store.exchange(queue, stale, 0, worker_a, lane=0)
         assert refused == {job_id}
         held = [(job_id, first.delivery)]
         assert await _despite_reconnects(lambda: store.renew(queue, held, 30_000, "worker-a")) == held
         assert not await store.publish_progress(queue, job_id, first.delivery, "worker-a", b"1")
         fresh = [_completed(second, queue, b'"b"')]
-        assert await store.exchange(queue, fresh, 0, worker_b, lane=0) == (set(), [], [], False)
+        assert await store.exchange(queue, fresh, 0, worker_b, lane=0) == (set(), [], [], False, 0)
         async with Client.from_url(server.url) as c:
             info = await c.job(job_id, queue)
         assert info.result == "b" and info.worker == "worker-b"
@@ -325,17 +332,18 @@ async def test_a_settle_retried_after_another_worker_claimed_the_job_is_not_refu
     sends the same settle again. It was applied: it must be recognised, not reported refused."""
     worker_a, worker_b = _consumer("worker-a"), _consumer("worker-b")
     job_id = await client.enqueue("t.echo", {}, queue=queue)
-    _, [claimed], _, _ = await store.exchange(queue, [], 1, worker_a, lane=0)
+    _, [claimed], _, _, _ = await store.exchange(queue, [], 1, worker_a, lane=0)
     back = [Settlement(job_id, queue, claimed.delivery, Outcome.REQUEUE, attempt=claimed.attempt)]
-    assert await store.exchange(queue, back, 0, worker_a, lane=0) == (set(), [], [], False)  # "reply lost"
-    _, [again], _, _ = await store.exchange(queue, [], 1, worker_b, lane=0)
+    assert await store.exchange(queue, back, 0, worker_a, lane=0) == (set(), [], [], False, 0)  # "reply lost"
+    _, [again], _, _, _ = await store.exchange(queue, [], 1, worker_b, lane=0)
     assert again.job_id == job_id
-    assert await store.exchange(queue, back, 0, worker_a, lane=0) == (set(), [], [], False)
+    assert await store.exchange(queue, back, 0, worker_a, lane=0) == (set(), [], [], False, 0)
     assert await store.exchange(queue, [_completed(again, queue, b'"b"')], 0, worker_b, lane=0) == (
         set(),
         [],
         [],
         False,
+        0,
     )
     assert (await client.job(job_id, queue)).result == "b"
 
@@ -387,8 +395,8 @@ async def test_tokens_stay_above_those_an_older_botrix_counted_on_the_record(
     job_id = await client.enqueue("t.echo", {}, queue=queue)
     async with aredis.Redis.from_url(redis_server.url) as r:
         await r.hset(keys.queue_keys(queue).job(job_id), "delivery", 50)  # as the old scripts left it
-    _, [claimed], _, _ = await store.exchange(queue, [], 1, _consumer("worker-a"), lane=0)
+    _, [claimed], _, _, _ = await store.exchange(queue, [], 1, _consumer("worker-a"), lane=0)
     assert claimed.delivery == 51
     other = await client.enqueue("t.echo", {}, queue=queue)
-    _, [next_one], _, _ = await store.exchange(queue, [], 1, _consumer("worker-a"), lane=0)
+    _, [next_one], _, _, _ = await store.exchange(queue, [], 1, _consumer("worker-a"), lane=0)
     assert next_one.job_id == other and next_one.delivery > 51

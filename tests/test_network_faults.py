@@ -62,7 +62,7 @@ async def test_scripts_flushed_between_reload_and_retry_back_off_the_caller(
         await proxy.resume()
         with pytest.raises(StoreUnavailable, match="NoScriptError"):
             await asyncio.wait_for(call, timeout=10)
-        _, claimed, _, _ = await store.exchange(queue, [], 1, consumer, lane=0)
+        _, claimed, _, _, _ = await store.exchange(queue, [], 1, consumer, lane=0)
         assert [c.job_id for c in claimed] == [job_id]
     finally:
         await admin.aclose()
@@ -422,7 +422,7 @@ async def test_a_settle_whose_reply_was_lost_is_not_reported_as_refused(
     store = Store(Connection(proxy.url(), socket_timeout=1.0))
     try:
         job_id = await client.enqueue("t.echo", {}, queue=queue)
-        _, [claimed], _, _ = await store.exchange(queue, [], 1, consumer, lane=0)
+        _, [claimed], _, _, _ = await store.exchange(queue, [], 1, consumer, lane=0)
         done = Settlement(job_id, queue, claimed.delivery, Outcome.COMPLETED, b'"ok"')
         proxy.stall()
         with pytest.raises(StoreUnavailable):
@@ -433,7 +433,7 @@ async def test_a_settle_whose_reply_was_lost_is_not_reported_as_refused(
             return (await client.job(job_id, queue)).status is JobStatus.COMPLETED
 
         await eventually(completed_by_the_first_try, timeout=10, what="the late settle applied")
-        refused, _, _, _ = await store.exchange(queue, [done], 0, consumer, lane=0)  # the settler's retry
+        refused, _, _, _, _ = await store.exchange(queue, [done], 0, consumer, lane=0)  # the settler's retry
         assert refused == set()
     finally:
         await store.aclose()

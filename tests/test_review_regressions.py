@@ -115,7 +115,7 @@ async def test_progress_from_an_attempt_that_lost_its_job_is_not_written(
 ) -> None:
     job_id = await client.enqueue("t.echo", {}, queue=queue)
     consumer = Consumer("w", lease_ms=30_000, max_envelope_bytes=10_000, result_ttl=60, dead_cap=10)
-    _, [claimed], _, _ = await store.exchange(queue, [], 1, consumer, lane=0)
+    _, [claimed], _, _, _ = await store.exchange(queue, [], 1, consumer, lane=0)
     assert await store.publish_progress(queue, job_id, claimed.delivery, "w", b'{"step": 1}')
     assert not await store.publish_progress(queue, job_id, claimed.delivery + 1, "w", b'{"step": 2}')
     assert not await store.publish_progress(queue, job_id, claimed.delivery, "other", b'{"step": 3}')

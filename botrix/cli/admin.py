@@ -24,7 +24,14 @@ from botrix.client import Client
 from botrix.config import OPTIONS, REDIS_PARTS, redact_url, redis_url_from_parts
 from botrix.errors import ConfigError, JobNotFoundError, PayloadTooLargeError
 from botrix.health import serving
-from botrix.model import MAX_DELAY_S, validate_job_id, validate_queue_name
+from botrix.model import (
+    MAX_DELAY_S,
+    RATE_MAX_LIMIT,
+    RATE_PER_RANGE_S,
+    RateLimit,
+    validate_job_id,
+    validate_queue_name,
+)
 from botrix.store import ForeignWrite, StoreUnavailable
 
 PROG = "botrix"
@@ -65,6 +72,17 @@ def _positive_seconds(text: str) -> float:
     value = _seconds(text)
     if value == 0:
         raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
+    return value
+
+
+def _window(text: str) -> float:
+    low, high = RATE_PER_RANGE_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and low <= value <= high):
+        raise argparse.ArgumentTypeError(f"must be from {low:g} to {high:g} seconds, got {text!r:.60}")
     return value
 
 
@@ -143,12 +161,22 @@ def build_parser() -> Parser:
     )
     workers.add_argument("--queue", type=_checked(validate_queue_name))
 
-    queues = sub.add_parser("queues", help="depth of every known queue by state, and whether it is paused")
+    queues = sub.add_parser(
+        "queues", help="depth of every known queue by state, whether it is paused, and its rate limit"
+    )
     queues.add_argument("--queue", type=_checked(validate_queue_name), action="append")
 
     for name, what in (("pause", "stop workers claiming from a queue"), ("resume", "let them claim again")):
         toggle = sub.add_parser(name, help=what)
         toggle.add_argument("--queue", type=_checked(validate_queue_name), default="default")
+
+    limit = sub.add_parser(
+        "limit", help="show, set (--max N --per S) or lift (--off) a queue's rate limit, fleet-wide"
+    )
+    limit.add_argument("--queue", type=_checked(validate_queue_name), default="default")
+    limit.add_argument("--max", type=_whole(1, RATE_MAX_LIMIT), help="jobs that may start per window")
+    limit.add_argument("--per", type=_window, help="the window in seconds")
+    limit.add_argument("--off", action="store_true", help="lift the limit")
 
     sub.add_parser("worker", help="run the worker daemon (same flags as botrix-worker)", add_help=False)
     return parser
@@ -232,9 +260,28 @@ async def _run(args: argparse.Namespace) -> int:
             await (client.pause if args.command == "pause" else client.resume)(args.queue)
             _print({"queue": args.queue, "paused": await client.is_paused(args.queue)})
             return 0
+        if args.command == "limit":
+            if args.off:
+                await client.clear_rate_limit(args.queue)
+            elif args.max is not None:
+                await client.set_rate_limit(args.queue, args.max, args.per)
+            _print({"queue": args.queue, "rate_limit": _limit(await client.rate_limit(args.queue))})
+            return 0
         names = args.queue or await client.queues()
-        _print({name: {**await client.depth(name), "paused": await client.is_paused(name)} for name in names})
+        _print({name: await _queue(client, name) for name in names})
         return 0
+
+
+async def _queue(client: Client, name: str) -> dict[str, Any]:
+    return {
+        **await client.depth(name),
+        "paused": await client.is_paused(name),
+        "rate_limit": _limit(await client.rate_limit(name)),
+    }
+
+
+def _limit(limit: RateLimit | None) -> dict[str, Any] | None:
+    return None if limit is None else limit.to_dict()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -266,6 +313,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         # Explicit, both ways: `dead purge $(some filter)` that matched nothing must not purge all.
         if args.action != "list" and bool(args.ids) == args.all:
             parser.error(f"'dead {args.action}' takes job ids, or --all for every dead job (not both)")
+    if args.command == "limit" and (
+        (args.max is None) != (args.per is None) or (args.off and args.max is not None)
+    ):
+        parser.error("'limit' takes --max N --per SECONDS together, or --off, or neither (to show it)")
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:

@@ -7,16 +7,19 @@
 -- KEYS[1] pending list   KEYS[2] active zset   KEYS[3] scheduled zset   KEYS[4] dead zset
 -- KEYS[5] events channel KEYS[6] sequence (generated ids, delivery tokens)
 -- KEYS[7] paused flag (botrix pause): while it exists, nothing is claimed
+-- KEYS[8] rate limit hash (botrix limit)   KEYS[9] its log of recent claims (_rate.lua)
 -- ARGV[1] job record key prefix   ARGV[2] finished record TTL s   ARGV[3] dead set cap
 -- ARGV[4] queue name   ARGV[5] how many to claim   ARGV[6] lease ms   ARGV[7] worker id
 -- ARGV[8] max envelope bytes
 -- ARGV[9..] five entries per settled job: id, delivery, outcome, data, delay ms
 -- Returns {refused ids, claimed jobs (five entries a job: id, envelope, attempt, delivery,
 -- ready_at: when it could last run), entries dead-lettered by the claim (three a job: id,
--- error type, reason), 1 if the claim was skipped because the queue is paused else 0}.
+-- error type, reason), 1 if the claim was skipped because the queue is paused else 0,
+-- ms until the rate limit lets another claim through if it cut this one short else 0}.
 --- @include "_event.lua"
 --- @include "_settle.lua"
 --- @include "_claim.lua"
+--- @include "_rate.lua"
 
 local k = {pending = KEYS[1], active = KEYS[2], scheduled = KEYS[3], dead = KEYS[4],
   events = KEYS[5], seq = KEYS[6]}
@@ -28,18 +31,29 @@ local worker = ARGV[7]
 local refused = settle_batch(k, prefix, tonumber(ARGV[2]), dead_cap, queue, now, 9, worker)
 local claimed, rejected = {}, {}
 local want = tonumber(ARGV[5])
-local paused = 0
+local paused, limited = 0, 0
 if want > 0 then
   -- Here, not at the top: a bad sequence or pause flag must not stop results from being
   -- written. Past this point the call fails with them written, and its retry finds them
   -- applied. Both are checked before the pause is honoured, so that a claim that succeeds,
-  -- paused or not, proves them sound (the runner takes it as the end of a hold).
+  -- paused or not, proves them sound (the runner takes it as the end of a hold). The rate
+  -- limit's keys likewise.
   expect_counter(k.seq)
-  if expect_flag(KEYS[7]) then
+  local is_paused = expect_flag(KEYS[7])
+  local limit = rate_load(KEYS[8], KEYS[9], now)
+  if is_paused then
     paused = 1
   else
-    claimed, rejected = claim_batch(k, prefix, queue, now, want, tonumber(ARGV[6]), worker,
-      tonumber(ARGV[8]), dead_cap)
+    local room = rate_room(limit, want)
+    if room > 0 then
+      claimed, rejected = claim_batch(k, prefix, queue, now, room, tonumber(ARGV[6]), worker,
+        tonumber(ARGV[8]), dead_cap)
+    end
+  end
+  -- Also when paused: rate_load dropped the expired entries, and `used` must follow them.
+  limited = rate_spend(KEYS[8], KEYS[9], limit, now, #claimed / 5, want)
+  if paused == 1 then
+    limited = 0
   end
 end
-return {refused, claimed, rejected, paused}
+return {refused, claimed, rejected, paused, limited}

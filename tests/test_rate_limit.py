@@ -1,0 +1,170 @@
+"""botrix limit: at most N jobs of a queue start in any window, across every worker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import redis.asyncio as aredis
+
+from botrix import keys
+from botrix.client import Client
+from botrix.model import Claimed, JobStatus, RateLimit
+from botrix.store import Consumer, Store
+from tests.conftest import eventually, running_worker
+from tests.redisproc import RedisServer
+from tests.test_cli import run
+from tests.test_http import get, samples
+
+
+async def _completed(client: Client, ids: list[str], queue: str) -> int:
+    return sum([(await client.job(i, queue)).status is JobStatus.COMPLETED for i in ids])
+
+
+async def _cut_short(base: str, queue: str) -> float:
+    """How many claims the queue's limit cut short on this worker (its metric)."""
+    found = samples((await get(base, "/metrics"))[1])
+    return float(found.get(("botrix_queue_rate_limited_total", (("queue", queue),)), 0))
+
+
+async def test_one_limit_holds_every_worker_and_a_change_is_seen(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
+    """Two workers share 5 starts an hour: 5 jobs run, 15 wait, while the lower-priority queue
+    is served all along. Raising the limit lets 3 more run; lifting it, the rest."""
+    hi, lo = f"{queue}-hi", f"{queue}-lo"
+    assert await client.rate_limit(hi) is None
+    limit = await client.set_rate_limit(hi, 5, 3600)
+    assert (limit.max, limit.per, limit.used) == (5, 3600, 0)
+    ids = [await client.enqueue("t.echo", i, queue=hi) for i in range(20)]
+    opts = {"queues": (hi, lo), "http_port": 0, "http_host": "127.0.0.1", "concurrency": 10}
+    async with (
+        running_worker(redis_server.url, hi, **opts) as one,
+        running_worker(redis_server.url, hi, **opts) as two,
+    ):
+        bases = []
+        for worker in (one, two):
+            port = await eventually(lambda w=worker: w.http and w.http.port, what="http port")  # type: ignore[misc]
+            bases.append(f"http://127.0.0.1:{port}")
+        for base in bases:  # each worker has been held back by the limit at least once
+            await eventually(lambda b=base: _cut_short(b, hi), what="a claim cut short by the limit")  # type: ignore[misc]
+        assert await _completed(client, ids, hi) == 5
+        assert (await client.depth(hi))["pending"] == 15
+        assert (await client.rate_limit(hi)) == RateLimit(5, 3600, 5)
+        _, body, _ = await get(bases[0], "/health")
+        assert body["checks"]["rate_limited_queues"] == [hi]
+        assert (await get(bases[0], "/ready"))[0] == 200  # a limit is a choice, not a fault
+        served = [await client.enqueue("t.echo", i, queue=lo) for i in range(5)]
+        for job_id in served:
+            assert (await client.wait(job_id, timeout=30)).status is JobStatus.COMPLETED
+
+        await client.set_rate_limit(hi, 8, 3600)
+        await eventually(lambda: _count_is(client, ids, hi, 8), what="3 more jobs after the raise")
+        for base in bases:
+            before = await _cut_short(base, hi)
+            await eventually(lambda b=base, n=before: _more(b, hi, n), what="the raised limit reached")  # type: ignore[misc]
+        assert await _completed(client, ids, hi) == 8
+
+        await client.clear_rate_limit(hi)
+        for job_id in ids:
+            assert (await client.wait(job_id, timeout=30)).status is JobStatus.COMPLETED
+        assert await client.rate_limit(hi) is None
+
+
+async def _count_is(client: Client, ids: list[str], queue: str, count: int) -> bool:
+    return await _completed(client, ids, queue) >= count
+
+
+async def _more(base: str, queue: str, before: float) -> bool:
+    return await _cut_short(base, queue) > before
+
+
+async def test_no_window_ever_holds_more_starts_than_the_limit(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
+    """3 starts per 0.5 s, 15 jobs, 10 slots: by the Redis clock that stamps each start, no 4
+    starts fall within 0.5 s of each other, at the edges of windows included (a fixed window
+    lets 6 through there)."""
+    await client.set_rate_limit(queue, 3, 0.5)
+    ids = [await client.enqueue("t.echo", i, queue=queue) for i in range(15)]
+    async with running_worker(redis_server.url, queue, concurrency=10):
+        infos = [await client.wait(job_id, timeout=60) for job_id in ids]
+    assert all(info.status is JobStatus.COMPLETED and info.attempts == 1 for info in infos)
+    starts = sorted(info.started_at_ms or 0 for info in infos)
+    assert all(later - earlier >= 500 for earlier, later in zip(starts, starts[3:], strict=False)), starts
+
+
+async def test_claims_hammering_the_limit_never_put_more_into_a_window(
+    store: Store, client: Client, queue: str
+) -> None:
+    """Claims as fast as one connection sends them, as a fleet at the limit would: by the Redis
+    clock, no 5 of the jobs claimed start within 0.2 s, and a claim that gets nothing says how
+    long until the next may, never more than the window."""
+    await client.set_rate_limit(queue, 4, 0.2)
+    for i in range(12):
+        await client.enqueue("t.echo", i, queue=queue)
+    consumer = Consumer("w-hammer", 60_000, 1 << 20, 60, 100)
+    claimed: list[Claimed] = []
+    async with asyncio.timeout(60):
+        while len(claimed) < 12:
+            exchanged = await store.exchange(queue, [], 3, consumer, lane=0)
+            claimed += exchanged.claimed
+            if len(exchanged.claimed) < 3 and len(claimed) < 12:
+                assert 0 < exchanged.limited_s <= 0.2
+    starts = sorted([(await client.job(job.job_id, queue)).started_at_ms or 0 for job in claimed])
+    assert all(later - earlier >= 200 for earlier, later in zip(starts, starts[4:], strict=False)), starts
+
+
+async def test_a_garbled_limit_holds_the_queue_as_damaged_until_repaired(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
+    """A limit key or log entry botrix did not write is named in /ready and in the CLI, the
+    queue's claims stop (a job running meanwhile is still written back), and a repair is seen."""
+    k = keys.queue_keys(queue)
+    await client.set_rate_limit(queue, 100, 60)
+    async with (
+        aredis.Redis.from_url(redis_server.url) as r,
+        running_worker(redis_server.url, queue, http_port=0, http_host="127.0.0.1") as worker,
+    ):
+        port = await eventually(lambda: worker.http and worker.http.port, what="http port")
+        base = f"http://127.0.0.1:{port}"
+        running = await client.enqueue("t.sleep", {"seconds": 1}, queue=queue)
+        await eventually(lambda: _running(client, running, queue), what="a job running")
+        await r.hset(k.rate, "max", "lots")
+
+        async def damaged(what: str) -> bool:
+            status, body, _ = await get(base, "/ready")
+            return status == 503 and what in body.get("detail", {}).get(queue, "")
+
+        await eventually(lambda: damaged("is not a rate limit"), timeout=60, what="the limit named")
+        assert (await client.wait(running, timeout=30)).status is JobStatus.COMPLETED
+        waiting = await client.enqueue("t.echo", 1, queue=queue)
+        shown = await asyncio.to_thread(run, "--redis-url", redis_server.url, "limit", "--queue", queue)
+        assert shown.returncode == 3 and f"{k.rate} is not a rate limit" in shown.stderr
+        async with r.pipeline(transaction=True) as pipe:  # one repair and a new damage, at once
+            pipe.hset(k.rate, "max", 100)
+            pipe.lpush(k.rate_log, "garbage")
+            await pipe.execute()
+        await eventually(lambda: damaged("is not a rate log"), timeout=60, what="the log named")
+        assert (await client.job(waiting, queue)).status is JobStatus.QUEUED
+        await r.delete(k.rate_log)
+        assert (await client.wait(waiting, timeout=60)).status is JobStatus.COMPLETED
+        assert (await get(base, "/ready"))[0] == 200
+
+
+async def _running(client: Client, job_id: str, queue: str) -> bool:
+    return (await client.job(job_id, queue)).status is JobStatus.RUNNING
+
+
+def test_the_cli_sets_shows_and_lifts_a_limit(redis_server: RedisServer, queue: str) -> None:
+    url = ["--redis-url", redis_server.url]
+    set_ = run(*url, "limit", "--queue", queue, "--max", "50", "--per", "1.5")
+    assert set_.returncode == 0, set_.stderr
+    expected = {"queue": queue, "rate_limit": {"max": 50, "per_s": 1.5, "used": 0}}
+    assert json.loads(set_.stdout) == expected
+    assert json.loads(run(*url, "limit", "--queue", queue).stdout) == expected
+    listed = json.loads(run(*url, "queues", "--queue", queue).stdout)
+    assert listed[queue]["rate_limit"] == expected["rate_limit"]
+    lifted = run(*url, "limit", "--queue", queue, "--off")
+    assert lifted.returncode == 0 and json.loads(lifted.stdout) == {"queue": queue, "rate_limit": None}
+    assert json.loads(run(*url, "queues", "--queue", queue).stdout)[queue]["rate_limit"] is None
