@@ -223,13 +223,12 @@ class Client:
 
         Every worker's claim counts against the one limit, and retries are starts like any
         other. Takes effect on the workers' next claim (within about a second). Returns the
-        limit with the window's count.
+        limit with the jobs started in the window now, which a change keeps counting.
         """
         validate_queue_name(queue)
         limit = RateLimit(max_jobs, per)
         await self._store.register_queues([queue])
-        await self._store.set_rate_limit(queue, limit)
-        return await self.rate_limit(queue) or limit
+        return await self._store.set_rate_limit(queue, limit) or limit
 
     async def clear_rate_limit(self, queue: str = "default") -> None:
         """Lift ``queue``'s rate limit."""

@@ -285,7 +285,7 @@ class RateLimit:
 
     max: int
     per: float
-    #: Jobs started in the window that ends now (as the last claim left it).
+    #: Jobs started in the window that ends now.
     used: int = 0
 
     def __post_init__(self) -> None:
@@ -294,7 +294,8 @@ class RateLimit:
                 f"rate limit max must be a whole number from 1 to {RATE_MAX_LIMIT:,}, not {self.max!r}"
             )
         low, high = RATE_PER_RANGE_S
-        if not (isinstance(self.per, int | float) and math.isfinite(self.per) and low <= self.per <= high):
+        number = isinstance(self.per, int | float) and not isinstance(self.per, bool)
+        if not (number and math.isfinite(self.per) and low <= self.per <= high):
             raise ValueError(f"rate limit per must be from {low:g} to {high:g} seconds, not {self.per!r}")
 
     def to_dict(self) -> dict[str, Any]:

@@ -210,6 +210,7 @@ class Store:
                 "purge",
                 "progress",
                 "schedule",
+                "rate",
             )
         }
 
@@ -405,35 +406,24 @@ class Store:
         except ForeignWrite:
             raise _foreign(key, "a pause flag") from None
 
-    async def set_rate_limit(self, queue: str, limit: RateLimit | None) -> None:
+    async def set_rate_limit(self, queue: str, limit: RateLimit | None) -> RateLimit | None:
         """Limit how many jobs of the queue start per window, fleet-wide; None lifts the limit.
 
-        Changing a limit keeps the window's count: a higher limit lets more through at once,
-        a lower one holds claims until the window's earlier ones have left it.
+        Returns the limit now in force, with the window's count. A garbled limit is refused
+        (``ForeignWrite``) rather than overwritten; lifting it deletes it, which repairs it.
         """
-        k = keys.queue_keys(queue)
         if limit is None:
-            await self._call(self._redis.delete(k.rate, k.rate_log))
-            return
-        per_ms = max(1, round(limit.per * 1000))
-        try:
-            await self._call(self._redis.hset(k.rate, mapping={"max": limit.max, "per_ms": per_ms}))
-        except ForeignWrite:
-            raise _foreign(k.rate, "a rate limit") from None
+            return await self._rate(queue, "clear")
+        return await self._rate(queue, "set", limit.max, max(1, round(limit.per * 1000)))
 
     async def rate_limit(self, queue: str) -> RateLimit | None:
-        """The queue's rate limit, with the window's count as the last claim left it."""
+        """The queue's rate limit, if it has one, with the jobs started in the window now."""
+        return await self._rate(queue, "get")
+
+    async def _rate(self, queue: str, *args: Any) -> RateLimit | None:
         k = keys.queue_keys(queue)
-        try:
-            limit, per_ms, used = await self._call(self._redis.hmget(k.rate, ["max", "per_ms", "used"]))
-        except ForeignWrite:
-            raise _foreign(k.rate, "a rate limit") from None
-        if limit is None and per_ms is None:
-            return None
-        try:
-            return RateLimit(int(limit), int(per_ms) / 1000, int(used or 0))
-        except (TypeError, ValueError):
-            raise _foreign(k.rate, "a rate limit") from None
+        reply = await self._run("rate", [k.rate, k.rate_log], args)
+        return RateLimit(int(reply[0]), int(reply[1]) / 1000, int(reply[2])) if reply else None
 
     async def dead_ids(self, queue: str, start: int, count: int) -> list[str]:
         """Dead job ids, newest first."""

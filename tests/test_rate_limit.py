@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 
+import pytest
 import redis.asyncio as aredis
 
 from botrix import keys
 from botrix.client import Client
 from botrix.model import Claimed, JobStatus, RateLimit
-from botrix.store import Consumer, Store
+from botrix.store import Consumer, ForeignWrite, Store
 from tests.conftest import eventually, running_worker
 from tests.redisproc import RedisServer
 from tests.test_cli import run
@@ -103,7 +105,7 @@ async def test_claims_hammering_the_limit_never_put_more_into_a_window(
     await client.set_rate_limit(queue, 4, 0.2)
     for i in range(12):
         await client.enqueue("t.echo", i, queue=queue)
-    consumer = Consumer("w-hammer", 60_000, 1 << 20, 60, 100)
+    consumer = _consumer()
     claimed: list[Claimed] = []
     async with asyncio.timeout(60):
         while len(claimed) < 12:
@@ -168,3 +170,64 @@ def test_the_cli_sets_shows_and_lifts_a_limit(redis_server: RedisServer, queue: 
     lifted = run(*url, "limit", "--queue", queue, "--off")
     assert lifted.returncode == 0 and json.loads(lifted.stdout) == {"queue": queue, "rate_limit": None}
     assert json.loads(run(*url, "queues", "--queue", queue).stdout)[queue]["rate_limit"] is None
+
+
+def _consumer() -> Consumer:
+    return Consumer("w-direct", 60_000, 1 << 20, 60, 100)
+
+
+async def test_a_widened_window_keeps_counting_the_starts_already_in_it(
+    store: Store, client: Client, queue: str, redis_server: RedisServer
+) -> None:
+    """5 starts under "5 per 0.2 s", then the window widened to a minute: after the old window
+    (and any TTL the log could have had) has passed, no claim gets through, and `used` says 5."""
+    await client.set_rate_limit(queue, 5, 0.2)
+    for i in range(10):
+        await client.enqueue("t.echo", i, queue=queue)
+    assert len((await store.exchange(queue, [], 10, _consumer(), lane=0)).claimed) == 5
+    assert await client.set_rate_limit(queue, 5, 60) == RateLimit(5, 60, 5)
+    await asyncio.sleep(2.5)
+    held = await store.exchange(queue, [], 10, _consumer(), lane=0)
+    assert held.claimed == [] and held.limited_s > 0
+    assert await client.rate_limit(queue) == RateLimit(5, 60, 5)
+    assert redis_server.client().ttl(keys.queue_keys(queue).rate_log) == -1
+
+
+async def test_used_is_the_count_in_the_window_now(store: Store, client: Client, queue: str) -> None:
+    await client.set_rate_limit(queue, 5, 0.2)
+    for i in range(5):
+        await client.enqueue("t.echo", i, queue=queue)
+    await store.exchange(queue, [], 5, _consumer(), lane=0)
+    assert await client.rate_limit(queue) == RateLimit(5, 0.2, 5)
+    await asyncio.sleep(0.3)  # the five leave the window; no claim has looked since
+    assert await client.rate_limit(queue) == RateLimit(5, 0.2, 0)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("max", "1.5"), ("max", "inf"), ("max", "0x10"), ("max", " 10 "), ("per_ms", "inf"), ("used", "-3")],
+)
+async def test_limit_values_botrix_never_writes_are_named_not_read(
+    store: Store, client: Client, queue: str, redis_server: RedisServer, field: str, value: str
+) -> None:
+    """Lua's tonumber would take most of these (a fraction of a claim, a window that never
+    ends, hex); each is a damaged queue instead, and lifting the limit repairs it."""
+    k = keys.queue_keys(queue)
+    await client.set_rate_limit(queue, 10, 1)
+    job_id = await client.enqueue("t.echo", 1, queue=queue)
+    redis_server.client().hset(k.rate, field, value)
+    with pytest.raises(ForeignWrite, match="is not a rate limit"):
+        await store.exchange(queue, [], 5, _consumer(), lane=0)
+    with pytest.raises(ForeignWrite, match="is not a rate limit"):
+        await client.rate_limit(queue)
+    with pytest.raises(ForeignWrite, match="is not a rate limit"):
+        await client.set_rate_limit(queue, 20, 1)
+    assert (await client.job(job_id, queue)).status is JobStatus.QUEUED
+    await client.clear_rate_limit(queue)
+    assert [c.job_id for c in (await store.exchange(queue, [], 5, _consumer(), lane=0)).claimed] == [job_id]
+
+
+@pytest.mark.parametrize(("max_jobs", "per"), [(0, 1), (True, 1), (5, True), (5, 0), (5, math.inf), (5, 1e9)])
+def test_a_rate_limit_out_of_bounds_is_refused(max_jobs: int, per: float) -> None:
+    with pytest.raises(ValueError, match="rate limit"):
+        RateLimit(max_jobs, per)

@@ -351,6 +351,8 @@ async def test_worker_and_client_end_to_end_as_the_acl_user(
         Client.from_url(url) as client,
         aredis.Redis.from_url(url, driver_info=None, protocol=2) as producer,
     ):
+        # Every claim then runs the rate limit's commands too (none of them outside the ACL).
+        await client.set_rate_limit(queue, 1000, 3600)
         echo = await client.enqueue("t.echo", {"n": 1}, queue=queue)
         flaky = await client.enqueue("t.flaky", {"fail_times": 1}, queue=queue)
         failing = await client.enqueue("t.fail", {}, queue=queue, max_retries=0)
@@ -383,6 +385,9 @@ async def test_worker_and_client_end_to_end_as_the_acl_user(
         assert [r["worker_id"] for r in records] == [worker_id]
         assert await client.depth(queue) == {"pending": 0, "active": 0, "scheduled": 0, "dead": 0}
         assert queue in await client.queues()
+        limit = await client.rate_limit(queue)
+        assert limit is not None and limit.used >= 8  # every start was counted
+        await client.clear_rate_limit(queue)
         await producer.delete(switch_key)
 
     code, out = await _cli(url, "workers", "--queue", queue)

@@ -49,11 +49,7 @@ if want > 0 then
       claimed, rejected = claim_batch(k, prefix, queue, now, room, tonumber(ARGV[6]), worker,
         tonumber(ARGV[8]), dead_cap)
     end
-  end
-  -- Also when paused: rate_load dropped the expired entries, and `used` must follow them.
-  limited = rate_spend(KEYS[8], KEYS[9], limit, now, #claimed / 5, want)
-  if paused == 1 then
-    limited = 0
+    limited = rate_spend(KEYS[8], KEYS[9], limit, now, #claimed / 5, want)
   end
 end
 return {refused, claimed, rejected, paused, limited}

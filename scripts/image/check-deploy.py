@@ -75,33 +75,39 @@ def compose() -> None:
     redis_cmd = " ".join(services.get("redis", {}).get("command", []))
     check("--maxmemory-policy noeviction" in redis_cmd, "compose: Redis lacks noeviction")
     check("--appendonly yes" in redis_cmd, "compose: Redis lacks AOF (--appendonly yes)")
-    workers = [name for name in services if name.startswith("worker")]
-    check(len(workers) >= 2, "compose: fewer than two workers")
-    for name in workers:
-        service = services[name]
-        env = service.get("environment", {})
-        shutdown = float(env.get("BOTRIX_SHUTDOWN_TIMEOUT", 25))
+    worker = services.get("worker", {})
+    check(bool(worker), "compose: no 'worker' service")
+    check(worker.get("deploy", {}).get("replicas", 1) >= 2, "compose: fewer than two worker replicas")
+    env = worker.get("environment", {})
+    shutdown = float(env.get("BOTRIX_SHUTDOWN_TIMEOUT", 25))
+    check(
+        seconds(worker.get("stop_grace_period", "10s")) > shutdown + 5,
+        "compose: worker stop_grace_period not above its shutdown timeout + 5 s",
+    )
+    check(
+        worker.get("build", {}).get("dockerfile") == "Containerfile",
+        "compose: worker is not built from the Containerfile",
+    )
+    # `--scale worker=N` must give N distinct workers: no shared id, no fixed host port.
+    check(
+        "WORKER_ID" not in env and "BOTRIX_WORKER_ID" not in env, "compose: replicas would share a WORKER_ID"
+    )
+    for port in worker.get("ports", []):
         check(
-            seconds(service.get("stop_grace_period", "10s")) > shutdown + 5,
-            f"compose: {name} stop_grace_period not above its shutdown timeout + 5 s",
+            str(port).count(":") == 2 and "::" in str(port),
+            f"compose: worker port {port!r} fixes a host port",
         )
-        check(
-            service.get("build", {}).get("dockerfile") == "Containerfile",
-            f"compose: {name} is not built from the Containerfile",
-        )
-    ids = [services[n].get("environment", {}).get("WORKER_ID") for n in workers]
-    check(len(set(ids)) == len(ids), "compose: workers share a WORKER_ID")
     prom = load_all(ROOT / "deploy" / "prometheus" / "prometheus.yml")
-    targets = {
-        t
+    names = {
+        (name, sd.get("port"))
         for doc in prom
         for job in doc.get("scrape_configs", [])
         if job.get("job_name") == "botrix"
-        for sc in job.get("static_configs", [])
-        for t in sc.get("targets", [])
+        for sd in job.get("dns_sd_configs", [])
+        for name in sd.get("names", [])
     }
-    for name in workers:
-        check(f"{name}:8080" in targets, f"prometheus.yml does not scrape {name}:8080")
+    port = int(env.get("BOTRIX_HTTP_PORT", 8080))
+    check(("worker", port) in names, f"prometheus.yml does not discover the worker replicas on port {port}")
 
 
 def kubernetes() -> None:
