@@ -12,7 +12,7 @@ import time
 import orjson
 
 from botrix.config import Settings
-from botrix.context import JobContext
+from botrix.context import HandlerFunc, JobContext
 from botrix.errors import EnvelopeError
 from botrix.executor import backoff_ms, run_attempt
 from botrix.logs import Logger
@@ -20,6 +20,7 @@ from botrix.metrics import Metrics
 from botrix.model import JSON, Claimed, ErrorInfo, Job, Outcome, Settlement, parse_job
 from botrix.registry import Registry
 from botrix.store import Store
+from botrix.tracing import JobTracer
 
 
 class Attempts:
@@ -33,6 +34,7 @@ class Attempts:
         self._settings = settings
         self._log = log
         self._metrics = metrics
+        self._tracer = JobTracer() if settings.tracing == "otel" else None
 
     async def run(self, queue: str, claimed: Claimed) -> Settlement:
         """Run one attempt to its settlement (cancellation propagates to the caller)."""
@@ -75,12 +77,23 @@ class Attempts:
             self._progress,
             job.delivery,
         )
+        if self._tracer is None:
+            return await self._attempt(job, handler.func, ctx, timeout, wait_ms)
+        with self._tracer.attempt(job) as span:
+            settlement = await self._attempt(job, handler.func, ctx, timeout, wait_ms)
+            self._tracer.outcome(span, settlement.outcome, settlement.error)
+            return settlement
+
+    async def _attempt(
+        self, job: Job, func: HandlerFunc, ctx: JobContext, timeout: float, wait_ms: int
+    ) -> Settlement:
+        s = self._settings
         started = time.perf_counter()
-        attempt = await run_attempt(handler.func, ctx, job.payload, timeout)
+        attempt = await run_attempt(func, ctx, job.payload, timeout)
         duration = time.perf_counter() - started
         if attempt.error is None:
             return _settlement(job, Outcome.COMPLETED, attempt.result or b"null", duration, wait_ms)
-        if attempt.retryable and job.attempt <= max_retries:
+        if attempt.retryable and job.attempt <= ctx.max_retries:
             settlement = _settlement(job, Outcome.RETRY, attempt.error.to_json(), duration, wait_ms)
             if attempt.retry_after is not None:
                 settlement.delay_ms = int(attempt.retry_after * 1000)

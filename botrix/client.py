@@ -26,6 +26,7 @@ from botrix.model import (
     validate_queue_name,
 )
 from botrix.store import Connection, Store
+from botrix.tracing import current_context
 from botrix.waits import Waits
 
 DEFAULT_MAX_PAYLOAD_BYTES = 1_048_576
@@ -137,6 +138,7 @@ class Client:
                 max_retries=max_retries,
                 timeout=timeout,
                 correlation_id=correlation_id,
+                trace=current_context(),
             )
         except TypeError as exc:  # not JSON: an object orjson does not know, text that is not UTF-8
             raise ValueError(f"job cannot be stored as JSON: {exc}") from None

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import SplitResult, quote, urlsplit
 
 from botrix.errors import ConfigError
+from botrix.tracing import check_available
 
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 
@@ -98,6 +99,13 @@ def _host(text: str) -> str:
         if text and not re.fullmatch(rb"[A-Za-z0-9_.-]{1,253}", encoded):  # "": every interface
             raise ValueError(f"must be an IP address or a host name, got {text!r}") from None
     return text
+
+
+def _tracing(text: str) -> str:
+    value = _choice("off", "otel")(text)
+    if value == "otel":
+        check_available()
+    return value
 
 
 def _choice(*allowed: str) -> Callable[[str], str]:
@@ -327,6 +335,13 @@ OPTIONS: tuple[Option, ...] = (
         "json lines, console, or auto (console on a TTY)",
         metavar="FORMAT",
     ),
+    _opt(
+        "tracing",
+        "off",
+        _tracing,
+        "otel: an OpenTelemetry span per attempt, continuing the producer's trace",
+        metavar="off|otel",
+    ),
 )
 
 
@@ -354,6 +369,7 @@ class Settings:
     live_max_lag: float = 5.0
     log_level: str = "info"
     log_format: str = "auto"
+    tracing: str = "off"
 
     @property
     def lease_ms(self) -> int:

@@ -84,6 +84,24 @@ class Job:
     correlation_id: str
     max_retries: int | None = None
     timeout: float | None = None
+    #: W3C trace context from the envelope (``traceparent``, ``tracestate``), if it has any.
+    trace: dict[str, str] | None = None
+
+
+#: The envelope fields of W3C trace context (botrix/tracing.py), and the most of each taken.
+TRACE_FIELDS = ("traceparent", "tracestate")
+MAX_TRACE_FIELD = 512
+
+
+def _trace_context(envelope: dict[str, Any]) -> dict[str, str] | None:
+    """The envelope's trace context. Never a reason to refuse a job: a bad field is ignored."""
+    found: dict[str, str] | None = None
+    for name in TRACE_FIELDS:
+        value = envelope.get(name)
+        if isinstance(value, str) and 0 < len(value) <= MAX_TRACE_FIELD:
+            found = found or {}
+            found[name] = value
+    return found
 
 
 def _optional_int(envelope: dict[str, Any], name: str) -> int | None:
@@ -140,6 +158,7 @@ def parse_job(claimed: Claimed, queue: str) -> Job:
         correlation_id=correlation_id or claimed.job_id,
         max_retries=_optional_int(envelope, "max_retries"),
         timeout=_optional_timeout(envelope),
+        trace=_trace_context(envelope),
     )
 
 
@@ -173,6 +192,7 @@ def build_envelope(
     max_retries: int | None,
     timeout: float | None,
     correlation_id: str | None,
+    trace: dict[str, str] | None = None,
 ) -> bytes:
     """The envelope a botrix client stores for a job (fields left out take worker defaults)."""
     envelope: dict[str, Any] = {"id": job_id, "type": job_type, "payload": payload, "queue": queue}
@@ -182,6 +202,8 @@ def build_envelope(
         envelope["timeout"] = timeout
     if correlation_id is not None:
         envelope["correlation_id"] = correlation_id
+    if trace:
+        envelope.update(trace)
     return orjson.dumps(envelope)
 
 

@@ -48,6 +48,7 @@ BAD_WORKER_ARGS = [
     (["--redis-url", "http://:hunter2@example"], {}, "must be a redis://, rediss:// or unix:// URL"),
     ([], {"BOTRIX_LEASE_SECONDS": "soon"}, "BOTRIX_LEASE_SECONDS: must be a number of seconds, got 'soon'"),
     (["--log-level", "loud"], {}, "--log-level: must be one of debug, info, warning, error"),
+    ([], {"BOTRIX_TRACING": "jaeger"}, "BOTRIX_TRACING: must be one of off, otel, got 'jaeger'"),
     (["--no-such-flag"], {}, "unrecognized arguments: --no-such-flag"),
     (["--app", "no_such_module_xyz"], {}, "cannot import handler module 'no_such_module_xyz'"),
     (["--app", "not a module"], {}, "'not a module' is not a Python module name"),
@@ -78,6 +79,20 @@ def test_bad_flag_or_env_is_one_line_and_exit_2(args: list[str], env: dict[str, 
     assert message in lines[0]
     assert "hunter2" not in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_tracing_without_opentelemetry_installed_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """A process where opentelemetry cannot be imported (a package that fails as a missing
+    one would, first on the path) asked for --tracing otel."""
+    (tmp_path / "opentelemetry").mkdir()
+    (tmp_path / "opentelemetry" / "__init__.py").write_text("raise ImportError('not installed')\n")
+    result = run(
+        "worker", "--app", "tests.handlers", "--tracing", "otel",
+        env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"},
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines == ["botrix-worker: error: --tracing: needs opentelemetry-api: pip install 'botrix[otel]'"]
 
 
 def test_worker_without_app_is_refused() -> None:

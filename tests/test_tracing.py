@@ -1,0 +1,115 @@
+"""--tracing otel: each attempt is a span that continues the trace of the code that enqueued it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import orjson
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from botrix import keys
+from botrix.client import Client
+from botrix.model import JobStatus
+from tests.conftest import running_worker
+from tests.redisproc import RedisServer
+
+_EXPORTER = InMemorySpanExporter()
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    """The process's tracer provider (set once: OpenTelemetry allows no second) and its spans."""
+    if not isinstance(trace.get_tracer_provider(), TracerProvider):
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
+        trace.set_tracer_provider(provider)
+    _EXPORTER.clear()
+    yield _EXPORTER
+    _EXPORTER.clear()
+
+
+def _attempts(spans: InMemorySpanExporter, job_id: str) -> list[ReadableSpan]:
+    found = [
+        s for s in spans.get_finished_spans() if (s.attributes or {}).get("messaging.message.id") == job_id
+    ]
+    return sorted(found, key=lambda s: int(str((s.attributes or {}).get("botrix.job.attempt", 0))))
+
+
+async def test_an_attempt_continues_the_trace_that_enqueued_it(
+    redis_server: RedisServer, client: Client, queue: str, spans: InMemorySpanExporter
+) -> None:
+    """A job enqueued inside a span runs in a CONSUMER span of the same trace, child of it,
+    named and tagged as the messaging conventions say; a failed attempt carries its error."""
+    with trace.get_tracer("test").start_as_current_span("request") as request:
+        echo = await client.enqueue("t.echo", {"n": 1}, queue=queue)
+        failing = await client.enqueue("t.fail", {}, queue=queue, max_retries=1)
+    async with running_worker(redis_server.url, queue, tracing="otel"):
+        assert (await client.wait(echo, timeout=30)).status is JobStatus.COMPLETED
+        assert (await client.wait(failing, timeout=30)).status is JobStatus.DEAD
+
+    [span] = _attempts(spans, echo)
+    context = request.get_span_context()
+    assert span.name == f"process {queue}" and span.kind is SpanKind.CONSUMER
+    assert span.context is not None and span.context.trace_id == context.trace_id
+    assert span.parent is not None and span.parent.span_id == context.span_id
+    assert dict(span.attributes or {}) == {
+        "messaging.system": "botrix",
+        "messaging.operation.type": "process",
+        "messaging.destination.name": queue,
+        "messaging.message.id": echo,
+        "messaging.message.conversation_id": echo,
+        "botrix.job.type": "t.echo",
+        "botrix.job.attempt": 1,
+        "botrix.job.outcome": "completed",
+    }
+    assert span.status.status_code is StatusCode.UNSET
+
+    first, second = _attempts(spans, failing)
+    assert [(s.attributes or {})["botrix.job.outcome"] for s in (first, second)] == ["retry", "dead"]
+    for attempt in (first, second):
+        assert attempt.status.status_code is StatusCode.ERROR
+        [event] = attempt.events
+        assert event.name == "exception" and (event.attributes or {})["exception.type"] == "RuntimeError"
+        assert "Traceback" in str((event.attributes or {})["exception.stacktrace"])
+
+
+async def test_a_foreign_producer_passes_its_trace_in_the_envelope(
+    redis_server: RedisServer, client: Client, queue: str, spans: InMemorySpanExporter
+) -> None:
+    """Any producer can set W3C `traceparent` in the envelope; a malformed one is ignored (the
+    job runs, in a trace of its own), never a reason to dead-letter the job."""
+    trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    envelopes = [
+        {"id": "traced", "type": "t.echo", "payload": 1, "traceparent": f"00-{trace_id}-{parent_id}-01"},
+        {"id": "garbled", "type": "t.echo", "payload": 2, "traceparent": "not a trace"},
+        {"id": "wrong-type", "type": "t.echo", "payload": 3, "traceparent": 12, "tracestate": ["x"]},
+    ]
+    redis_server.client().rpush(keys.queue_keys(queue).pending, *[orjson.dumps(e) for e in envelopes])
+    async with running_worker(redis_server.url, queue, tracing="otel"):
+        for envelope in envelopes:
+            info = await client.wait(str(envelope["id"]), timeout=30, queue=queue)
+            assert info.status is JobStatus.COMPLETED
+    [traced] = _attempts(spans, "traced")
+    assert traced.context is not None and f"{traced.context.trace_id:032x}" == trace_id
+    assert traced.parent is not None and f"{traced.parent.span_id:016x}" == parent_id
+    for job_id in ("garbled", "wrong-type"):
+        [span] = _attempts(spans, job_id)
+        assert span.parent is None
+
+
+async def test_no_spans_without_the_flag_nor_context_without_a_span(
+    redis_server: RedisServer, client: Client, queue: str, spans: InMemorySpanExporter
+) -> None:
+    job_id = await client.enqueue("t.echo", 1, queue=queue)  # no span is current here
+    envelope = orjson.loads(
+        redis_server.client().hget(keys.queue_keys(queue).job(job_id), "envelope") or b"{}"
+    )
+    assert "traceparent" not in envelope
+    async with running_worker(redis_server.url, queue):
+        assert (await client.wait(job_id, timeout=30)).status is JobStatus.COMPLETED
+    assert spans.get_finished_spans() == ()
