@@ -241,6 +241,15 @@ class Client:
         """``queue``'s rate limit, if it has one."""
         return await self._store.rate_limit(queue)
 
+    async def queue_info(self, queue: str = "default") -> dict[str, Any]:
+        """What ``botrix queues`` shows of a queue: depth by state, paused, rate limit."""
+        limit = await self.rate_limit(queue)
+        return {
+            **await self.depth(queue),
+            "paused": await self.is_paused(queue),
+            "rate_limit": None if limit is None else limit.to_dict(),
+        }
+
     async def queues(self) -> list[str]:
         """Every queue name known to botrix in this Redis."""
         return await self._store.known_queues()

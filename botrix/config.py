@@ -101,6 +101,13 @@ def _host(text: str) -> str:
     return text
 
 
+def _token(text: str) -> str:
+    # The message never repeats the value: it is a secret, and this line goes to a terminal.
+    if not re.fullmatch(r"[\x21-\x7e]{16,200}", text):
+        raise ValueError("must be 16-200 printable ASCII characters, no spaces (value not shown)")
+    return text
+
+
 def _tracing(text: str) -> str:
     value = _choice("off", "otel")(text)
     if value == "otel":
@@ -342,6 +349,13 @@ OPTIONS: tuple[Option, ...] = (
         "otel: an OpenTelemetry span per attempt, continuing the producer's trace",
         metavar="off|otel",
     ),
+    _opt(
+        "admin_token",
+        None,
+        _token,
+        "bearer token of the HTTP admin API (/queues, /jobs, /workers); unset: the API is off",
+        metavar="TOKEN",
+    ),
 )
 
 
@@ -370,6 +384,8 @@ class Settings:
     log_level: str = "info"
     log_format: str = "auto"
     tracing: str = "off"
+    #: The HTTP admin API's bearer token; None turns the API off. Never shown (repr, logs).
+    admin_token: str | None = field(default=None, repr=False)
 
     @property
     def lease_ms(self) -> int:

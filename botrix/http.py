@@ -28,6 +28,7 @@ import h11
 import orjson
 from prometheus_client.exposition import choose_encoder
 
+from botrix.admin_api import AdminApi
 from botrix.config import Settings
 from botrix.health import Phase, WorkerState, serving
 from botrix.logs import Logger
@@ -96,6 +97,7 @@ class HttpServer:
             "/health": self._health,
             "/metrics": self._metrics_page,
         }
+        self._admin = AdminApi(store, settings.admin_token, log)
         # Open connections and whether each is idle (between requests), oldest first.
         self._open: dict[asyncio.StreamWriter, bool] = {}
 
@@ -154,10 +156,11 @@ class HttpServer:
     ) -> None:
         """Answer requests on one connection until the client or h11 says it is over."""
         while True:
-            request = await self._next_request(conn, reader, writer)
-            if request is None:
+            received = await self._next_request(conn, reader, writer)
+            if received is None:
                 return
-            reply = await self._answer(request)
+            request, body = received
+            reply = await self._answer(request, body)
             headers = [
                 ("Content-Type", reply.content_type),
                 ("Content-Length", str(len(reply.body))),
@@ -175,14 +178,14 @@ class HttpServer:
 
     async def _next_request(
         self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> h11.Request | None:
-        """The next request, its body (if any) read and dropped; None when the connection is over.
+    ) -> tuple[h11.Request, bytes] | None:
+        """The next request and its body; None when the connection is over.
 
         Idle, the connection may wait IDLE_TIMEOUT_S for a request; from its first byte, the
         whole request has REQUEST_TIMEOUT_S, however slowly it trickles in.
         """
         request: h11.Request | None = None
-        body = 0
+        body = bytearray()
         self._open[writer] = True
         async with asyncio.timeout(IDLE_TIMEOUT_S) as deadline:
             while True:
@@ -196,16 +199,19 @@ class HttpServer:
                 elif isinstance(event, h11.Request):
                     request = event
                 elif isinstance(event, h11.Data) and request is not None:
-                    body += len(event.data)
-                    if body > MAX_BODY:
-                        return None  # no endpoint takes a body: do not read a large one
+                    body += event.data
+                    if len(body) > MAX_BODY:
+                        return None  # only the admin API takes a body, and a small one
                 elif isinstance(event, h11.EndOfMessage) and request is not None:
-                    return request
+                    return request, bytes(body)
                 else:
                     return None  # ConnectionClosed, or anything a server does not expect here
 
-    async def _answer(self, request: h11.Request) -> Reply:
-        path = request.target.decode("ascii", "replace").split("?", 1)[0]
+    async def _answer(self, request: h11.Request, body: bytes) -> Reply:
+        target = request.target.decode("ascii", "replace")
+        path = target.split("?", 1)[0]
+        if AdminApi.owns(path):
+            return await self._admin_answer(request, target, body)
         endpoint = self._routes.get(path)
         if endpoint is None:
             return Reply.json({"error": "not_found", "path": path}, 404)
@@ -216,6 +222,17 @@ class HttpServer:
         except Exception:  # a bug here must not kill the probe port, only this answer
             self._log.exception("http.error", path=path)
             return Reply.json({"error": "internal_error", "path": path}, 500)
+
+    async def _admin_answer(self, request: h11.Request, target: str, body: bytes) -> Reply:
+        authorization = next((v for name, v in request.headers if name == b"authorization"), None)
+        try:
+            status, answer, headers = await self._admin.answer(
+                request.method.decode("ascii", "replace"), target, authorization, body
+            )
+        except Exception:  # as for the probes: a bug answers 500, the port stays up
+            self._log.exception("http.error", path=target.split("?", 1)[0])
+            return Reply.json({"error": "internal_error"}, 500)
+        return Reply.json(answer, status, headers)
 
     # -- probes ----------------------------------------------------------------------------
 

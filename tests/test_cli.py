@@ -48,6 +48,7 @@ BAD_WORKER_ARGS = [
     (["--redis-url", "http://:hunter2@example"], {}, "must be a redis://, rediss:// or unix:// URL"),
     ([], {"BOTRIX_LEASE_SECONDS": "soon"}, "BOTRIX_LEASE_SECONDS: must be a number of seconds, got 'soon'"),
     (["--log-level", "loud"], {}, "--log-level: must be one of debug, info, warning, error"),
+    ([], {"BOTRIX_ADMIN_TOKEN": "hunter2"}, "BOTRIX_ADMIN_TOKEN: must be 16-200 printable ASCII characters"),
     ([], {"BOTRIX_TRACING": "jaeger"}, "BOTRIX_TRACING: must be one of off, otel, got 'jaeger'"),
     (["--no-such-flag"], {}, "unrecognized arguments: --no-such-flag"),
     (["--app", "no_such_module_xyz"], {}, "cannot import handler module 'no_such_module_xyz'"),

@@ -56,3 +56,18 @@ async def test_password_on_the_command_line_is_not_in_the_process_title(
     assert ":***@" in cmdline and "--redis-url" in cmdline
     worker.signal(signal.SIGTERM)
     assert await worker.wait() == 0
+
+
+@pytest.mark.parametrize("form", ["separate", "joined"])
+async def test_the_admin_token_is_not_in_the_process_title_nor_the_log(
+    redis_server: RedisServer, queue: str, spawn: Callable[..., WorkerProcess], form: str
+) -> None:
+    token = "adm-" + SECRET
+    args = ["--admin-token", token] if form == "separate" else [f"--admin-token={token}"]
+    worker = spawn(redis_server.url, queue, *args)
+    await worker.wait_for("worker.started")
+    cmdline = Path(f"/proc/{worker.pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    assert token not in cmdline and "--admin-token" in cmdline and "***" in cmdline
+    worker.signal(signal.SIGTERM)
+    assert await worker.wait() == 0
+    assert token not in worker.log_path.read_text()

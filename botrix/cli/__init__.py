@@ -38,5 +38,10 @@ def _redact_arg(arg: str) -> str:
 def hide_secrets_in_title() -> None:
     """Show the command line with every password in it redacted (``ps``, ``/proc/<pid>/cmdline``)."""
     shown = [_redact_arg(arg) for arg in sys.argv]
+    for i, arg in enumerate(sys.argv):
+        if arg == "--admin-token" and i + 1 < len(shown):
+            shown[i + 1] = "***"
+        elif arg.startswith("--admin-token="):
+            shown[i] = "--admin-token=***"
     if shown != sys.argv:
         setproctitle.setproctitle(" ".join(shown))

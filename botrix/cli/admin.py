@@ -28,7 +28,6 @@ from botrix.model import (
     MAX_DELAY_S,
     RATE_MAX_LIMIT,
     RATE_PER_RANGE_S,
-    RateLimit,
     validate_job_id,
     validate_queue_name,
 )
@@ -265,23 +264,12 @@ async def _run(args: argparse.Namespace) -> int:
                 await client.clear_rate_limit(args.queue)
             elif args.max is not None:
                 await client.set_rate_limit(args.queue, args.max, args.per)
-            _print({"queue": args.queue, "rate_limit": _limit(await client.rate_limit(args.queue))})
+            limit = await client.rate_limit(args.queue)
+            _print({"queue": args.queue, "rate_limit": None if limit is None else limit.to_dict()})
             return 0
         names = args.queue or await client.queues()
-        _print({name: await _queue(client, name) for name in names})
+        _print({name: await client.queue_info(name) for name in names})
         return 0
-
-
-async def _queue(client: Client, name: str) -> dict[str, Any]:
-    return {
-        **await client.depth(name),
-        "paused": await client.is_paused(name),
-        "rate_limit": _limit(await client.rate_limit(name)),
-    }
-
-
-def _limit(limit: RateLimit | None) -> dict[str, Any] | None:
-    return None if limit is None else limit.to_dict()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,0 +1,247 @@
+"""The HTTP admin API on the probe port: queue stats, dead letters, pause, rate limits, jobs.
+
+The same operations as the ``botrix`` CLI and ``Client`` (through a Client on the worker's own
+store), for services and dashboards that speak HTTP rather than Redis, as the BullMQ worker
+this project came from exposed them. It can retry, purge and pause, and it shows payloads, so
+it is off unless ``--admin-token`` is set, and every request must carry that token
+(``Authorization: Bearer ...``, compared in constant time); the probes stay open. A mutation
+is logged (``admin.request``: method, path, status), never the token.
+
+    GET    /queues                          every known queue: depth, paused, rate limit
+    GET    /queues/{q}                      one queue, with the live workers serving it
+    GET    /queues/{q}/dead?limit=50        dead jobs, newest first
+    POST   /queues/{q}/dead/retry           {"ids": [...]} or {"all": true}
+    POST   /queues/{q}/dead/purge           {"ids": [...]} or {"all": true}
+    POST   /queues/{q}/pause | /resume
+    GET    /queues/{q}/rate-limit
+    PUT    /queues/{q}/rate-limit           {"max": N, "per": seconds}
+    DELETE /queues/{q}/rate-limit
+    GET    /jobs/{id}?queue=Q               a job's record (ids percent-encoded: a / is %2F)
+    GET    /workers?queue=Q                 live workers' health records
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+from urllib.parse import parse_qs, unquote
+
+import orjson
+
+from botrix.client import Client
+from botrix.errors import JobNotFoundError
+from botrix.health import serving
+from botrix.logs import Logger
+from botrix.model import validate_job_id, validate_queue_name
+from botrix.store import ForeignWrite, Store, StoreUnavailable
+
+#: What an admin endpoint answers: status, a JSON-ready body, extra headers.
+Answer = tuple[int, Any, tuple[tuple[str, str], ...]]
+Handler = Callable[[dict[str, str], dict[str, list[str]], Any], Awaitable[Any]]
+
+#: The first path segments that belong to the admin API.
+PREFIXES = ("queues", "jobs", "workers")
+MAX_DEAD_LIST = 1000
+
+
+class BadRequest(ValueError):
+    """The request cannot be served as sent: answered 400 with the reason."""
+
+
+class AdminApi:
+    """Routes admin requests to the client; built by the HTTP server when a token is set."""
+
+    def __init__(self, store: Store, token: str | None, log: Logger) -> None:
+        self._client = Client(store)
+        self._token = token.encode() if token else None
+        self._log = log
+        q = "{queue}"
+        self._routes: dict[tuple[str, tuple[str, ...]], Handler] = {
+            ("GET", ("queues",)): self._queues,
+            ("GET", ("queues", q)): self._queue,
+            ("GET", ("queues", q, "dead")): self._dead,
+            ("POST", ("queues", q, "dead", "retry")): self._retry,
+            ("POST", ("queues", q, "dead", "purge")): self._purge,
+            ("POST", ("queues", q, "pause")): self._pause,
+            ("POST", ("queues", q, "resume")): self._resume,
+            ("GET", ("queues", q, "rate-limit")): self._rate_limit,
+            ("PUT", ("queues", q, "rate-limit")): self._set_rate_limit,
+            ("DELETE", ("queues", q, "rate-limit")): self._clear_rate_limit,
+            ("GET", ("jobs", "{job_id}")): self._job,
+            ("GET", ("workers",)): self._workers,
+        }
+
+    @staticmethod
+    def owns(path: str) -> bool:
+        """Whether ``path`` is the admin API's (its first segment)."""
+        return path.lstrip("/").split("/", 1)[0] in PREFIXES
+
+    async def answer(self, method: str, target: str, authorization: bytes | None, body: bytes) -> Answer:
+        """Authenticate, route and run one request."""
+        path, _, query = target.partition("?")
+        if self._token is None:
+            return _error(403, "admin_api_off", "set --admin-token (BOTRIX_ADMIN_TOKEN) to turn it on")
+        if not self._authorized(authorization):
+            return _error(401, "unauthorized", "send Authorization: Bearer <token>", _CHALLENGE)
+        segments = tuple(unquote(s) for s in path.strip("/").split("/"))
+        found = self._route(method, segments)
+        if isinstance(found, int):
+            return _error(found, "not_found" if found == 404 else "method_not_allowed", path)
+        handler, params = found
+        try:
+            if "queue" in params:
+                _check(validate_queue_name, params["queue"])
+            if "job_id" in params:
+                _check(validate_job_id, params["job_id"])
+            result = await handler(params, parse_qs(query), _body(body))
+            answer: Answer = (200, result, ())
+        except BadRequest as exc:
+            answer = _error(400, "bad_request", str(exc))
+        except JobNotFoundError as exc:
+            answer = _error(404, "not_found", str(exc))
+        except ForeignWrite as exc:
+            answer = _error(409, "queue_damaged", str(exc))
+        except StoreUnavailable as exc:
+            answer = _error(503, "redis_unavailable", str(exc))
+        if method != "GET":
+            self._log.info("admin.request", method=method, path=path, status=answer[0])
+        return answer
+
+    def _authorized(self, authorization: bytes | None) -> bool:
+        assert self._token is not None
+        scheme, _, given = (authorization or b"").partition(b" ")
+        # compare_digest on the bytes: the time taken does not tell how much of a guess matched.
+        return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self._token)
+
+    def _route(self, method: str, segments: tuple[str, ...]) -> tuple[Handler, dict[str, str]] | int:
+        """The handler and the path's parameters; else 405 if the path exists, 404 if not."""
+        status = 404
+        for (verb, pattern), handler in self._routes.items():
+            params = _match(pattern, segments)
+            if params is None:
+                continue
+            if verb == method:
+                return handler, params
+            status = 405
+        return status
+
+    # -- endpoints -------------------------------------------------------------------------
+
+    async def _queues(self, params: dict[str, str], query: dict[str, list[str]], body: Any) -> Any:
+        return {name: await self._client.queue_info(name) for name in await self._client.queues()}
+
+    async def _queue(self, params: dict[str, str], query: dict[str, list[str]], body: Any) -> Any:
+        queue = params["queue"]
+        records = await self._client.workers(queue)
+        return {"queue": queue, **await self._client.queue_info(queue), "workers": sum(map(serving, records))}
+
+    async def _dead(self, params: dict[str, str], query: dict[str, list[str]], body: Any) -> Any:
+        limit = _whole(_one(query, "limit") or "50", "limit", 1, MAX_DEAD_LIST)
+        return [info.to_dict() for info in await self._client.dead(params["queue"], count=limit)]
+
+    async def _retry(self, params: dict[str, str], query: dict[str, list[str]], body: Any) -> Any:
+        return {"retried": await self._client.retry_dead(params["queue"], _ids(body))}
+
+    async def _purge(self, params: dict[str, str], query: dict[str, list[str]], body: Any) -> Any:
+        return {"purged": await self._client.purge_dead(params["queue"], _ids(body))}
+
+    async def _pause(self, params: dict[str, str], query: dict[str, list[str]], body: Any) -> Any:
+        await self._client.pause(params["queue"])
+        return {"queue": params["queue"], "paused": True}
+
+    async def _resume(self, params: dict[str, str], query: dict[str, list[str]], body: Any) -> Any:
+        await self._client.resume(params["queue"])
+        return {"queue": params["queue"], "paused": False}
+
+    async def _rate_limit(self, params: dict[str, str], query: dict[str, list[str]], body: Any) -> Any:
+        limit = await self._client.rate_limit(params["queue"])
+        return {"queue": params["queue"], "rate_limit": None if limit is None else limit.to_dict()}
+
+    async def _set_rate_limit(self, params: dict[str, str], query: dict[str, list[str]], body: Any) -> Any:
+        if not isinstance(body, dict) or set(body) != {"max", "per"}:
+            raise BadRequest('the body must be {"max": N, "per": seconds}')
+        try:
+            limit = await self._client.set_rate_limit(params["queue"], body["max"], body["per"])
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        return {"queue": params["queue"], "rate_limit": limit.to_dict()}
+
+    async def _clear_rate_limit(self, params: dict[str, str], query: dict[str, list[str]], body: Any) -> Any:
+        await self._client.clear_rate_limit(params["queue"])
+        return {"queue": params["queue"], "rate_limit": None}
+
+    async def _job(self, params: dict[str, str], query: dict[str, list[str]], body: Any) -> Any:
+        queue = _one(query, "queue")
+        if queue is not None:
+            _check(validate_queue_name, queue)
+        return (await self._client.job(params["job_id"], queue)).to_dict()
+
+    async def _workers(self, params: dict[str, str], query: dict[str, list[str]], body: Any) -> Any:
+        queue = _one(query, "queue")
+        if queue is not None:
+            _check(validate_queue_name, queue)
+        return await self._client.workers(queue)
+
+
+_CHALLENGE = (("WWW-Authenticate", 'Bearer realm="botrix"'),)
+
+
+def _error(status: int, error: str, detail: str, headers: tuple[tuple[str, str], ...] = ()) -> Answer:
+    return status, {"error": error, "detail": detail}, headers
+
+
+def _match(pattern: tuple[str, ...], segments: tuple[str, ...]) -> dict[str, str] | None:
+    """The path's parameters if ``segments`` fit ``pattern`` (checked as the CLI checks them)."""
+    if len(pattern) != len(segments):
+        return None
+    params: dict[str, str] = {}
+    for expected, given in zip(pattern, segments, strict=True):
+        if expected == "{queue}":
+            params["queue"] = given
+        elif expected == "{job_id}":
+            params["job_id"] = given
+        elif expected != given:
+            return None
+    return params
+
+
+def _check(validate: Callable[[str], None], value: str) -> None:
+    try:
+        validate(value)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+
+
+def _one(query: Mapping[str, list[str]], name: str) -> str | None:
+    values = query.get(name)
+    if values is not None and len(values) != 1:
+        raise BadRequest(f"give '{name}' once")
+    return values[0] if values else None
+
+
+def _whole(text: str, name: str, low: int, high: int) -> int:
+    if not (text.isascii() and text.isdigit() and low <= int(text) <= high):
+        raise BadRequest(f"'{name}' must be a whole number from {low} to {high}, got {text[:40]!r}")
+    return int(text)
+
+
+def _body(raw: bytes) -> Any:
+    if not raw:
+        return None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}") from None
+
+
+def _ids(body: Any) -> list[str] | None:
+    """The dead jobs a retry or purge names: ids, or every one with {"all": true}."""
+    if isinstance(body, dict) and body == {"all": True}:
+        return None
+    ids = body.get("ids") if isinstance(body, dict) and set(body) == {"ids"} else None
+    if not (isinstance(ids, list) and ids and all(isinstance(i, str) for i in ids)):
+        raise BadRequest('the body must be {"ids": ["ID", ...]} or {"all": true}')
+    for job_id in ids:
+        _check(validate_job_id, job_id)
+    return ids

@@ -1,0 +1,133 @@
+"""The HTTP admin API on the probe port: the CLI's operations, behind a bearer token."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import pytest
+
+from botrix.client import Client
+from botrix.model import JobStatus
+from tests.conftest import eventually
+from tests.redisproc import RedisServer
+from tests.test_http import get, http_worker
+
+TOKEN = "s3cret-admin-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+async def call(base: str, method: str, path: str, body: Any = None, **headers: str) -> tuple[int, Any]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(method, base + path, json=body, headers={**AUTH, **headers}) as r,
+    ):
+        return r.status, await r.json()
+
+
+async def test_the_admin_api_does_what_the_cli_does(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
+    """Stats, dead letters listed, retried and purged, pause and resume, rate limits, a job's
+    record and the workers: each answered from Redis as the CLI would, and mutations logged."""
+    async with http_worker(redis_server.url, queue, admin_token=TOKEN) as (worker, base):
+        done = await client.enqueue("t.echo", 1, queue=queue)
+        dead = [await client.enqueue("t.fail", i, queue=queue, max_retries=0) for i in range(3)]
+        for job_id in [done, *dead]:
+            await client.wait(job_id, timeout=30)
+
+        status, stats = await call(base, "GET", f"/queues/{queue}")
+        assert status == 200
+        assert stats == {
+            "queue": queue, "pending": 0, "active": 0, "scheduled": 0, "dead": 3,
+            "paused": False, "rate_limit": None, "workers": 1,
+        }  # fmt: skip
+        status, listed = await call(base, "GET", "/queues")
+        assert status == 200 and listed[queue]["dead"] == 3
+        status, letters = await call(base, "GET", f"/queues/{queue}/dead?limit=2")
+        assert status == 200 and len(letters) == 2 and {d["id"] for d in letters} <= set(dead)
+        assert letters[0]["error"]["type"] == "RuntimeError"
+
+        assert await call(base, "POST", f"/queues/{queue}/pause") == (200, {"queue": queue, "paused": True})
+        assert await client.is_paused(queue)
+        status, retried = await call(base, "POST", f"/queues/{queue}/dead/retry", {"ids": [dead[0]]})
+        assert (status, retried) == (200, {"retried": [dead[0]]})
+        assert (await client.job(dead[0], queue)).status is JobStatus.QUEUED  # paused: it waits
+        assert await call(base, "POST", f"/queues/{queue}/resume") == (200, {"queue": queue, "paused": False})
+        assert (await client.wait(dead[0], timeout=30)).status is JobStatus.DEAD  # it fails again
+        assert await call(base, "POST", f"/queues/{queue}/dead/purge", {"all": True}) == (200, {"purged": 3})
+
+        rate = {"max": 10, "per": 1.5}
+        status, limited = await call(base, "PUT", f"/queues/{queue}/rate-limit", rate)
+        assert (status, limited["rate_limit"]) == (200, {"max": 10, "per_s": 1.5, "used": 0})
+        assert (await client.rate_limit(queue)) is not None
+        status, shown = await call(base, "GET", f"/queues/{queue}/rate-limit")
+        assert shown["rate_limit"]["max"] == 10
+        assert await call(base, "DELETE", f"/queues/{queue}/rate-limit") == (
+            200, {"queue": queue, "rate_limit": None},
+        )  # fmt: skip
+        assert await client.rate_limit(queue) is None
+
+        status, job = await call(base, "GET", f"/jobs/{done}?queue={queue}")
+        assert (status, job["status"], job["result"]) == (200, "completed", {"echo": 1, "attempt": 1})
+        status, workers = await call(base, "GET", f"/workers?queue={queue}")
+        assert status == 200 and [w["worker_id"] for w in workers] == [worker.settings.worker_id]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "error"),
+    [
+        ("GET", "/queues/a%20b", None, 400, "bad_request"),
+        ("GET", "/jobs/no-such-job", None, 404, "not_found"),
+        ("GET", "/queues/q/dead?limit=0", None, 400, "bad_request"),
+        ("GET", "/queues/q/dead?limit=x&limit=y", None, 400, "bad_request"),
+        ("POST", "/queues/q/dead/retry", {"ids": []}, 400, "bad_request"),
+        ("POST", "/queues/q/dead/purge", None, 400, "bad_request"),
+        ("POST", "/queues/q/dead/purge", {"ids": ["a b"]}, 400, "bad_request"),
+        ("PUT", "/queues/q/rate-limit", {"max": 0, "per": 1}, 400, "bad_request"),
+        ("PUT", "/queues/q/rate-limit", {"max": 5}, 400, "bad_request"),
+        ("DELETE", "/queues/q/pause", None, 405, "method_not_allowed"),
+        ("GET", "/queues/q/nothing", None, 404, "not_found"),
+    ],
+)
+async def test_bad_admin_requests_say_why_and_change_nothing(
+    redis_server: RedisServer,
+    client: Client,
+    queue: str,
+    method: str,
+    path: str,
+    body: Any,
+    status: int,
+    error: str,
+) -> None:
+    async with http_worker(redis_server.url, queue, admin_token=TOKEN) as (_, base):
+        answer = await call(base, method, path, body)
+        assert (answer[0], answer[1]["error"]) == (status, error), answer
+        assert not await client.is_paused("q") and await client.rate_limit("q") is None
+
+
+async def test_the_admin_api_needs_its_token_and_is_off_without_one(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
+    """No token, a wrong one, another scheme: 401 and nothing done; no token configured: the
+    API is off (403) while the probes answer; the token never shows in an answer or the log."""
+    async with http_worker(redis_server.url, queue, admin_token=TOKEN) as (worker, base):
+        for headers in (
+            {"Authorization": ""},
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": f"Basic {TOKEN}"},
+        ):
+            status, body = await call(base, "POST", f"/queues/{queue}/pause", **headers)
+            assert status == 401 and body["error"] == "unauthorized" and TOKEN not in str(body)
+        assert not await client.is_paused(queue)
+        status, health, _ = await get(base, "/health")
+        assert status == 200 and TOKEN not in str(health)
+        assert TOKEN not in repr(worker.settings)
+    async with http_worker(redis_server.url, queue) as (_, base):
+        await eventually(lambda: _ready(base), what="ready")
+        status, body = await call(base, "GET", "/queues")
+        assert (status, body["error"]) == (403, "admin_api_off")
+
+
+async def _ready(base: str) -> bool:
+    return (await get(base, "/ready"))[0] == 200
