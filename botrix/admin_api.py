@@ -22,6 +22,7 @@ is logged (``admin.request``: method, path, status), never the token.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -43,6 +44,8 @@ Handler = Callable[[dict[str, str], dict[str, list[str]], Any], Awaitable[Any]]
 #: The first path segments that belong to the admin API.
 PREFIXES = ("queues", "jobs", "workers")
 MAX_DEAD_LIST = 1000
+#: The most one admin request may take: the probes share the port and its connection slots.
+REQUEST_TIMEOUT_S = 10.0
 
 
 class BadRequest(ValueError):
@@ -78,7 +81,14 @@ class AdminApi:
         return path.lstrip("/").split("/", 1)[0] in PREFIXES
 
     async def answer(self, method: str, target: str, authorization: bytes | None, body: bytes) -> Answer:
-        """Authenticate, route and run one request."""
+        """Authenticate, route and run one request; a change is logged, refused or not."""
+        answer = await self._answer(method, target, authorization, body)
+        if method != "GET":
+            path = target.partition("?")[0]
+            self._log.info("admin.request", method=method, path=path[:200], status=answer[0])
+        return answer
+
+    async def _answer(self, method: str, target: str, authorization: bytes | None, body: bytes) -> Answer:
         path, _, query = target.partition("?")
         if self._token is None:
             return _error(403, "admin_api_off", "set --admin-token (BOTRIX_ADMIN_TOKEN) to turn it on")
@@ -86,15 +96,18 @@ class AdminApi:
             return _error(401, "unauthorized", "send Authorization: Bearer <token>", _CHALLENGE)
         segments = tuple(unquote(s) for s in path.strip("/").split("/"))
         found = self._route(method, segments)
-        if isinstance(found, int):
-            return _error(found, "not_found" if found == 404 else "method_not_allowed", path)
+        if isinstance(found, str):
+            return _error(405, "method_not_allowed", path, (("Allow", found),))
+        if found is None:
+            return _error(404, "not_found", path)
         handler, params = found
         try:
             if "queue" in params:
                 _check(validate_queue_name, params["queue"])
             if "job_id" in params:
                 _check(validate_job_id, params["job_id"])
-            result = await handler(params, parse_qs(query), _body(body))
+            async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                result = await handler(params, parse_qs(query), _body(body))
             answer: Answer = (200, result, ())
         except BadRequest as exc:
             answer = _error(400, "bad_request", str(exc))
@@ -104,8 +117,8 @@ class AdminApi:
             answer = _error(409, "queue_damaged", str(exc))
         except StoreUnavailable as exc:
             answer = _error(503, "redis_unavailable", str(exc))
-        if method != "GET":
-            self._log.info("admin.request", method=method, path=path, status=answer[0])
+        except TimeoutError:
+            answer = _error(503, "timeout", f"Redis did not answer within {REQUEST_TIMEOUT_S:g} s")
         return answer
 
     def _authorized(self, authorization: bytes | None) -> bool:
@@ -114,17 +127,17 @@ class AdminApi:
         # compare_digest on the bytes: the time taken does not tell how much of a guess matched.
         return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self._token)
 
-    def _route(self, method: str, segments: tuple[str, ...]) -> tuple[Handler, dict[str, str]] | int:
-        """The handler and the path's parameters; else 405 if the path exists, 404 if not."""
-        status = 404
+    def _route(self, method: str, segments: tuple[str, ...]) -> tuple[Handler, dict[str, str]] | str | None:
+        """The handler and the path's parameters; else the methods the path has, or None."""
+        allowed = []
         for (verb, pattern), handler in self._routes.items():
             params = _match(pattern, segments)
             if params is None:
                 continue
             if verb == method:
                 return handler, params
-            status = 405
-        return status
+            allowed.append(verb)
+        return ", ".join(allowed) or None
 
     # -- endpoints -------------------------------------------------------------------------
 
@@ -237,7 +250,7 @@ def _body(raw: bytes) -> Any:
 
 def _ids(body: Any) -> list[str] | None:
     """The dead jobs a retry or purge names: ids, or every one with {"all": true}."""
-    if isinstance(body, dict) and body == {"all": True}:
+    if isinstance(body, dict) and set(body) == {"all"} and body["all"] is True:
         return None
     ids = body.get("ids") if isinstance(body, dict) and set(body) == {"ids"} else None
     if not (isinstance(ids, list) and ids and all(isinstance(i, str) for i in ids)):

@@ -7,6 +7,7 @@ except through the progress sink the caller provides.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import orjson
@@ -20,7 +21,7 @@ from botrix.metrics import Metrics
 from botrix.model import JSON, Claimed, ErrorInfo, Job, Outcome, Settlement, parse_job
 from botrix.registry import Registry
 from botrix.store import Store
-from botrix.tracing import JobTracer
+from botrix.tracing import JobTracer, cancelled
 
 
 class Attempts:
@@ -34,7 +35,7 @@ class Attempts:
         self._settings = settings
         self._log = log
         self._metrics = metrics
-        self._tracer = JobTracer() if settings.tracing == "otel" else None
+        self._tracer = JobTracer(settings.worker_id, log) if settings.tracing == "otel" else None
 
     async def run(self, queue: str, claimed: Claimed) -> Settlement:
         """Run one attempt to its settlement (cancellation propagates to the caller)."""
@@ -77,12 +78,17 @@ class Attempts:
             self._progress,
             job.delivery,
         )
-        if self._tracer is None:
+        started = self._tracer.start(job) if self._tracer is not None else None
+        if started is None:
             return await self._attempt(job, handler.func, ctx, timeout, wait_ms)
-        with self._tracer.attempt(job) as span:
+        assert self._tracer is not None
+        try:
             settlement = await self._attempt(job, handler.func, ctx, timeout, wait_ms)
-            self._tracer.outcome(span, settlement.outcome, settlement.error)
-            return settlement
+        except asyncio.CancelledError:
+            self._tracer.end(started, "cancelled", None)  # shutdown (requeued) or a lost lease
+            raise
+        self._tracer.end(started, "cancelled" if cancelled() else settlement.outcome, settlement.error)
+        return settlement
 
     async def _attempt(
         self, job: Job, func: HandlerFunc, ctx: JobContext, timeout: float, wait_ms: int

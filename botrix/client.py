@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from botrix import keys
 from botrix.errors import EnvelopeError, JobNotFoundError, PayloadTooLargeError
 from botrix.model import (
     JSON,
@@ -25,7 +26,7 @@ from botrix.model import (
     validate_job_id,
     validate_queue_name,
 )
-from botrix.store import Connection, Store
+from botrix.store import Connection, ForeignWrite, Store
 from botrix.tracing import current_context
 from botrix.waits import Waits
 
@@ -49,6 +50,16 @@ def _json(raw: bytes | None) -> Any:
         return raw.decode(errors="replace")
 
 
+def _status(queue: str, job_id: str, raw: bytes) -> JobStatus:
+    try:
+        return JobStatus(raw.decode())
+    except ValueError:  # UnicodeDecodeError included
+        key = keys.queue_keys(queue).job(job_id)
+        raise ForeignWrite(
+            f"job record {key} has status {raw[:40]!r}: only botrix may write its keys"
+        ) from None
+
+
 def job_info(job_id: str, queue: str, record: dict[str, bytes]) -> JobInfo:
     """Turn a raw job record into what producers see."""
     envelope = _json(record.get("envelope"))
@@ -57,7 +68,7 @@ def job_info(job_id: str, queue: str, record: dict[str, bytes]) -> JobInfo:
     return JobInfo(
         id=job_id,
         queue=queue,
-        status=JobStatus(record.get("status", b"queued").decode()),
+        status=_status(queue, job_id, record.get("status", b"queued")),
         type=job_type if isinstance(job_type, str) else None,
         payload=fields.get("payload"),
         attempts=_int(record.get("attempts")) or 0,

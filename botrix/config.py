@@ -17,7 +17,6 @@ from typing import Any
 from urllib.parse import SplitResult, quote, urlsplit
 
 from botrix.errors import ConfigError
-from botrix.tracing import check_available
 
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 
@@ -111,7 +110,10 @@ def _token(text: str) -> str:
 def _tracing(text: str) -> str:
     value = _choice("off", "otel")(text)
     if value == "otel":
-        check_available()
+        try:  # what botrix/tracing.py will need, checked now: a bad setting stops the start
+            from opentelemetry.trace.propagation import tracecontext  # noqa: F401
+        except ImportError:
+            raise ValueError("needs opentelemetry-api: pip install 'botrix[otel]'") from None
     return value
 
 
@@ -347,7 +349,7 @@ OPTIONS: tuple[Option, ...] = (
         "off",
         _tracing,
         "otel: an OpenTelemetry span per attempt, continuing the producer's trace",
-        metavar="off|otel",
+        metavar="MODE",
     ),
     _opt(
         "admin_token",

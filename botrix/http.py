@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -229,10 +230,10 @@ class HttpServer:
             status, answer, headers = await self._admin.answer(
                 request.method.decode("ascii", "replace"), target, authorization, body
             )
+            return Reply(status, _dumps(answer), JSON, headers)
         except Exception:  # as for the probes: a bug answers 500, the port stays up
-            self._log.exception("http.error", path=target.split("?", 1)[0])
+            self._log.exception("http.error", path=target.split("?", 1)[0][:200])
             return Reply.json({"error": "internal_error"}, 500)
-        return Reply.json(answer, status, headers)
 
     # -- probes ----------------------------------------------------------------------------
 
@@ -348,6 +349,18 @@ class HttpServer:
                 self._metrics.workers_cache[queue] = sum(
                     queue in r.get("queues", ()) for r in records if serving(r)
                 )
+
+
+def _dumps(body: Any) -> bytes:
+    """The JSON of an admin answer, whatever a producer put in a payload.
+
+    orjson writes at most 254 levels of nesting and 64-bit integers; the standard library,
+    slower, writes deeper ones and any integer.
+    """
+    try:
+        return orjson.dumps(body)
+    except TypeError:
+        return json.dumps(body, ensure_ascii=False).encode()
 
 
 def _bound_socket(host: str, port: int) -> socket.socket | None:

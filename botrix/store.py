@@ -28,7 +28,7 @@ from botrix import keys
 from botrix.aio import Deadline
 from botrix.config import check_redis_url, redact_url
 from botrix.errors import BotrixError, ConfigError
-from botrix.model import Claimed, RateLimit, Rejected, Settlement
+from botrix.model import QUEUE_NAME, Claimed, RateLimit, Rejected, Settlement
 
 _INCLUDE = re.compile(r'^--- @include "([\w.]+)"$', re.MULTILINE)
 
@@ -268,7 +268,9 @@ class Store:
     async def known_queues(self) -> list[str]:
         """Every queue name a worker or producer has used."""
         members = await self._call(self._redis.smembers(keys.QUEUES))
-        return sorted(m.decode() for m in members)
+        # A member no botrix wrote (not a queue name) names no queue: skipped, not a failure.
+        names = (m.decode(errors="replace") for m in members)
+        return sorted(name for name in names if QUEUE_NAME.fullmatch(name))
 
     # -- consuming -------------------------------------------------------------------------
 

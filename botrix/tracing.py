@@ -1,98 +1,130 @@
 """OpenTelemetry: a job's trace continues from the code that enqueued it (``--tracing otel``).
 
 The envelope carries W3C trace context, ``traceparent`` and ``tracestate``, which a producer in
-any language can set; the botrix client sets them when a span is current. A worker started
-with ``--tracing otel`` runs each attempt in a CONSUMER span that is a child of that context
-(named and tagged as OpenTelemetry's messaging conventions say), and spans the handler makes
-nest under it. Where spans go is the application's choice: it configures the SDK and its
-exporter (in its handler module, or with ``opentelemetry-instrument``).
+any language can set; the botrix client sets them when a span is current. They are read and
+written with the W3C propagator itself, not the process's global one: the envelope's format is
+W3C whatever propagators an application configures for its HTTP calls (B3, X-Ray, baggage
+alone), and with another one the context would silently not travel. A worker started with
+``--tracing otel`` runs each attempt in a CONSUMER span that is a child of that context (named
+and tagged as OpenTelemetry's messaging conventions say), current while the handler runs, so
+the handler's own spans nest under it. Where spans go is the application's choice: it
+configures the SDK and its exporter (in its handler module, or ``opentelemetry-instrument``).
 
-opentelemetry-api is optional (``pip install 'botrix[otel]'``) and imported only when used: a
-worker without ``--tracing`` never loads it (it would cost every worker memory and start-up
-time), and the client looks for a current span only in a process that has loaded it already,
-since a process that never did cannot have one.
+Tracing never decides a job's fate: an SDK, sampler, processor or exporter that raises costs
+the attempt its span (logged once as ``tracing.error``), never its result. For the same reason
+the client's lookup of the current span never raises.
+
+opentelemetry-api is optional (``pip install 'botrix[otel]'``) and botrix imports it only when
+used: a worker without ``--tracing`` does not, and the client looks for a current span only in
+a process that has loaded it already, since a process that never did cannot have one.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from botrix.logs import Logger
 from botrix.model import TRACE_FIELDS, ErrorInfo, Job, Outcome
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
 
-def check_available() -> None:
-    """Raise ValueError when opentelemetry-api cannot be imported (``--tracing otel``)."""
-    try:
-        import opentelemetry.propagate
-        import opentelemetry.trace  # noqa: F401
-    except ImportError:
-        raise ValueError("needs opentelemetry-api: pip install 'botrix[otel]'") from None
-
-
 def current_context() -> dict[str, str] | None:
-    """The current span's context as envelope fields, or None without one."""
+    """The current span's context as envelope fields, or None without one (never raises)."""
     if "opentelemetry.trace" not in sys.modules:
         return None
-    from opentelemetry import propagate, trace
+    try:
+        from opentelemetry import trace
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-    if not trace.get_current_span().get_span_context().is_valid:
+        if not trace.get_current_span().get_span_context().is_valid:
+            return None
+        carrier: dict[str, str] = {}
+        TraceContextTextMapPropagator().inject(carrier)
+        return {name: value for name, value in carrier.items() if name in TRACE_FIELDS} or None
+    except Exception:  # a broken SDK must not stop a job from being enqueued
         return None
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier)
-    return {name: value for name, value in carrier.items() if name in TRACE_FIELDS} or None
 
 
 class JobTracer:
-    """Starts the span of each attempt; built only with ``--tracing otel``."""
+    """Starts and ends the span of each attempt; built only with ``--tracing otel``."""
 
-    def __init__(self) -> None:
-        from opentelemetry import propagate, trace
+    def __init__(self, worker_id: str, log: Logger) -> None:
+        from opentelemetry import context, trace
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-        self._extract = propagate.extract
+        self._worker_id = worker_id
+        self._log = log
+        self._failed = False
+        self._context = context
+        self._trace = trace
+        self._propagator = TraceContextTextMapPropagator()
         self._tracer = trace.get_tracer("botrix")
-        self._kind = trace.SpanKind.CONSUMER
-        self._status = trace.Status
-        self._error = trace.StatusCode.ERROR
 
-    @contextmanager
-    def attempt(self, job: Job) -> Iterator[Span]:
-        """The attempt's span, current while the handler runs (its own spans nest under it)."""
-        parent = self._extract(job.trace) if job.trace else None
-        attributes: dict[str, str | int] = {
-            "messaging.system": "botrix",
-            "messaging.operation.type": "process",
-            "messaging.destination.name": job.queue,
-            "messaging.message.id": job.id,
-            "messaging.message.conversation_id": job.correlation_id,
-            "botrix.job.type": job.type,
-            "botrix.job.attempt": job.attempt,
-        }
-        with self._tracer.start_as_current_span(
-            f"process {job.queue}",
-            context=parent,
-            kind=self._kind,
-            attributes=attributes,
-            record_exception=False,  # an attempt's errors are recorded as its outcome, below
-            set_status_on_exception=False,
-        ) as span:
-            yield span
+    def start(self, job: Job) -> tuple[Span, object] | None:
+        """Open the attempt's span and make it current; None if the SDK failed."""
+        try:
+            parent = self._propagator.extract(job.trace) if job.trace else None
+            span = self._tracer.start_span(
+                f"process {job.queue}",
+                context=parent,
+                kind=self._trace.SpanKind.CONSUMER,
+                attributes={
+                    "messaging.system": "botrix",
+                    "messaging.operation.type": "process",
+                    "messaging.operation.name": "process",
+                    "messaging.destination.name": job.queue,
+                    "messaging.message.id": job.id,
+                    "messaging.message.conversation_id": job.correlation_id,
+                    "messaging.client.id": self._worker_id,
+                    "botrix.job.type": job.type,
+                    "botrix.job.attempt": job.attempt,
+                },
+            )
+            return span, self._context.attach(self._trace.set_span_in_context(span))
+        except Exception as exc:
+            self._failed_once(exc)
+            return None
 
-    def outcome(self, span: Span, outcome: Outcome, error: ErrorInfo | None) -> None:
-        """Record how the attempt ended: completed, retry or dead, and the error if any."""
-        span.set_attribute("botrix.job.outcome", str(outcome))
-        if error is not None:
-            span.add_event(
-                "exception",
-                {
+    def end(self, started: tuple[Span, object], outcome: Outcome | str, error: ErrorInfo | None) -> None:
+        """Record how the attempt ended (completed, retry, dead, cancelled) and close its span."""
+        span, token = started
+        with contextlib.suppress(Exception):
+            self._context.detach(token)  # type: ignore[arg-type]
+        try:
+            span.set_attribute("botrix.job.outcome", str(outcome))
+            if error is not None:
+                attributes: dict[str, Any] = {
                     "exception.type": error.type,
                     "exception.message": error.message,
                     "exception.stacktrace": error.traceback,
-                },
+                }
+                span.add_event("exception", attributes)
+                span.set_attribute("error.type", error.type)
+                span.set_status(
+                    self._trace.Status(self._trace.StatusCode.ERROR, f"{error.type}: {error.message}"[:500])
+                )
+            span.end()
+        except Exception as exc:
+            self._failed_once(exc)
+
+    def _failed_once(self, exc: Exception) -> None:
+        if not self._failed:
+            self._failed = True
+            self._log.warning(
+                "tracing.error", error=repr(exc)[:500], effect="attempts run without their spans"
             )
-            span.set_status(self._status(self._error, f"{error.type}: {error.message}"[:500]))
+
+
+def cancelled() -> bool:
+    """Whether the running attempt's task was cancelled, even if its handler swallowed that.
+
+    A lost lease cancels the attempt; a handler that catches the cancellation and returns
+    still produces a result, which the runner then drops: its span must not say completed.
+    """
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

@@ -7,6 +7,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from botrix import keys
 from botrix.client import Client
 from botrix.model import JobStatus
 from tests.conftest import eventually
@@ -131,3 +132,31 @@ async def test_the_admin_api_needs_its_token_and_is_off_without_one(
 
 async def _ready(base: str) -> bool:
     return (await get(base, "/ready"))[0] == 200
+
+
+async def test_records_botrix_never_wrote_are_answered_not_dropped(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
+    """A payload nested deeper than orjson writes, a record with a status botrix never writes,
+    a member of the queue index that is no queue name: each gets an answer, never a dropped
+    connection or a 500."""
+    deep: Any = 1
+    for _ in range(300):
+        deep = [deep]
+    envelope = b'{"id":"deep","type":"t.ignore","payload":' + _nested(300) + b"}"
+    r = redis_server.client()
+    r.rpush(keys.queue_keys(queue).pending, envelope)
+    async with http_worker(redis_server.url, queue, admin_token=TOKEN) as (_, base):
+        assert (await client.wait("deep", timeout=30, queue=queue)).status is JobStatus.COMPLETED
+        status, job = await call(base, "GET", f"/jobs/deep?queue={queue}")
+        assert status == 200 and job["payload"] == deep
+        r.hset(keys.queue_keys(queue).job("odd"), mapping={"status": "bogus", "envelope": "{}"})
+        status, body = await call(base, "GET", f"/jobs/odd?queue={queue}")
+        assert (status, body["error"]) == (409, "queue_damaged") and "has status" in body["detail"]
+        r.sadd(keys.QUEUES, b"\xff\xfe not a queue")
+        status, listed = await call(base, "GET", "/queues")
+        assert status == 200 and queue in listed
+
+
+def _nested(depth: int) -> bytes:
+    return b"[" * depth + b"1" + b"]" * depth

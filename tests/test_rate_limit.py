@@ -231,3 +231,16 @@ async def test_limit_values_botrix_never_writes_are_named_not_read(
 def test_a_rate_limit_out_of_bounds_is_refused(max_jobs: int, per: float) -> None:
     with pytest.raises(ValueError, match="rate limit"):
         RateLimit(max_jobs, per)
+
+
+async def test_setting_a_limit_over_leftovers_of_none_does_not_break_the_queue(
+    client: Client, queue: str, redis_server: RedisServer
+) -> None:
+    """A stray log, or `used` alone, means nothing without a limit (claims ignore them): setting
+    a limit then starts clean instead of failing halfway with the limit written."""
+    k = keys.queue_keys(queue)
+    r = redis_server.client()
+    r.rpush(k.rate_log, "garbage")
+    r.hset(k.rate, "used", "-1")
+    assert await client.set_rate_limit(queue, 5, 2) == RateLimit(5, 2, 0)
+    assert r.llen(k.rate_log) == 0

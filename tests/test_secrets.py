@@ -12,6 +12,7 @@ from botrix.client import Client
 from botrix.model import JobStatus
 from tests.conftest import WorkerProcess
 from tests.redisproc import RedisServer
+from tests.test_cli import run
 
 SECRET = "pw-Zq81-never-log-me"
 
@@ -71,3 +72,12 @@ async def test_the_admin_token_is_not_in_the_process_title_nor_the_log(
     worker.signal(signal.SIGTERM)
     assert await worker.wait() == 0
     assert token not in worker.log_path.read_text()
+
+
+@pytest.mark.parametrize("args", [["--admin", "adm-" + SECRET], ["--admin-tokn", "adm-" + SECRET]])
+def test_an_abbreviated_or_mistyped_token_flag_is_refused_without_its_value(args: list[str]) -> None:
+    """Flags are never abbreviated (the title's redaction knows them by full name), and the
+    error naming the unknown flag does not repeat the value after it."""
+    result = run("worker", "--app", "tests.handlers", *args)
+    assert result.returncode == 2
+    assert f"unrecognized arguments: {args[0]} ***" in result.stderr and SECRET not in result.stderr

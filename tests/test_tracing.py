@@ -6,8 +6,9 @@ from collections.abc import Iterator
 
 import orjson
 import pytest
-from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry import propagate, trace
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
@@ -15,10 +16,24 @@ from opentelemetry.trace import SpanKind, StatusCode
 from botrix import keys
 from botrix.client import Client
 from botrix.model import JobStatus
-from tests.conftest import running_worker
+from tests.conftest import eventually, running_worker
 from tests.redisproc import RedisServer
 
 _EXPORTER = InMemorySpanExporter()
+
+
+class _Exploding(SpanProcessor):
+    """A span processor with a bug, for the jobs of one queue only (the provider is global)."""
+
+    def __init__(self) -> None:
+        self.queue: str | None = None
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if self.queue is not None and (span.attributes or {}).get("messaging.destination.name") == self.queue:
+            raise RuntimeError("exporter bug")
+
+
+_EXPLODING = _Exploding()
 
 
 @pytest.fixture
@@ -27,6 +42,7 @@ def spans() -> Iterator[InMemorySpanExporter]:
     if not isinstance(trace.get_tracer_provider(), TracerProvider):
         provider = TracerProvider()
         provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
+        provider.add_span_processor(_EXPLODING)
         trace.set_tracer_provider(provider)
     _EXPORTER.clear()
     yield _EXPORTER
@@ -48,7 +64,8 @@ async def test_an_attempt_continues_the_trace_that_enqueued_it(
     with trace.get_tracer("test").start_as_current_span("request") as request:
         echo = await client.enqueue("t.echo", {"n": 1}, queue=queue)
         failing = await client.enqueue("t.fail", {}, queue=queue, max_retries=1)
-    async with running_worker(redis_server.url, queue, tracing="otel"):
+    async with running_worker(redis_server.url, queue, tracing="otel") as worker:
+        worker_id = worker.settings.worker_id
         assert (await client.wait(echo, timeout=30)).status is JobStatus.COMPLETED
         assert (await client.wait(failing, timeout=30)).status is JobStatus.DEAD
 
@@ -60,6 +77,8 @@ async def test_an_attempt_continues_the_trace_that_enqueued_it(
     assert dict(span.attributes or {}) == {
         "messaging.system": "botrix",
         "messaging.operation.type": "process",
+        "messaging.operation.name": "process",
+        "messaging.client.id": worker_id,
         "messaging.destination.name": queue,
         "messaging.message.id": echo,
         "messaging.message.conversation_id": echo,
@@ -75,6 +94,7 @@ async def test_an_attempt_continues_the_trace_that_enqueued_it(
         assert attempt.status.status_code is StatusCode.ERROR
         [event] = attempt.events
         assert event.name == "exception" and (event.attributes or {})["exception.type"] == "RuntimeError"
+        assert (attempt.attributes or {})["error.type"] == "RuntimeError"
         assert "Traceback" in str((event.attributes or {})["exception.stacktrace"])
 
 
@@ -113,3 +133,53 @@ async def test_no_spans_without_the_flag_nor_context_without_a_span(
     async with running_worker(redis_server.url, queue):
         assert (await client.wait(job_id, timeout=30)).status is JobStatus.COMPLETED
     assert spans.get_finished_spans() == ()
+
+
+async def test_a_broken_tracing_pipeline_never_costs_a_job_its_result(
+    redis_server: RedisServer, client: Client, queue: str, spans: InMemorySpanExporter
+) -> None:
+    """A processor that raises when the span ends: the job still completes with its result, and
+    the worker says once that tracing failed."""
+    _EXPLODING.queue = queue
+    try:
+        ids = [await client.enqueue("t.echo", i, queue=queue) for i in range(3)]
+        async with running_worker(redis_server.url, queue, tracing="otel"):
+            for i, job_id in enumerate(ids):
+                info = await client.wait(job_id, timeout=30)
+                assert (info.status, info.result) == (JobStatus.COMPLETED, {"echo": i, "attempt": 1})
+    finally:
+        _EXPLODING.queue = None
+
+
+async def test_the_envelope_carries_w3c_context_whatever_the_global_propagator(
+    redis_server: RedisServer, client: Client, queue: str, spans: InMemorySpanExporter
+) -> None:
+    """An application whose global propagator is not W3C (baggage only here, B3 elsewhere)
+    still gets its trace into the envelope and continued by the worker."""
+    before = propagate.get_global_textmap()
+    propagate.set_global_textmap(W3CBaggagePropagator())
+    try:
+        with trace.get_tracer("test").start_as_current_span("request") as request:
+            job_id = await client.enqueue("t.echo", 1, queue=queue)
+    finally:
+        propagate.set_global_textmap(before)
+    async with running_worker(redis_server.url, queue, tracing="otel"):
+        assert (await client.wait(job_id, timeout=30)).status is JobStatus.COMPLETED
+    [span] = _attempts(spans, job_id)
+    assert span.parent is not None and span.parent.span_id == request.get_span_context().span_id
+
+
+async def test_an_attempt_cut_short_by_the_shutdown_says_so(
+    redis_server: RedisServer, client: Client, queue: str, spans: InMemorySpanExporter
+) -> None:
+    job_id = await client.enqueue("t.sleep", {"seconds": 30}, queue=queue)
+    async with running_worker(redis_server.url, queue, tracing="otel", shutdown_timeout=0.2):
+        await eventually(lambda: _running(client, job_id), what="the job running")
+    assert (await client.job(job_id)).status is JobStatus.QUEUED  # requeued for the next worker
+    [span] = _attempts(spans, job_id)
+    assert (span.attributes or {})["botrix.job.outcome"] == "cancelled"
+    assert span.status.status_code is StatusCode.UNSET
+
+
+async def _running(client: Client, job_id: str) -> bool:
+    return (await client.job(job_id)).status is JobStatus.RUNNING

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import setproctitle
 
@@ -13,10 +13,25 @@ from botrix.config import redact_url
 
 
 class Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line and exit code 2."""
+    """An argument parser whose errors are one line and exit code 2.
+
+    Flags are taken whole, never abbreviated: ``--admin`` for ``--admin-token`` would carry a
+    secret past the process title's redaction, which knows the flags by their full names.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         """Print ``prog: error: message`` alone and exit 2 (no usage block)."""
+        head, colon, rest = message.partition("unrecognized arguments: ")
+        if colon:
+            # A mistyped flag's value may be a secret (--admin-tokn SECRET): values are hidden.
+            words = rest.split(" ")
+            shown = [w if w.startswith("-") or i == 0 or not words[i - 1].startswith("-") else "***"
+                     for i, w in enumerate(words)]  # fmt: skip
+            message = head + colon + " ".join(_redact_arg(w) for w in shown)
         sys.stderr.write(f"{self.prog}: error: {message}\n")
         raise SystemExit(2)
 

@@ -16,7 +16,12 @@ local now = now_ms()
 local limit = rate_load(rate, log, now)
 if action == 'set' then
   -- The window's count is kept: a higher limit lets more through at once, a lower one holds
-  -- claims until enough of the earlier ones have left the window.
+  -- claims until enough of the earlier ones have left the window. Without a limit, nothing
+  -- read the log or `used` (a claim ignores them), so whatever is there is dropped, rather than
+  -- checked after the HSET below, which a failure would not undo.
+  if not limit then
+    redis.call('DEL', rate, log)
+  end
   redis.call('HSET', rate, 'max', ARGV[2], 'per_ms', ARGV[3])
   limit = rate_load(rate, log, now)
 end

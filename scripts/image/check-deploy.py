@@ -93,10 +93,9 @@ def compose() -> None:
         "WORKER_ID" not in env and "BOTRIX_WORKER_ID" not in env, "compose: replicas would share a WORKER_ID"
     )
     for port in worker.get("ports", []):
-        check(
-            str(port).count(":") == 2 and "::" in str(port),
-            f"compose: worker port {port!r} fixes a host port",
-        )
+        # "8080" or "IP::8080" publish on a free host port; "8081:8080" and "IP:8081:8080" fix one.
+        parts = str(port).split(":")
+        check(len(parts) == 1 or parts[-2] == "", f"compose: worker port {port!r} fixes a host port")
     prom = load_all(ROOT / "deploy" / "prometheus" / "prometheus.yml")
     names = {
         (name, sd.get("port"))
