@@ -41,8 +41,6 @@ from botrix.store import ForeignWrite, Store, StoreUnavailable
 Answer = tuple[int, Any, tuple[tuple[str, str], ...]]
 Handler = Callable[[dict[str, str], dict[str, list[str]], Any], Awaitable[Any]]
 
-#: The first path segments that belong to the admin API.
-PREFIXES = ("queues", "jobs", "workers")
 MAX_DEAD_LIST = 1000
 #: The most one admin request may take: the probes share the port and its connection slots.
 REQUEST_TIMEOUT_S = 10.0
@@ -53,11 +51,14 @@ class BadRequest(ValueError):
 
 
 class AdminApi:
-    """Routes admin requests to the client; built by the HTTP server when a token is set."""
+    """Routes admin requests to the client; built by the HTTP server when a token is set.
 
-    def __init__(self, store: Store, token: str | None, log: Logger) -> None:
+    Its paths start with http.ADMIN_PATHS.
+    """
+
+    def __init__(self, store: Store, token: str, log: Logger) -> None:
         self._client = Client(store)
-        self._token = token.encode() if token else None
+        self._token = token.encode()
         self._log = log
         q = "{queue}"
         self._routes: dict[tuple[str, tuple[str, ...]], Handler] = {
@@ -75,11 +76,6 @@ class AdminApi:
             ("GET", ("workers",)): self._workers,
         }
 
-    @staticmethod
-    def owns(path: str) -> bool:
-        """Whether ``path`` is the admin API's (its first segment)."""
-        return path.lstrip("/").split("/", 1)[0] in PREFIXES
-
     async def answer(self, method: str, target: str, authorization: bytes | None, body: bytes) -> Answer:
         """Authenticate, route and run one request; a change is logged, refused or not."""
         answer = await self._answer(method, target, authorization, body)
@@ -90,8 +86,6 @@ class AdminApi:
 
     async def _answer(self, method: str, target: str, authorization: bytes | None, body: bytes) -> Answer:
         path, _, query = target.partition("?")
-        if self._token is None:
-            return _error(403, "admin_api_off", "set --admin-token (BOTRIX_ADMIN_TOKEN) to turn it on")
         if not self._authorized(authorization):
             return _error(401, "unauthorized", "send Authorization: Bearer <token>", _CHALLENGE)
         segments = tuple(unquote(s) for s in path.strip("/").split("/"))
@@ -122,7 +116,6 @@ class AdminApi:
         return answer
 
     def _authorized(self, authorization: bytes | None) -> bool:
-        assert self._token is not None
         scheme, _, given = (authorization or b"").partition(b" ")
         # compare_digest on the bytes: the time taken does not tell how much of a guess matched.
         return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self._token)
