@@ -8,13 +8,13 @@ it is off unless ``--admin-token`` is set, and every request must carry that tok
 is logged (``admin.request``: method, path, status), never the token.
 
     GET    /queues                          every known queue: depth, paused, rate limit
-    GET    /queues/{q}                      one queue, with the live workers serving it
+    GET    /queues/{q}                      one queue, and how many live workers serve it
     GET    /queues/{q}/dead?limit=50        dead jobs, newest first
     POST   /queues/{q}/dead/retry           {"ids": [...]} or {"all": true}
     POST   /queues/{q}/dead/purge           {"ids": [...]} or {"all": true}
     POST   /queues/{q}/pause | /resume
     GET    /queues/{q}/rate-limit
-    PUT    /queues/{q}/rate-limit           {"max": N, "per": seconds}
+    PUT    /queues/{q}/rate-limit           {"max": N, "per_s": seconds} (as GET shows it)
     DELETE /queues/{q}/rate-limit
     GET    /jobs/{id}?queue=Q               a job's record (ids percent-encoded: a / is %2F)
     GET    /workers?queue=Q                 live workers' health records
@@ -42,8 +42,8 @@ Answer = tuple[int, Any, tuple[tuple[str, str], ...]]
 Handler = Callable[[dict[str, str], dict[str, list[str]], Any], Awaitable[Any]]
 
 MAX_DEAD_LIST = 1000
-#: The most one admin request may take: the probes share the port and its connection slots.
-REQUEST_TIMEOUT_S = 10.0
+#: The most one admin request may take once read: the probes share the port's connection slots.
+ANSWER_TIMEOUT_S = 10.0
 
 
 class BadRequest(ValueError):
@@ -100,7 +100,7 @@ class AdminApi:
                 _check(validate_queue_name, params["queue"])
             if "job_id" in params:
                 _check(validate_job_id, params["job_id"])
-            async with asyncio.timeout(REQUEST_TIMEOUT_S):
+            async with asyncio.timeout(ANSWER_TIMEOUT_S):
                 result = await handler(params, parse_qs(query), _body(body))
             answer: Answer = (200, result, ())
         except BadRequest as exc:
@@ -112,7 +112,7 @@ class AdminApi:
         except StoreUnavailable as exc:
             answer = _error(503, "redis_unavailable", str(exc))
         except TimeoutError:
-            answer = _error(503, "timeout", f"Redis did not answer within {REQUEST_TIMEOUT_S:g} s")
+            answer = _error(503, "timeout", f"Redis did not answer within {ANSWER_TIMEOUT_S:g} s")
         return answer
 
     def _authorized(self, authorization: bytes | None) -> bool:
@@ -165,10 +165,10 @@ class AdminApi:
         return {"queue": params["queue"], "rate_limit": None if limit is None else limit.to_dict()}
 
     async def _set_rate_limit(self, params: dict[str, str], query: dict[str, list[str]], body: Any) -> Any:
-        if not isinstance(body, dict) or set(body) != {"max", "per"}:
-            raise BadRequest('the body must be {"max": N, "per": seconds}')
+        if not isinstance(body, dict) or set(body) - {"used"} != {"max", "per_s"}:
+            raise BadRequest('the body must be {"max": N, "per_s": seconds}')
         try:
-            limit = await self._client.set_rate_limit(params["queue"], body["max"], body["per"])
+            limit = await self._client.set_rate_limit(params["queue"], body["max"], body["per_s"])
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
         return {"queue": params["queue"], "rate_limit": limit.to_dict()}

@@ -21,7 +21,7 @@ from botrix.metrics import Metrics
 from botrix.model import JSON, Claimed, ErrorInfo, Job, Outcome, Settlement, parse_job
 from botrix.registry import Registry
 from botrix.store import Store
-from botrix.tracing import JobTracer, cancelled
+from botrix.tracing import JobTracer
 
 
 class Attempts:
@@ -87,7 +87,7 @@ class Attempts:
         except asyncio.CancelledError:
             self._tracer.end(started, "cancelled", None)  # shutdown (requeued) or a lost lease
             raise
-        self._tracer.end(started, "cancelled" if cancelled() else settlement.outcome, settlement.error)
+        self._tracer.end(started, settlement.outcome, settlement.error, settlement.retry_asked)
         return settlement
 
     async def _attempt(

@@ -253,13 +253,20 @@ class Client:
         return await self._store.rate_limit(queue)
 
     async def queue_info(self, queue: str = "default") -> dict[str, Any]:
-        """What ``botrix queues`` shows of a queue: depth by state, paused, rate limit."""
-        limit = await self.rate_limit(queue)
-        return {
-            **await self.depth(queue),
-            "paused": await self.is_paused(queue),
-            "rate_limit": None if limit is None else limit.to_dict(),
-        }
+        """What ``botrix queues`` shows of a queue: depth by state, paused, rate limit.
+
+        A key of the queue that something else overwrote is reported as ``{"damaged": reason}``
+        rather than raised: a listing of every queue is where an operator looks for that one.
+        """
+        try:
+            limit = await self.rate_limit(queue)
+            return {
+                **await self.depth(queue),
+                "paused": await self.is_paused(queue),
+                "rate_limit": None if limit is None else limit.to_dict(),
+            }
+        except ForeignWrite as exc:
+            return {"damaged": str(exc)}
 
     async def queues(self) -> list[str]:
         """Every queue name known to botrix in this Redis."""

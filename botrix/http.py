@@ -1,5 +1,8 @@
 """The probe and metrics server: /live, /ready, /health, /metrics, on the jobs' event loop.
 
+With ``--admin-token`` it also serves the admin API (admin_api.py) under /queues, /jobs and
+/workers; without, those paths answer 403.
+
 ``/live`` depends only on the process (event loop responsive, heartbeat running), never on
 Redis, so a Redis outage cannot make an orchestrator restart every worker at once. ``/ready``
 says whether this worker should be given work: Redis answering, handlers loaded, not draining.

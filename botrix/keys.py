@@ -35,9 +35,10 @@ class QueueKeys:
     #: Set (to "1") while an operator has paused the queue: workers claim nothing from it.
     paused: str
     #: Hash (botrix limit): ``max`` claims per ``per_ms``, across all workers, and ``used``, the
-    #: claims in the window now; the window's claims are logged in ``rate_log`` (_rate.lua).
+    #: claims in the window as the last call that read it left it; they are logged in
+    #: ``rate_log`` (_rate.lua).
     rate: str
-    #: List of "<ms> <count>" entries, one per claiming call inside the window, oldest first.
+    #: List of "<ms> <count>" entries, the claims of each thousandth of the window, oldest first.
     rate_log: str
     #: Hash: a periodic handler's job type -> the last slot (ms) enqueued for it (schedule.lua).
     schedules: str

@@ -321,5 +321,5 @@ class RateLimit:
             raise ValueError(f"rate limit per must be from {low:g} to {high:g} seconds, not {self.per!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready view for the CLI."""
+        """A JSON-ready view for the CLI and the admin API (which takes it back in a PUT)."""
         return {"max": self.max, "per_s": self.per, "used": self.used}

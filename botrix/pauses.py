@@ -21,6 +21,10 @@ from botrix.waker import Waker
 
 #: How often a paused queue is looked at again, and a rate-limited one at the latest.
 RECHECK_S = 1.0
+#: The shortest wait at a rate limit. Every limited worker learns the same moment a claim frees
+#: up, and a limit full of small claims frees one every millisecond: without a floor, each
+#: worker would send a claim a millisecond, mostly to be told "limited" again.
+LIMIT_MIN_WAIT_S = 0.01
 
 PAUSED = "paused"
 LIMITED = "limited"
@@ -72,7 +76,7 @@ class Pauses:
             return
         if why == LIMITED:
             self._metrics.rate_limited(queue)
-        delay = RECHECK_S if why == PAUSED else min(limited_s, RECHECK_S)
+        delay = RECHECK_S if why == PAUSED else min(max(limited_s, LIMIT_MIN_WAIT_S), RECHECK_S)
         loop = asyncio.get_running_loop()
         self._until[queue] = loop.time() + delay
         timer = self._timers.pop(queue, None)

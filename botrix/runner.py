@@ -254,14 +254,16 @@ class Runner:
                 continue
             # Paused by an operator or at its rate limit (and not due for a look): its results are
             # still written, and for strict priority it ran dry, so the queues below go on.
-            paused = claiming and self._pauses.skip(queue)
-            dry = dry or paused
+            held_back = claiming and self._pauses.skip(queue)
+            dry = dry or held_back
             # Only this call's settlements free slots for its claim; jobs finishing meanwhile
             # keep theirs until a later call writes them.
             want = (
-                max(0, lane.size - lane.held - lane.reserved + len(items)) if claiming and not paused else 0
+                max(0, lane.size - lane.held - lane.reserved + len(items))
+                if claiming and not held_back
+                else 0
             )
-            if want == 0 and not paused:
+            if want == 0 and not held_back:
                 claiming = False  # this queue was not looked at, so the ones below it wait too
             if not items and want == 0 and (hold is None or hold.claims_only):
                 continue  # (a held queue gets a call anyway, whose key checks tell if it is repaired)

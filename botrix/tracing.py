@@ -21,7 +21,6 @@ a process that has loaded it already, since a process that never did cannot have
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import sys
 from typing import TYPE_CHECKING, Any
@@ -90,14 +89,26 @@ class JobTracer:
             self._failed_once(exc)
             return None
 
-    def end(self, started: tuple[Span, object], outcome: Outcome | str, error: ErrorInfo | None) -> None:
-        """Record how the attempt ended (completed, retry, dead, cancelled) and close its span."""
+    def end(
+        self,
+        started: tuple[Span, object],
+        outcome: Outcome | str,
+        error: ErrorInfo | None,
+        retry_asked: bool = False,
+    ) -> None:
+        """Record how the attempt ended (completed, retry, dead, cancelled) and close its span.
+
+        A retry the handler asked for (RetryLater) is not an error, as in the log: its span is
+        not marked failed, so a trace backend does not count an upstream's "slow down" as one.
+        """
         span, token = started
         with contextlib.suppress(Exception):
             self._context.detach(token)  # type: ignore[arg-type]
         try:
             span.set_attribute("botrix.job.outcome", str(outcome))
-            if error is not None:
+            if retry_asked:
+                span.set_attribute("botrix.job.retry_requested", True)
+            elif error is not None:
                 attributes: dict[str, Any] = {
                     "exception.type": error.type,
                     "exception.message": error.message,
@@ -118,13 +129,3 @@ class JobTracer:
             self._log.warning(
                 "tracing.error", error=repr(exc)[:500], effect="attempts run without their spans"
             )
-
-
-def cancelled() -> bool:
-    """Whether the running attempt's task was cancelled, even if its handler swallowed that.
-
-    A lost lease cancels the attempt; a handler that catches the cancellation and returns
-    still produces a result, which the runner then drops: its span must not say completed.
-    """
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0

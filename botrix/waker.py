@@ -37,9 +37,9 @@ class Waker:
         self._log = log
         self._armed = asyncio.Event()
         self._stopping = False
-        # A queue the runner holds (a foreign-written key) or an operator paused is not watched:
-        # it cannot be claimed from, and its backlog would answer every BLMOVE at once, waking
-        # the runner in a loop. Watched again once no reason is left.
+        # A queue the runner holds (a foreign-written key), an operator paused, or at its rate
+        # limit is not watched: it cannot be claimed from, and its backlog would answer every
+        # BLMOVE at once, waking the runner in a loop. Watched again once no reason is left.
         self._open = {queue: asyncio.Event() for queue in queues}
         self._closed: dict[str, set[str]] = {queue: set() for queue in queues}
         for event in self._open.values():

@@ -58,12 +58,15 @@ async def test_the_admin_api_does_what_the_cli_does(
         assert (await client.wait(dead[0], timeout=30)).status is JobStatus.DEAD  # it fails again
         assert await call(base, "POST", f"/queues/{queue}/dead/purge", {"all": True}) == (200, {"purged": 3})
 
-        rate = {"max": 10, "per": 1.5}
+        rate = {"max": 10, "per_s": 1.5}
         status, limited = await call(base, "PUT", f"/queues/{queue}/rate-limit", rate)
         assert (status, limited["rate_limit"]) == (200, {"max": 10, "per_s": 1.5, "used": 0})
         assert (await client.rate_limit(queue)) is not None
         status, shown = await call(base, "GET", f"/queues/{queue}/rate-limit")
         assert shown["rate_limit"]["max"] == 10
+        changed = {**shown["rate_limit"], "max": 20}  # what GET shows, edited, is what PUT takes
+        status, shown = await call(base, "PUT", f"/queues/{queue}/rate-limit", changed)
+        assert (status, shown["rate_limit"]["max"]) == (200, 20)
         assert await call(base, "DELETE", f"/queues/{queue}/rate-limit") == (
             200, {"queue": queue, "rate_limit": None},
         )  # fmt: skip
@@ -85,7 +88,8 @@ async def test_the_admin_api_does_what_the_cli_does(
         ("POST", "/queues/q/dead/retry", {"ids": []}, 400, "bad_request"),
         ("POST", "/queues/q/dead/purge", None, 400, "bad_request"),
         ("POST", "/queues/q/dead/purge", {"ids": ["a b"]}, 400, "bad_request"),
-        ("PUT", "/queues/q/rate-limit", {"max": 0, "per": 1}, 400, "bad_request"),
+        ("PUT", "/queues/q/rate-limit", {"max": 0, "per_s": 1}, 400, "bad_request"),
+        ("PUT", "/queues/q/rate-limit", {"max": 5, "per": 1}, 400, "bad_request"),
         ("PUT", "/queues/q/rate-limit", {"max": 5}, 400, "bad_request"),
         ("DELETE", "/queues/q/pause", None, 405, "method_not_allowed"),
         ("GET", "/queues/q/nothing", None, 404, "not_found"),
@@ -154,8 +158,11 @@ async def test_records_botrix_never_wrote_are_answered_not_dropped(
         status, body = await call(base, "GET", f"/jobs/odd?queue={queue}")
         assert (status, body["error"]) == (409, "queue_damaged") and "has status" in body["detail"]
         r.sadd(keys.QUEUES, b"\xff\xfe not a queue")
+        r.sadd(keys.QUEUES, "broken")
+        r.set(keys.queue_keys("broken").rate, "not a hash")
         status, listed = await call(base, "GET", "/queues")
-        assert status == 200 and queue in listed
+        assert status == 200 and queue in listed  # the broken queue does not hide the others
+        assert "is not a rate limit" in listed["broken"]["damaged"]
 
 
 def _nested(depth: int) -> bytes:

@@ -244,3 +244,21 @@ async def test_setting_a_limit_over_leftovers_of_none_does_not_break_the_queue(
     r.hset(k.rate, "used", "-1")
     assert await client.set_rate_limit(queue, 5, 2) == RateLimit(5, 2, 0)
     assert r.llen(k.rate_log) == 0
+
+
+async def test_the_log_holds_an_entry_per_thousandth_of_the_window_not_per_claim(
+    store: Store, client: Client, queue: str, redis_server: RedisServer
+) -> None:
+    """50 one-job claims under a one-minute window (slices of 60 ms): the log grows by one
+    entry per slice they fell in, by the Redis clock, not by one per claim; the count is whole."""
+    await client.set_rate_limit(queue, 1000, 60)
+    for i in range(50):
+        await client.enqueue("t.echo", i, queue=queue)
+    r = redis_server.client()
+    start_s, start_us = r.time()
+    for _ in range(50):
+        assert len((await store.exchange(queue, [], 1, _consumer(), lane=0)).claimed) == 1
+    end_s, end_us = r.time()
+    elapsed_ms = (end_s - start_s) * 1000 + (end_us - start_us) / 1000
+    assert r.llen(keys.queue_keys(queue).rate_log) <= elapsed_ms / 60 + 2
+    assert await client.rate_limit(queue) == RateLimit(1000, 60, 50)

@@ -64,10 +64,12 @@ async def test_an_attempt_continues_the_trace_that_enqueued_it(
     with trace.get_tracer("test").start_as_current_span("request") as request:
         echo = await client.enqueue("t.echo", {"n": 1}, queue=queue)
         failing = await client.enqueue("t.fail", {}, queue=queue, max_retries=1)
+        slowed = await client.enqueue("t.rate_limited", {"retry_after": 0.01}, queue=queue)
     async with running_worker(redis_server.url, queue, tracing="otel") as worker:
         worker_id = worker.settings.worker_id
         assert (await client.wait(echo, timeout=30)).status is JobStatus.COMPLETED
         assert (await client.wait(failing, timeout=30)).status is JobStatus.DEAD
+        assert (await client.wait(slowed, timeout=30)).status is JobStatus.COMPLETED
 
     [span] = _attempts(spans, echo)
     context = request.get_span_context()
@@ -96,6 +98,12 @@ async def test_an_attempt_continues_the_trace_that_enqueued_it(
         assert event.name == "exception" and (event.attributes or {})["exception.type"] == "RuntimeError"
         assert (attempt.attributes or {})["error.type"] == "RuntimeError"
         assert "Traceback" in str((event.attributes or {})["exception.stacktrace"])
+
+    asked, ran = _attempts(spans, slowed)  # RetryLater: a turn the handler asked for, no error
+    assert (asked.attributes or {})["botrix.job.outcome"] == "retry"
+    assert (asked.attributes or {})["botrix.job.retry_requested"] is True
+    assert asked.status.status_code is StatusCode.UNSET and asked.events == ()
+    assert (ran.attributes or {})["botrix.job.outcome"] == "completed"
 
 
 async def test_a_foreign_producer_passes_its_trace_in_the_envelope(

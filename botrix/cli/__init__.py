@@ -29,11 +29,19 @@ class Parser(argparse.ArgumentParser):
         if colon:
             # A mistyped flag's value may be a secret (--admin-tokn SECRET): values are hidden.
             words = rest.split(" ")
-            shown = [w if w.startswith("-") or i == 0 or not words[i - 1].startswith("-") else "***"
-                     for i, w in enumerate(words)]  # fmt: skip
-            message = head + colon + " ".join(_redact_arg(w) for w in shown)
+            shown = [_hide_value(w, words[i - 1] if i else "") for i, w in enumerate(words)]
+            message = head + colon + " ".join(shown)
         sys.stderr.write(f"{self.prog}: error: {message}\n")
         raise SystemExit(2)
+
+
+def _hide_value(word: str, before: str) -> str:
+    """An unknown argument as an error may show it: a flag's name, never its value."""
+    if word.startswith("--") and "=" in word:
+        return word.partition("=")[0] + "=***"
+    if not word.startswith("-") and before.startswith("-") and "=" not in before:
+        return "***"
+    return _redact_arg(word)
 
 
 def fail(prog: str, message: str, code: int = 2) -> NoReturn:

@@ -4,12 +4,13 @@
 --
 -- A sliding log, not a fixed window: a fixed window lets 2 x max through around its edge, and
 -- an upstream that allows 50 calls a second would see 100 in a few milliseconds. The log holds
--- one "ms count" entry per claiming call (oldest first) and the limit hash keeps their total in
--- `used`, so a call pops only the entries that left the window and never sums the log. The log
+-- "ms count" entries, one per thousandth of the window with claims in it (oldest first), and
+-- the limit hash keeps their total in `used`, so a call pops only the entries that left the
+-- window and never sums the log. The log
 -- has no TTL: were it to expire while the window still counted its entries (a window widened,
 -- a queue idle at its limit), `used` would start over and let more through than the limit.
--- The commands are ones the documented ACL grants already (no LINDEX: the head is popped and
--- pushed back), so turning a limit on needs no ACL change.
+-- The head is popped and pushed back rather than read with LINDEX, which the documented ACL
+-- does not grant (it grants RPOP, for the merge of the tail).
 
 local RATE_MAX = 1000000000
 local RATE_PER_MAX_MS = 604800000  -- a week
@@ -94,9 +95,24 @@ local function rate_spend(rate, log, limit, now, claimed, want)
     return 0
   end
   if claimed > 0 then
-    redis.call('RPUSH', log, now .. ' ' .. claimed)
+    -- Claims within one thousandth of the window share an entry, stamped with the end of that
+    -- slice: the log holds at most ~1000 entries whatever the rate, and a claim counts as up
+    -- to a slice later than it was, which can only hold the next ones back, never let more in.
+    local slice = math.max(1, math.floor(limit.per / 1000))
+    local at = math.ceil(now / slice) * slice
+    local count = claimed
+    local tail = redis.call('RPOP', log)
+    if tail then
+      local tail_at, tail_count = string.match(tail, '^(%d+) (%d+)$')
+      if tonumber(tail_at) == at then
+        count = count + tonumber(tail_count)
+      else
+        redis.call('RPUSH', log, tail)
+      end
+    end
+    redis.call('RPUSH', log, at .. ' ' .. count)
     limit.used = limit.used + claimed
-    limit.head = limit.head or now
+    limit.head = limit.head or at
     redis.call('HSET', rate, 'used', limit.used)
   end
   if limit.used < limit.max or claimed >= want then
