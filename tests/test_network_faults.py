@@ -55,7 +55,9 @@ async def test_scripts_flushed_between_reload_and_retry_back_off_the_caller(
     try:
         job_id = await client.enqueue("t.echo", {}, queue=queue)
         await admin.script_flush()
-        stalled = proxy.stall_after(b"claim_batch")  # the text of exchange.lua, sent by SCRIPT LOAD
+        # The last line of exchange.lua, sent by SCRIPT LOAD: the chunk holding it ends the
+        # command (a marker earlier in the text could stall the load itself, on a long script).
+        stalled = proxy.stall_after(b"return {refused, claimed, rejected, paused, limited}")
         call = asyncio.create_task(store.exchange(queue, [], 1, consumer, lane=0))
         await asyncio.wait_for(stalled.wait(), timeout=10)
         await admin.script_flush()  # Redis loaded the script; its reply is still held
