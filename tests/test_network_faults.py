@@ -41,34 +41,38 @@ PROBE_TIMEOUT_S = 2.0
 
 
 async def test_scripts_flushed_between_reload_and_retry_back_off_the_caller(
-    proxy: FaultProxy, redis_server: RedisServer, client: Client, queue: str
+    own_redis: RedisServer, queue: str
 ) -> None:
     """Redis forgets the scripts (a restart, or an operator's SCRIPT FLUSH) just after the
     exchange reloaded them and before its retry: the retry's NOSCRIPT must come out as
     StoreUnavailable, which the runner backs off on, not as a redis-py error that would stop
     the worker; the next call loads the script again and claims the job."""
+    # A server of its own: SCRIPT FLUSH is server-wide, and any other client of a shared one
+    # that runs `exchange` meanwhile (this failed twice in CI's Redis 6.2 run, never alone)
+    # would load the script again between the flush and the retry.
     consumer = Consumer(
         worker_id=f"w-{queue}", lease_ms=30_000, max_envelope_bytes=1 << 20, result_ttl=600, dead_cap=100
     )
-    store = Store(Connection(proxy.url(), socket_timeout=10.0))
-    admin = aredis.Redis(port=redis_server.port)
-    try:
-        job_id = await client.enqueue("t.echo", {}, queue=queue)
-        await admin.script_flush()
-        # The last line of exchange.lua, sent by SCRIPT LOAD: the chunk holding it ends the
-        # command (a marker earlier in the text could stall the load itself, on a long script).
-        stalled = proxy.stall_after(b"return {refused, claimed, rejected, paused, limited}")
-        call = asyncio.create_task(store.exchange(queue, [], 1, consumer, lane=0))
-        await asyncio.wait_for(stalled.wait(), timeout=10)
-        await admin.script_flush()  # Redis loaded the script; its reply is still held
-        await proxy.resume()
-        with pytest.raises(StoreUnavailable, match="NoScriptError"):
-            await asyncio.wait_for(call, timeout=10)
-        _, claimed, _, _, _ = await store.exchange(queue, [], 1, consumer, lane=0)
-        assert [c.job_id for c in claimed] == [job_id]
-    finally:
-        await admin.aclose()
-        await store.aclose()
+    async with FaultProxy(own_redis.port) as proxy, Client.from_url(own_redis.url) as client:
+        store = Store(Connection(proxy.url(), socket_timeout=10.0))
+        admin = aredis.Redis(port=own_redis.port)
+        try:
+            job_id = await client.enqueue("t.echo", {}, queue=queue)
+            await admin.script_flush()
+            # The last line of exchange.lua, sent by SCRIPT LOAD: the chunk holding it ends the
+            # command (a marker earlier in the text could stall the load itself, on a long script).
+            stalled = proxy.stall_after(b"return {refused, claimed, rejected, paused, limited}")
+            call = asyncio.create_task(store.exchange(queue, [], 1, consumer, lane=0))
+            await asyncio.wait_for(stalled.wait(), timeout=10)
+            await admin.script_flush()  # Redis loaded the script; its reply is still held
+            await proxy.resume()
+            with pytest.raises(StoreUnavailable, match="NoScriptError"):
+                await asyncio.wait_for(call, timeout=10)
+            _, claimed, _, _, _ = await store.exchange(queue, [], 1, consumer, lane=0)
+            assert [c.job_id for c in claimed] == [job_id]
+        finally:
+            await admin.aclose()
+            await store.aclose()
 
 
 class ResetCrash(AssertionError):
