@@ -41,7 +41,7 @@ class Attempts:
         """Run one attempt to its settlement (cancellation propagates to the caller)."""
         s = self._settings
         try:
-            job = parse_job(claimed, queue)
+            job = parse_job(claimed, queue, trace=self._tracer is not None)
         except EnvelopeError as exc:
             return _dead(queue, claimed, ErrorInfo("EnvelopeError", str(exc)))
         handler = self._registry.get(job.type)

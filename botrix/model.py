@@ -132,8 +132,12 @@ def _optional_str(envelope: dict[str, Any], name: str, limit: int) -> str | None
     return value
 
 
-def parse_job(claimed: Claimed, queue: str) -> Job:
-    """Validate a claimed envelope; raise :class:`EnvelopeError` with a readable reason."""
+def parse_job(claimed: Claimed, queue: str, *, trace: bool = False) -> Job:
+    """Validate a claimed envelope; raise :class:`EnvelopeError` with a readable reason.
+
+    Its trace context is read only with ``trace`` (a worker with ``--tracing otel``): every
+    other job would pay for the lookups on its way to the handler.
+    """
     try:
         envelope = orjson.loads(claimed.envelope)
     except orjson.JSONDecodeError as exc:
@@ -158,7 +162,7 @@ def parse_job(claimed: Claimed, queue: str) -> Job:
         correlation_id=correlation_id or claimed.job_id,
         max_retries=_optional_int(envelope, "max_retries"),
         timeout=_optional_timeout(envelope),
-        trace=_trace_context(envelope),
+        trace=_trace_context(envelope) if trace else None,
     )
 
 

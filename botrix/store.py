@@ -52,7 +52,7 @@ class ForeignWrite(StoreUnavailable):
 
     @property
     def claims_only(self) -> bool:
-        """The queue's sequence or pause flag is garbled.
+        """The queue's sequence, pause flag or rate limit is garbled.
 
         Only a call that claims meets those (exchange.lua), so only a claim proves a repair.
         """
