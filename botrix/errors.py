@@ -55,3 +55,10 @@ class JobNotFoundError(BotrixError):
 
 class HandlerLoadError(BotrixError):
     """A handler module named with ``--app`` could not be imported or registers nothing."""
+
+
+class HandlerDeclarationError(HandlerLoadError, ValueError):
+    """A handler's registration is refused: a bad ``every=``, ``cron=``, ``tz=`` or ``queue=``.
+
+    The worker says so in one line, naming the module, and exits 2.
+    """

@@ -9,11 +9,14 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from botrix.context import HandlerFunc
-from botrix.errors import HandlerLoadError
+from botrix.errors import HandlerDeclarationError, HandlerLoadError
 from botrix.model import MAX_DELAY_S, validate_job_id, validate_queue_name
+
+if TYPE_CHECKING:
+    from botrix.cron import Cron
 
 F = TypeVar("F", bound=HandlerFunc)
 
@@ -26,9 +29,11 @@ class Handler:
     func: HandlerFunc
     timeout: float | None = None
     max_retries: int | None = None
-    #: A periodic handler runs every ``every`` seconds, enqueued to ``queue`` (scheduler.py).
+    #: A periodic handler runs every ``every`` seconds, or at the fire times of ``cron``,
+    #: enqueued to ``queue`` (scheduler.py).
     every: float | None = None
     queue: str = "default"
+    cron: Cron | None = None
 
 
 class Registry:
@@ -46,24 +51,25 @@ class Registry:
         max_retries: int | None = None,
         every: float | None = None,
         queue: str | None = None,
+        cron: str | None = None,
+        tz: str | None = None,
     ) -> None:
         """Register ``func`` for jobs of type ``name``.
 
         With ``every`` (seconds, from 1), the workers also enqueue a run of it into ``queue``
-        (default "default") once per period, together once, not once per worker.
+        (default "default") once per period, together once, not once per worker. With
+        ``cron`` (a cron expression, evaluated in ``tz``, default UTC) they do so at each of its
+        fire times instead.
         """
         existing = self._handlers.get(name)
         if existing is not None and existing.func is not func:
             raise HandlerLoadError(f"two handlers registered for job type {name!r}")
-        if every is not None:
-            if not 1 <= every <= MAX_DELAY_S:  # also refuses NaN
-                raise ValueError(f"every= must be from 1 to {MAX_DELAY_S} seconds, got {every!r}")
-            # The runs' ids are every:<type>:<slot ms>: the type must fit in a job id.
-            validate_job_id(f"every:{name}:{10**13}")
-        elif queue is not None:
-            raise ValueError("queue= names where a periodic handler's runs go: it needs every=")
-        validate_queue_name(queue or "default")
-        self._handlers[name] = Handler(name, func, timeout, max_retries, every, queue or "default")
+        try:
+            schedule = _schedule(name, every, queue, cron, tz)
+            validate_queue_name(queue or "default")
+        except ValueError as exc:
+            raise HandlerDeclarationError(f"handler {name!r}: {exc}") from None
+        self._handlers[name] = Handler(name, func, timeout, max_retries, every, queue or "default", schedule)
 
     def get(self, name: str) -> Handler | None:
         """The handler for a job type, or None."""
@@ -74,8 +80,8 @@ class Registry:
         return {n: h.max_retries for n, h in self._handlers.items() if h.max_retries is not None}
 
     def periodic(self) -> list[Handler]:
-        """The handlers registered with ``every=``."""
-        return [h for h in self._handlers.values() if h.every is not None]
+        """The handlers registered with ``every=`` or ``cron=``."""
+        return [h for h in self._handlers.values() if h.every is not None or h.cron is not None]
 
     def names(self) -> list[str]:
         """Registered job types, sorted."""
@@ -89,25 +95,59 @@ class Registry:
         max_retries: int | None = None,
         every: float | None = None,
         queue: str | None = None,
+        cron: str | None = None,
+        tz: str | None = None,
     ) -> Callable[[F], F]:
         """Register an ``async def (ctx, payload)`` as the handler of job type ``name``.
 
-        Decorator form of :meth:`add`: ``every=300`` also runs it every 300 s, enqueued into
-        ``queue``.
+        Decorator form of :meth:`add`: ``every=300`` also runs it every 300 s, and
+        ``cron="0 2 * * *"`` at 2 AM (UTC, or ``tz``), enqueued into ``queue``.
         """
 
         def register(func: F) -> F:
-            self.add(name, func, timeout=timeout, max_retries=max_retries, every=every, queue=queue)
+            self.add(
+                name,
+                func,
+                timeout=timeout,
+                max_retries=max_retries,
+                every=every,
+                queue=queue,
+                cron=cron,
+                tz=tz,
+            )
             return func
 
         return register
+
+
+def _schedule(
+    name: str, every: float | None, queue: str | None, cron: str | None, tz: str | None
+) -> Cron | None:
+    """Check a handler's periodic settings; its cron schedule, if it has one."""
+    if every is not None and cron is not None:
+        raise ValueError("a periodic handler takes every= or cron=, not both")
+    if tz is not None and cron is None:
+        raise ValueError("tz= is the time zone of a cron= expression: it needs cron=")
+    if queue is not None and every is None and cron is None:
+        raise ValueError("queue= names where a periodic handler's runs go: it needs every= or cron=")
+    if every is not None and not 1 <= every <= MAX_DELAY_S:  # also refuses NaN
+        raise ValueError(f"every= must be from 1 to {MAX_DELAY_S} seconds, got {every!r}")
+    schedule = None
+    if cron is not None:
+        from botrix.cron import Cron  # cronsim and zoneinfo only for workers that use them
+
+        schedule = Cron(cron, tz or "UTC")
+    if every is not None or cron is not None:
+        # The runs' ids are every:<type>:<slot ms> or cron:...: the type must fit in a job id.
+        validate_job_id(f"every:{name}:{10**13}")
+    return schedule
 
 
 #: The registry ``@handler`` writes to and the worker reads from.
 default_registry = Registry()
 
 
-#: ``@handler("type", timeout=..., max_retries=..., every=..., queue=...)``: registers an
+#: ``@handler("type", timeout=..., max_retries=..., every=... or cron=..., queue=...)``: registers an
 #: ``async def (ctx, payload)`` in the default registry (Registry.handler, Registry.add).
 handler = default_registry.handler
 
@@ -119,6 +159,8 @@ def load_apps(modules: Iterable[str], registry: Registry = default_registry) -> 
             importlib.import_module(module)
         except ImportError as exc:
             raise HandlerLoadError(f"cannot import handler module {module!r}: {exc}") from None
+        except HandlerLoadError as exc:  # a refused registration: the module's own mistake
+            raise HandlerLoadError(f"handler module {module!r}: {exc}") from None
     if not registry.names():
         raise HandlerLoadError("no handlers registered: pass --app MODULE (or BOTRIX_APP)")
     return registry

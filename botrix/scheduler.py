@@ -1,7 +1,8 @@
-"""Enqueues the runs of periodic handlers (``@handler(..., every=S)``).
+"""Enqueues the runs of periodic handlers (``@handler(..., every=S)`` or ``cron=...``).
 
 Every worker with such a handler runs this, and each period's run is enqueued once all the
 same: schedule.lua takes the slot from the Redis clock and remembers the last one enqueued.
+A cron handler's slot is its last fire time by the Redis clock, read just before (TIME).
 The script also says how long until the next slot, so a worker calls it about once a period,
 not once a second. While the previous run is still live the new slot waits for it, and the
 worker looks again after 1 s, then 2, 4 ... up to 30 s. The runs are ordinary jobs (retries,
@@ -46,12 +47,18 @@ class Scheduler:
 
     async def _look(self, handler: Handler) -> float:
         """Enqueue ``handler``'s run if its slot has come; returns the seconds until the next look."""
-        assert handler.every is not None
         wait = self._waits[handler.name]
         try:
-            job_id, until_next_ms, blocked = await self._store.schedule(
-                handler.queue, handler.name, int(handler.every * 1000)
-            )
+            if handler.cron is None:
+                assert handler.every is not None
+                reply = await self._store.schedule(handler.queue, handler.name, int(handler.every * 1000))
+            else:
+                now_ms = await self._store.clock_ms()
+                last_ms, next_ms = handler.cron.around(now_ms)
+                if next_ms is None:  # no fire time ahead: only a missed one can still run
+                    next_ms = now_ms + int(MAX_PAUSE_S * 1000)
+                reply = await self._store.schedule(handler.queue, handler.name, 0, (last_ms, next_ms))
+            job_id, until_next_ms, blocked = reply
         except ForeignWrite as exc:
             # The queue's keys hold what botrix never writes: no run until someone repairs them.
             if handler.name not in self._damaged:

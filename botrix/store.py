@@ -247,19 +247,27 @@ class Store:
         )
         return bool(reply)
 
-    async def schedule(self, queue: str, job_type: str, every_ms: int) -> tuple[str | None, int, bool]:
+    async def schedule(
+        self, queue: str, job_type: str, every_ms: int, cron_ms: tuple[int, int] = (0, 0)
+    ) -> tuple[str | None, int, bool]:
         """Enqueue the current slot's run of a periodic handler, unless it already was.
 
-        Returns the id enqueued (None if none), the ms until the next slot, and whether the
-        previous run is still live (then this slot waits for it).
+        ``every_ms`` is its period; 0 for a cron handler, whose last and next fire times around
+        :meth:`clock_ms` are ``cron_ms``. Returns the id enqueued (None if none), the ms until
+        the next slot, and whether the previous run is still live (then this slot waits for it).
         """
         k = keys.queue_keys(queue)
         job_id, until_next_ms, blocked = await self._run(
             "schedule",
             [k.pending, k.scheduled, k.events, k.dead, k.schedules],
-            [job_type, every_ms, queue, k.job_prefix],
+            [job_type, every_ms, queue, k.job_prefix, *cron_ms],
         )
         return (_text(job_id) or None), int(until_next_ms), blocked == 1
+
+    async def clock_ms(self) -> int:
+        """The Redis server's clock in epoch ms: the one clock every worker's schedule reads."""
+        seconds, micros = await self._call(self._redis.time())
+        return int(seconds) * 1000 + int(micros) // 1000
 
     async def register_queues(self, queues: Sequence[str]) -> None:
         """Remember queue names so that admin tools can find their jobs."""

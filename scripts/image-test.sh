@@ -123,6 +123,9 @@ worker_uid=$(podman exec "$container" sh -c \
     | head -n 1)
 [ "$worker_uid" = 1001 ] || fail "botrix-worker runs as uid '$worker_uid'"
 pass "PID 1 is tini, botrix-worker runs as uid 1001"
+podman exec "$container" python -c 'from botrix.cron import Cron; Cron("0 2 * * *", "Europe/Berlin")' \
+    || fail "a cron handler's tz= finds no time zone database in the image"
+pass "cron handlers' time zones: Europe/Berlin found"
 
 health=$(podman healthcheck run "$container" 2>&1) || fail "image HEALTHCHECK: $health"
 pass "image HEALTHCHECK: ${health:-healthy}"

@@ -6,9 +6,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 import redis.asyncio as aredis
@@ -16,6 +22,7 @@ import redis.asyncio as aredis
 from botrix import JobContext, keys
 from botrix.app import Worker
 from botrix.client import Client
+from botrix.cron import Cron
 from botrix.model import JobStatus
 from botrix.registry import Registry
 from botrix.store import Store
@@ -145,8 +152,17 @@ async def test_a_damaged_schedules_key_is_reported_and_its_repair_noticed(
     [
         ({"every": 0}, "every= must be from 1"),
         ({"every": math.nan}, "every= must be from 1"),
-        ({"queue": "q"}, "it needs every="),
+        ({"queue": "q"}, "it needs every= or cron="),
         ({"every": 5, "queue": "no spaces"}, "queue name must be"),
+        ({"every": 5, "cron": "* * * * *"}, "every= or cron=, not both"),
+        ({"cron": "61 * * * *"}, r"cron='61 \* \* \* \*' is not a cron expression: Bad minute"),
+        ({"cron": "* * *"}, "Wrong number of fields"),
+        ({"cron": "0 0 30 2 *"}, "Bad day-of-month"),
+        ({"cron": "* * */20 * 1L"}, "never fires"),
+        ({"cron": 5}, "cron= and tz= are strings"),
+        ({"cron": "* * * * *", "tz": "Mars/Olympus"}, "tz='Mars/Olympus' is not a known time zone"),
+        ({"cron": "* * * * *", "tz": "../../etc/passwd"}, "is not a known time zone"),
+        ({"every": 5, "tz": "UTC"}, "tz= is the time zone of a cron= expression"),
     ],
 )
 def test_a_bad_periodic_declaration_is_refused(kwargs: dict[str, Any], message: str) -> None:
@@ -157,3 +173,122 @@ def test_a_bad_periodic_declaration_is_refused(kwargs: dict[str, Any], message: 
         Registry().add("t.noop", noop, **kwargs)
     with pytest.raises(ValueError, match="job id must be"):
         Registry().add("a type with spaces", noop, every=5)
+
+
+def cron_registry(url: str, queue: str, cron: str, tz: str | None = None) -> Registry:
+    """A registry with one cron handler that counts its runs by slot in Redis."""
+    registry = Registry()
+
+    @registry.handler("t.cron", cron=cron, tz=tz, queue=queue)
+    async def fire(ctx: JobContext, payload: dict[str, Any]) -> int:
+        async with aredis.Redis.from_url(url) as r:
+            return int(await r.hincrby(f"botrix:test:{queue}:fires", str(payload["slot_ms"]), 1))
+
+    return registry
+
+
+def _ms(at: datetime) -> int:
+    return round(at.timestamp() * 1000)
+
+
+def test_cron_fire_times_around_an_instant() -> None:
+    """The last fire time at or before the instant, the next after it: a fire time exactly at
+    the instant has come; the time zone and its DST gap count as cron counts them."""
+    hourly = Cron("0 * * * *")
+    seven = datetime(2026, 11, 30, 7, tzinfo=UTC)
+    assert hourly.around(_ms(seven)) == (_ms(seven), _ms(seven + timedelta(hours=1)))
+    assert hourly.around(_ms(seven) - 1) == (_ms(seven - timedelta(hours=1)), _ms(seven))
+    assert Cron("*/5 * * * * *").around(_ms(seven) + 3000) == (_ms(seven), _ms(seven) + 5000)
+    tokyo = ZoneInfo("Asia/Tokyo")
+    assert Cron("0 0 1 1 *", "Asia/Tokyo").around(_ms(seven)) == (
+        _ms(datetime(2026, 1, 1, tzinfo=tokyo)), _ms(datetime(2027, 1, 1, tzinfo=tokyo)),
+    )  # fmt: skip
+    # 02:30 does not exist in Berlin on 2026-03-29 (clocks go from 02:00 to 03:00): cron runs
+    # the job at 03:00 local, 01:00 UTC.
+    berlin = Cron("30 2 * * *", "Europe/Berlin")
+    noon = datetime(2026, 3, 29, 12, tzinfo=UTC)
+    assert berlin.around(_ms(noon))[0] == _ms(datetime(2026, 3, 29, 1, tzinfo=UTC))
+
+
+async def test_cron_runs_each_fire_time_once_however_many_workers_but_not_the_one_before_deploy(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
+    """Every second here: the first look only records the fire time just behind it (a job
+    deployed at noon with cron "0 2 * * *" runs at 2 AM, not at once); each later one runs
+    once, though three workers each try to enqueue it."""
+    k = keys.queue_keys(queue)
+    fires = f"botrix:test:{queue}:fires"
+    async with aredis.Redis.from_url(redis_server.url) as r:
+
+        async def first_look() -> Any:
+            return await r.hget(k.schedules, "t.cron")
+
+        async def three_fires() -> bool:
+            return len(await r.hgetall(fires)) >= 3
+
+        registry = cron_registry(redis_server.url, queue, "* * * * * *")
+        async with workers(redis_server.url, registry, queue, queue, queue):
+            armed = int(await eventually(first_look, what="the first look"))
+            await eventually(three_fires, what="three fire times run")
+        counts = await r.hgetall(fires)
+    assert set(counts.values()) == {b"1"}
+    slots = sorted(int(s) for s in counts)
+    assert all(s % 1000 == 0 and s > armed for s in slots)
+    assert str(armed).encode() not in counts
+    info = await client.job(f"cron:t.cron:{slots[0]}", queue)
+    assert info.status is JobStatus.COMPLETED and info.payload == {"slot_ms": slots[0]}
+
+
+async def test_a_missed_cron_fire_time_runs_once_when_a_worker_comes_back(
+    redis_server: RedisServer, client: Client, store: Store, queue: str
+) -> None:
+    """Yearly at midnight in Tokyo. A first worker only records this year's fire time; with the
+    record set back a year (no worker was up for the last fire), the next worker runs the
+    missed one at once, in its time zone, and only once."""
+    k = keys.queue_keys(queue)
+    tokyo = ZoneInfo("Asia/Tokyo")
+    new_year = _ms(datetime(datetime.now(tokyo).year, 1, 1, tzinfo=tokyo))
+    year_before = _ms(datetime(datetime.now(tokyo).year - 1, 1, 1, tzinfo=tokyo))
+    registry = cron_registry(redis_server.url, queue, "0 0 1 1 *", tz="Asia/Tokyo")
+    async with aredis.Redis.from_url(redis_server.url) as r:
+        async with workers(redis_server.url, registry, queue):
+            await eventually(lambda: r.hget(k.schedules, "t.cron"), what="the first look")
+        assert await r.hget(k.schedules, "t.cron") == str(new_year).encode()
+        assert await client.depth(queue) == {"pending": 0, "active": 0, "scheduled": 0, "dead": 0}
+
+        await r.hset(k.schedules, "t.cron", year_before)
+        async with workers(redis_server.url, registry, queue):
+            info = await client.wait(f"cron:t.cron:{new_year}", timeout=30, queue=queue)
+            assert info.status is JobStatus.COMPLETED and info.payload == {"slot_ms": new_year}
+        assert await r.hgetall(f"botrix:test:{queue}:fires") == {str(new_year).encode(): b"1"}
+    # Another look at the same fire time enqueues nothing: the next is a year away.
+    now_ms = await store.clock_ms()
+    last, ahead = Cron("0 0 1 1 *", "Asia/Tokyo").around(now_ms)
+    assert last == new_year and ahead is not None
+    job_id, until_next_ms, blocked = await store.schedule(queue, "t.cron", 0, (last, ahead))
+    assert job_id is None and not blocked and 0 < until_next_ms <= ahead - now_ms
+
+
+def test_a_bad_cron_module_stops_the_worker_with_one_line(tmp_path: Path) -> None:
+    """A handler module whose cron= is wrong: the worker names the module and the mistake in
+    one line and exits 2, before connecting anywhere."""
+    (tmp_path / "bad_cron_app.py").write_text(
+        "from botrix import handler\n\n"
+        "@handler('t.gc', cron='0 2 * * *', tz='Europe/Atlantis')\n"
+        "async def gc(ctx, payload):\n    return None\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "botrix", "worker", "--app", "bad_cron_app"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "botrix-worker: error: handler module 'bad_cron_app': handler 't.gc': tz='Europe/Atlantis' is "
+        "not a known time zone (an IANA name such as 'Europe/Berlin'; without the system's time zone "
+        "database, pip install tzdata)"
+    ]

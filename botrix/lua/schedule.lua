@@ -1,14 +1,21 @@
--- Enqueue the run of a periodic handler (`@handler(..., every=S)`) for the current slot, once.
+-- Enqueue the run of a periodic handler (`@handler(..., every=S)` or `cron=`) for the current
+-- slot, once.
 --
--- Every worker with the handler calls this; the slot comes from the Redis clock (the start of
--- the current period, counted from the epoch) and the hash remembers the last slot enqueued,
--- so each slot is enqueued once whatever the workers' clocks, and slots missed while no worker
--- ran are not made up. While the previous run is still queued or running, the new slot waits
+-- Every worker with the handler calls this; the slot comes from the Redis clock and the hash
+-- remembers the last slot enqueued, so each slot is enqueued once whatever the workers' clocks,
+-- and slots missed while no worker ran are not made up one by one: the latest of them runs,
+-- once. For `every=` the slot is the start of the current period, counted from the epoch; for
+-- `cron=` it is the last fire time, which the caller worked out from the Redis clock (TIME) just
+-- before, and the first look ever only records it (a daily 2 AM job deployed at noon runs at
+-- 2 AM, not at once). While the previous run is still queued or running, the new slot waits
 -- (runs never pile up behind a slow or stopped consumer); it is enqueued once that run ends.
 --
 -- KEYS[1] pending list   KEYS[2] scheduled zset   KEYS[3] events channel   KEYS[4] dead zset
 -- KEYS[5] schedules hash (job type -> last slot enqueued, ms)
--- ARGV[1] job type   ARGV[2] period in ms   ARGV[3] queue name   ARGV[4] job record key prefix
+-- ARGV[1] job type   ARGV[2] period in ms, or 0 for a cron handler   ARGV[3] queue name
+-- ARGV[4] job record key prefix
+-- ARGV[5] (cron) the last fire time at or before the caller's reading of the clock, ms (0: none)
+-- ARGV[6] (cron) the next fire time after it, ms
 -- Returns {the id enqueued, or '' if none; ms until the next slot; 1 if the previous run is still
 -- live (the caller backs off and looks again), else 0}.
 --- @include "_event.lua"
@@ -21,14 +28,26 @@ if type(last) == 'table' and last['err'] then
   fail_wrong_type(string.format('%s is not a hash', KEYS[5]))
 end
 local now = now_ms()
-local slot = now - now % every
-local until_next = slot + every - now
+local slot, until_next, kind
 last = tonumber(last)
+if every > 0 then
+  slot = now - now % every
+  until_next = slot + every - now
+  kind = 'every'
+else
+  slot = tonumber(ARGV[5])
+  until_next = tonumber(ARGV[6]) - now
+  kind = 'cron'
+  if not last then
+    redis.call('HSET', KEYS[5], job_type, slot)
+    return {'', until_next, 0}
+  end
+end
 if last and last >= slot then
   return {'', until_next, 0}
 end
 local function id_of(at)
-  return string.format('every:%s:%d', job_type, at)
+  return string.format('%s:%s:%d', kind, job_type, at)
 end
 if last then
   local previous = redis.pcall('HGET', prefix .. id_of(last), 'status')

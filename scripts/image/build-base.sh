@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds (or reuses) a minimal Debian root file system with python3, venv, pip and tini, as a
+# Builds (or reuses) a minimal Debian root file system with python3, venv, pip, tini and tzdata, as a
 # tar archive that `podman import` turns into the BASE_IMAGE of the Containerfile. No registry
 # is reachable on these machines, so the base comes from Debian's own packages via debootstrap,
 # from the mirror apt already uses. Prints the archive's path.
@@ -13,7 +13,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 suite=${BOTRIX_IMAGE_TEST_SUITE:-bookworm}
 cache_dir=${1:-${BOTRIX_IMAGE_TEST_CACHE:-/var/cache/botrix-image-test}}
 # BOTRIX_BASE_EXTRA: more packages, comma-separated (systemd-test.sh adds systemd).
-packages=python3,python3-venv,python3-pip,tini,ca-certificates${BOTRIX_BASE_EXTRA:+,$BOTRIX_BASE_EXTRA}
+packages=python3,python3-venv,python3-pip,tini,tzdata,ca-certificates${BOTRIX_BASE_EXTRA:+,$BOTRIX_BASE_EXTRA}
 recipe_version=1
 
 mirror=$(bash "$here/debian-mirror.sh" "$suite")
