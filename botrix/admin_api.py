@@ -16,8 +16,14 @@ is logged (``admin.request``: method, path, status), never the token.
     GET    /queues/{q}/rate-limit
     PUT    /queues/{q}/rate-limit           {"max": N, "per_s": seconds} (as GET shows it)
     DELETE /queues/{q}/rate-limit
+    POST   /queues/{q}/jobs                 {"type": T, "payload": ..., optional "id", "delay_s",
+                                            "max_retries", "timeout_s", "correlation_id"}
     GET    /jobs/{id}?queue=Q               a job's record (ids percent-encoded: a / is %2F)
     GET    /workers?queue=Q                 live workers' health records
+
+The BullMQ worker's own paths answer too, so its operators' scripts keep working:
+``GET /queues/{q}/stats`` and ``/failed``, ``POST /queues/{q}/retry/{id}`` and
+``/retry-failed``. HEAD is answered wherever GET is.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from urllib.parse import parse_qs, unquote
 import orjson
 
 from botrix.client import Client
-from botrix.errors import JobNotFoundError
+from botrix.errors import JobNotFoundError, PayloadTooLargeError
 from botrix.health import serving
 from botrix.logs import Logger
 from botrix.model import validate_job_id, validate_queue_name
@@ -42,6 +48,16 @@ Answer = tuple[int, Any, tuple[tuple[str, str], ...]]
 Handler = Callable[[dict[str, str], dict[str, list[str]], Any], Awaitable[Any]]
 
 MAX_DEAD_LIST = 1000
+#: The fields of an enqueue's body, and the Client.enqueue argument each one is.
+ENQUEUE_FIELDS = {
+    "type": "type",
+    "payload": "payload",
+    "id": "job_id",
+    "delay_s": "delay",
+    "max_retries": "max_retries",
+    "timeout_s": "timeout",
+    "correlation_id": "correlation_id",
+}
 #: The most one admin request may take once read: the probes share the port's connection slots.
 ANSWER_TIMEOUT_S = 10.0
 
@@ -56,8 +72,8 @@ class AdminApi:
     Its paths start with http.ADMIN_PATHS.
     """
 
-    def __init__(self, store: Store, token: str, log: Logger) -> None:
-        self._client = Client(store)
+    def __init__(self, store: Store, token: str, log: Logger, max_payload_bytes: int) -> None:
+        self._client = Client(store, max_payload_bytes=max_payload_bytes)
         self._token = token.encode()
         self._log = log
         q = "{queue}"
@@ -72,14 +88,20 @@ class AdminApi:
             ("GET", ("queues", q, "rate-limit")): self._rate_limit,
             ("PUT", ("queues", q, "rate-limit")): self._set_rate_limit,
             ("DELETE", ("queues", q, "rate-limit")): self._clear_rate_limit,
+            ("POST", ("queues", q, "jobs")): self._enqueue,
             ("GET", ("jobs", "{job_id}")): self._job,
             ("GET", ("workers",)): self._workers,
+            # The BullMQ worker's paths (its README's API reference), for scripts written for it.
+            ("GET", ("queues", q, "stats")): self._queue,
+            ("GET", ("queues", q, "failed")): self._dead,
+            ("POST", ("queues", q, "retry", "{job_id}")): self._retry_one,
+            ("POST", ("queues", q, "retry-failed")): self._retry_all,
         }
 
     async def answer(self, method: str, target: str, authorization: bytes | None, body: bytes) -> Answer:
         """Authenticate, route and run one request; a change is logged, refused or not."""
         answer = await self._answer(method, target, authorization, body)
-        if method != "GET":
+        if method not in ("GET", "HEAD"):
             path = target.partition("?")[0]
             self._log.info("admin.request", method=method, path=path[:200], status=answer[0])
         return answer
@@ -107,6 +129,8 @@ class AdminApi:
             answer = _error(400, "bad_request", str(exc))
         except JobNotFoundError as exc:
             answer = _error(404, "not_found", str(exc))
+        except PayloadTooLargeError as exc:
+            answer = _error(413, "payload_too_large", str(exc))
         except ForeignWrite as exc:
             answer = _error(409, "queue_damaged", str(exc))
         except StoreUnavailable as exc:
@@ -127,7 +151,7 @@ class AdminApi:
             params = _match(pattern, segments)
             if params is None:
                 continue
-            if verb == method:
+            if verb == method or (verb, method) == ("GET", "HEAD"):
                 return handler, params
             allowed.append(verb)
         return ", ".join(allowed) or None
@@ -148,6 +172,15 @@ class AdminApi:
 
     async def _retry(self, params: dict[str, str], query: dict[str, list[str]], body: Any) -> Any:
         return {"retried": await self._client.retry_dead(params["queue"], _ids(body))}
+
+    async def _retry_one(self, params: dict[str, str], query: dict[str, list[str]], body: Any) -> Any:
+        retried = await self._client.retry_dead(params["queue"], [params["job_id"]])
+        if not retried:
+            raise JobNotFoundError(f"no dead job {params['job_id']!r} in queue {params['queue']!r}")
+        return {"retried": retried}
+
+    async def _retry_all(self, params: dict[str, str], query: dict[str, list[str]], body: Any) -> Any:
+        return {"retried": await self._client.retry_dead(params["queue"], None)}
 
     async def _purge(self, params: dict[str, str], query: dict[str, list[str]], body: Any) -> Any:
         return {"purged": await self._client.purge_dead(params["queue"], _ids(body))}
@@ -176,6 +209,25 @@ class AdminApi:
     async def _clear_rate_limit(self, params: dict[str, str], query: dict[str, list[str]], body: Any) -> Any:
         await self._client.clear_rate_limit(params["queue"])
         return {"queue": params["queue"], "rate_limit": None}
+
+    async def _enqueue(self, params: dict[str, str], query: dict[str, list[str]], body: Any) -> Any:
+        if not isinstance(body, dict) or "type" not in body or not set(body) <= set(ENQUEUE_FIELDS):
+            raise BadRequest(
+                f"the body must be a JSON object with 'type', and any of {sorted(ENQUEUE_FIELDS)}"
+            )
+        for name in ("type", "id", "correlation_id"):
+            _typed(body, name, "a string", str)
+        for name in ("delay_s", "timeout_s"):
+            _typed(body, name, "a number", int, float)
+        _typed(body, "max_retries", "a whole number", int)
+        if body.get("delay_s", 0) < 0:
+            raise BadRequest(f"'delay_s' must not be negative, got {body['delay_s']!r}")
+        arguments = {ENQUEUE_FIELDS[name]: value for name, value in body.items() if value is not None}
+        try:
+            job_id = await self._client.enqueue(queue=params["queue"], **arguments)
+        except ValueError as exc:  # what every worker would dead-letter, said here instead
+            raise BadRequest(str(exc)) from None
+        return {"id": job_id, "queue": params["queue"]}
 
     async def _job(self, params: dict[str, str], query: dict[str, list[str]], body: Any) -> Any:
         queue = _one(query, "queue")
@@ -239,6 +291,13 @@ def _body(raw: bytes) -> Any:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}") from None
+
+
+def _typed(body: dict[str, Any], name: str, expected: str, *types: type) -> None:
+    """``body[name]``, if given and not null, is of one of ``types`` (a JSON true is no number)."""
+    value = body.get(name)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, types)):
+        raise BadRequest(f"'{name}' must be {expected}, got {str(value)[:40]!r}")
 
 
 def _ids(body: Any) -> list[str] | None:

@@ -51,6 +51,8 @@ REQUEST_TIMEOUT_S = 10.0
 IDLE_TIMEOUT_S = 30.0
 MAX_CONNECTIONS = 64
 READ_CHUNK = 16384
+#: The largest request body: only the admin API takes one, and its enqueue may also carry a
+#: payload of up to --max-payload-bytes.
 MAX_BODY = 65536
 JSON = "application/json; charset=utf-8"
 #: The first path segments of the admin API (botrix/admin_api.py), which is imported only when
@@ -110,7 +112,8 @@ class HttpServer:
         if settings.admin_token:
             from botrix.admin_api import AdminApi
 
-            self._admin = AdminApi(store, settings.admin_token, log)
+            self._admin = AdminApi(store, settings.admin_token, log, settings.max_payload_bytes)
+        self._max_body = MAX_BODY + (settings.max_payload_bytes if self._admin else 0)
         # Open connections and whether each is idle (between requests), oldest first.
         self._open: dict[asyncio.StreamWriter, bool] = {}
 
@@ -173,7 +176,13 @@ class HttpServer:
             if received is None:
                 return
             request, body = received
-            reply = await self._answer(request, body)
+            if body is None:
+                limit = f"the request body is over {self._max_body} bytes"
+                reply = Reply.json(
+                    {"error": "payload_too_large", "detail": limit}, 413, (("Connection", "close"),)
+                )
+            else:
+                reply = await self._answer(request, body)
             headers = [
                 ("Content-Type", reply.content_type),
                 ("Content-Length", str(len(reply.body))),
@@ -191,8 +200,8 @@ class HttpServer:
 
     async def _next_request(
         self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> tuple[h11.Request, bytes] | None:
-        """The next request and its body; None when the connection is over.
+    ) -> tuple[h11.Request, bytes | None] | None:
+        """The next request and its body (None if too large); None when the connection is over.
 
         Idle, the connection may wait IDLE_TIMEOUT_S for a request; from its first byte, the
         whole request has REQUEST_TIMEOUT_S, however slowly it trickles in.
@@ -213,8 +222,8 @@ class HttpServer:
                     request = event
                 elif isinstance(event, h11.Data) and request is not None:
                     body += event.data
-                    if len(body) > MAX_BODY:
-                        return None  # only the admin API takes a body, and a small one
+                    if len(body) > self._max_body:
+                        return request, None  # answered 413; the connection closes after it
                 elif isinstance(event, h11.EndOfMessage) and request is not None:
                     return request, bytes(body)
                 else:

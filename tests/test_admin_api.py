@@ -167,3 +167,89 @@ async def test_records_botrix_never_wrote_are_answered_not_dropped(
 
 def _nested(depth: int) -> bytes:
     return b"[" * depth + b"1" + b"]" * depth
+
+
+async def test_jobs_enqueued_over_http_run_and_bad_ones_are_refused(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
+    """POST /queues/{q}/jobs: a job a worker runs, one with its own id and a delay, and bodies
+    that would be dead-lettered or are not jobs at all, refused with the reason and not queued.
+    A payload over --max-payload-bytes is 413, whether the client or the server sees it."""
+    async with http_worker(redis_server.url, queue, admin_token=TOKEN, max_payload_bytes=4096) as (_, base):
+        status, answer = await call(base, "POST", f"/queues/{queue}/jobs", {"type": "t.echo", "payload": 7})
+        assert status == 200 and answer["queue"] == queue
+        done = await client.wait(answer["id"], timeout=30, queue=queue)
+        assert (done.status, done.result) == (JobStatus.COMPLETED, {"echo": 7, "attempt": 1})
+
+        later = {"type": "t.echo", "payload": {"n": 1}, "id": f"own-{queue}", "delay_s": 3600,
+                 "max_retries": 2, "timeout_s": 5, "correlation_id": "req-1"}  # fmt: skip
+        assert await call(base, "POST", f"/queues/{queue}/jobs", later) == (
+            200,
+            {"id": f"own-{queue}", "queue": queue},
+        )
+        info = await client.job(f"own-{queue}", queue)
+        assert info.status is JobStatus.SCHEDULED and info.payload == {"n": 1}
+
+        for body, reason in [
+            ({"payload": 1}, "a JSON object with 'type'"),
+            ({"type": "t.echo", "priority": "high"}, "a JSON object with 'type'"),
+            ([1, 2], "a JSON object with 'type'"),
+            ({"type": 5}, "'type' must be a string"),
+            ({"type": "t.echo", "delay_s": "soon"}, "'delay_s' must be a number"),
+            ({"type": "t.echo", "delay_s": -1}, "'delay_s' must not be negative"),
+            ({"type": "t.echo", "max_retries": True}, "'max_retries' must be a whole number"),
+            ({"type": "t.echo", "id": "has spaces"}, "job id must be"),
+            ({"type": "t.echo", "max_retries": -1}, "max_retries"),
+            ({"type": ""}, "type"),
+        ]:
+            status, answer = await call(base, "POST", f"/queues/{queue}/jobs", body)
+            assert (status, answer["error"]) == (400, "bad_request"), (body, answer)
+            assert reason in answer["detail"], (body, answer)
+        status, answer = await call(
+            base, "POST", f"/queues/{queue}/jobs", {"type": "t.echo", "payload": "x" * 5000}
+        )
+        assert (status, answer["error"]) == (413, "payload_too_large") and "4096 byte limit" in answer[
+            "detail"
+        ]
+        status, answer = await call(
+            base, "POST", f"/queues/{queue}/jobs", {"type": "t.echo", "payload": "x" * 80_000}
+        )
+        assert (status, answer["error"]) == (413, "payload_too_large") and "request body is over" in answer[
+            "detail"
+        ]
+        assert await client.depth(queue) == {"pending": 0, "active": 0, "scheduled": 1, "dead": 0}
+
+
+async def test_the_bullmq_workers_paths_and_head_answer_too(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
+    """The paths of the BullMQ worker's API reference answer as their botrix forms do, so the
+    scripts its operators wrote keep working; HEAD answers wherever GET does, with no body."""
+    async with http_worker(redis_server.url, queue, admin_token=TOKEN) as (_, base):
+        dead = [await client.enqueue("t.fail", i, queue=queue, max_retries=0) for i in range(3)]
+        for job_id in dead:
+            await client.wait(job_id, timeout=30)
+        assert await call(base, "GET", f"/queues/{queue}/stats") == await call(
+            base, "GET", f"/queues/{queue}"
+        )
+        assert await call(base, "GET", f"/queues/{queue}/failed") == await call(
+            base, "GET", f"/queues/{queue}/dead"
+        )
+        assert await call(base, "POST", f"/queues/{queue}/retry/{dead[0]}") == (200, {"retried": [dead[0]]})
+        await eventually(lambda: _dead_count(client, queue, 3), what="the retried job dead again")
+        status, answer = await call(base, "POST", f"/queues/{queue}/retry/no-such-job")
+        assert (status, answer["error"]) == (404, "not_found") and "no-such-job" in answer["detail"]
+        status, answer = await call(base, "POST", f"/queues/{queue}/retry-failed")
+        assert status == 200 and sorted(answer["retried"]) == sorted(dead)
+
+        async with (
+            aiohttp.ClientSession() as session,
+            session.head(f"{base}/queues/{queue}", headers=AUTH) as r,
+        ):
+            assert r.status == 200 and int(r.headers["Content-Length"]) > 0 and await r.read() == b""
+        async with aiohttp.ClientSession() as session, session.head(f"{base}/queues/{queue}") as r:
+            assert r.status == 401
+
+
+async def _dead_count(client: Client, queue: str, count: int) -> bool:
+    return (await client.depth(queue))["dead"] == count
