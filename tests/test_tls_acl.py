@@ -66,6 +66,8 @@ STORE_METHOD_COMMANDS: dict[str, set[str]] = {
     "zremrangebyscore": {"zremrangebyscore"},
     "zrange": {"zrange"},
     "zrangebyscore": {"zrangebyscore"},
+    # Store.clock_ms: a cron handler's fire times come from the Redis clock.
+    "time": {"time"},
     # redis-py scripts: EVALSHA, and SCRIPT LOAD when the server does not know the script yet.
     "register_script": {"evalsha", "script|load"},
     # Client.wait: SUBSCRIBE; the pub/sub health check is a PING (a connection command).
