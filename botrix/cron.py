@@ -13,6 +13,10 @@ from datetime import UTC, datetime, timedelta, tzinfo
 
 from cronsim import CronSim, CronSimError
 
+#: Fire times stepped through per look: an hour of a per-second expression (the hour that
+#: repeats in autumn, ~20 ms), at most; past that the next look (within a minute) goes on.
+MAX_STEPS = 4000
+
 
 class Cron:
     """One handler's ``cron=`` expression in its time zone."""
@@ -37,12 +41,36 @@ class Cron:
         within cronsim's 50 years).
         """
         now = datetime.fromtimestamp(now_ms / 1000, self._zone)
+        # cronsim compares wall-clock times: in the hour that repeats when clocks go back, its
+        # backward search misses the second pass, and a fire time it finds (either way) can
+        # carry the first pass's offset, so lie behind ``now``. Only its backward answer's
+        # neighbourhood is taken from it: the answer itself comes from stepping forward from
+        # there, in epoch ms, keeping only times that move on (each fire time once).
+        anchor = self._behind(now)
+        last = _ms(anchor) if anchor else 0
+        upcoming = CronSim(self.expression, anchor - timedelta(seconds=1) if anchor else now)
+        for _ in range(MAX_STEPS):
+            at = next(upcoming, None)
+            if at is None:
+                return last, None
+            if _ms(at) <= last:
+                continue
+            if _ms(at) > now_ms:
+                return last, _ms(at)
+            last = _ms(at)
+        return last, None  # a look a minute later starts from nearer
+
+    def _behind(self, now: datetime) -> datetime | None:
+        """A fire time at or before ``now`` (cronsim's backward search: maybe not the last)."""
         # cronsim steps strictly before a whole second when going back: a microsecond past it
         # makes a fire time exactly at ``now`` count as come.
-        behind = now if now.microsecond else now + timedelta(microseconds=1)
-        last = next(CronSim(self.expression, behind, reverse=True), None)
-        ahead = next(CronSim(self.expression, now), None)
-        return (_ms(last) if last else 0), (_ms(ahead) if ahead else None)
+        at: datetime | None = now if now.microsecond else now + timedelta(microseconds=1)
+        for _ in range(3):  # an answer with the first pass's offset can lie ahead of ``now``
+            assert at is not None
+            at = next(CronSim(self.expression, at, reverse=True), None)
+            if at is None or at <= now:
+                return at
+        return None
 
     def __repr__(self) -> str:
         return f"Cron({self.expression!r}, tz={self.tz!r})"

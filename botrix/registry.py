@@ -67,7 +67,7 @@ class Registry:
         try:
             schedule = _schedule(name, every, queue, cron, tz)
             validate_queue_name(queue or "default")
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:
             raise HandlerDeclarationError(f"handler {name!r}: {exc}") from None
         self._handlers[name] = Handler(name, func, timeout, max_retries, every, queue or "default", schedule)
 
@@ -124,6 +124,12 @@ def _schedule(
     name: str, every: float | None, queue: str | None, cron: str | None, tz: str | None
 ) -> Cron | None:
     """Check a handler's periodic settings; its cron schedule, if it has one."""
+    if not isinstance(name, str) or not name:
+        raise ValueError("a handler's job type must be a non-empty string")
+    if every is not None and (isinstance(every, bool) or not isinstance(every, int | float)):
+        raise ValueError(f"every= must be a number of seconds, got {every!r}")
+    if queue is not None and not isinstance(queue, str):
+        raise ValueError(f"queue= must be a queue name, got {queue!r}")
     if every is not None and cron is not None:
         raise ValueError("a periodic handler takes every= or cron=, not both")
     if tz is not None and cron is None:
@@ -136,7 +142,7 @@ def _schedule(
     if cron is not None:
         from botrix.cron import Cron  # cronsim and zoneinfo only for workers that use them
 
-        schedule = Cron(cron, tz or "UTC")
+        schedule = Cron(cron, "UTC" if tz is None else tz)
     if every is not None or cron is not None:
         # The runs' ids are every:<type>:<slot ms> or cron:...: the type must fit in a job id.
         validate_job_id(f"every:{name}:{10**13}")

@@ -25,7 +25,7 @@ from botrix.client import Client
 from botrix.cron import Cron
 from botrix.model import JobStatus
 from botrix.registry import Registry
-from botrix.store import Store
+from botrix.store import ForeignWrite, Store
 from tests import periodic_app
 from tests.conftest import WorkerProcess, eventually, settings_for
 from tests.redisproc import RedisServer
@@ -163,6 +163,10 @@ async def test_a_damaged_schedules_key_is_reported_and_its_repair_noticed(
         ({"cron": "* * * * *", "tz": "Mars/Olympus"}, "tz='Mars/Olympus' is not a known time zone"),
         ({"cron": "* * * * *", "tz": "../../etc/passwd"}, "is not a known time zone"),
         ({"every": 5, "tz": "UTC"}, "tz= is the time zone of a cron= expression"),
+        ({"cron": "* * * * *", "tz": ""}, "tz='' is not a known time zone"),
+        ({"every": "5"}, "every= must be a number of seconds"),
+        ({"every": True}, "every= must be a number of seconds"),
+        ({"cron": "* * * * *", "queue": 5}, "queue= must be a queue name"),
     ],
 )
 def test_a_bad_periodic_declaration_is_refused(kwargs: dict[str, Any], message: str) -> None:
@@ -228,7 +232,7 @@ async def test_cron_runs_each_fire_time_once_however_many_workers_but_not_the_on
 
         registry = cron_registry(redis_server.url, queue, "* * * * * *")
         async with workers(redis_server.url, registry, queue, queue, queue):
-            armed = int(await eventually(first_look, what="the first look"))
+            armed = int((await eventually(first_look, what="the first look")).removeprefix(b"cron:"))
             await eventually(three_fires, what="three fire times run")
         counts = await r.hgetall(fires)
     assert set(counts.values()) == {b"1"}
@@ -253,10 +257,10 @@ async def test_a_missed_cron_fire_time_runs_once_when_a_worker_comes_back(
     async with aredis.Redis.from_url(redis_server.url) as r:
         async with workers(redis_server.url, registry, queue):
             await eventually(lambda: r.hget(k.schedules, "t.cron"), what="the first look")
-        assert await r.hget(k.schedules, "t.cron") == str(new_year).encode()
+        assert await r.hget(k.schedules, "t.cron") == f"cron:{new_year}".encode()
         assert await client.depth(queue) == {"pending": 0, "active": 0, "scheduled": 0, "dead": 0}
 
-        await r.hset(k.schedules, "t.cron", year_before)
+        await r.hset(k.schedules, "t.cron", f"cron:{year_before}")
         async with workers(redis_server.url, registry, queue):
             info = await client.wait(f"cron:t.cron:{new_year}", timeout=30, queue=queue)
             assert info.status is JobStatus.COMPLETED and info.payload == {"slot_ms": new_year}
@@ -292,3 +296,32 @@ def test_a_bad_cron_module_stops_the_worker_with_one_line(tmp_path: Path) -> Non
         "not a known time zone (an IANA name such as 'Europe/Berlin'; without the system's time zone "
         "database, pip install tzdata)"
     ]
+
+
+async def test_switching_between_every_and_cron_waits_for_the_live_run_and_arms_the_cron(
+    redis_server: RedisServer, store: Store, queue: str
+) -> None:
+    """A handler redeployed from every= to cron=: while the every= run is live the cron waits
+    (no overlap), then its first look only records; back to every=, the live cron run is found
+    by its own id. A slot field that botrix never wrote is named, not read as a slot."""
+    k = keys.queue_keys(queue)
+    day_ms = 86_400_000
+    every_run, _, _ = await store.schedule(queue, "t.switch", day_ms)
+    assert every_run is not None and every_run.startswith("every:t.switch:")
+    now_ms = await store.clock_ms()
+    fire = (now_ms - 10_000, now_ms + 60_000)
+    assert (await store.schedule(queue, "t.switch", 0, fire))[::2] == (None, True)  # every= run queued
+    async with aredis.Redis.from_url(redis_server.url) as r:
+        await r.hset(k.job(every_run), "status", "completed")
+        assert (await store.schedule(queue, "t.switch", 0, fire))[::2] == (None, False)
+        assert await r.hget(k.schedules, "t.switch") == f"cron:{fire[0]}".encode()
+        cron_run, _, _ = await store.schedule(queue, "t.switch", 0, (now_ms - 5000, now_ms + 60_000))
+        assert cron_run == f"cron:t.switch:{now_ms - 5000}"
+        # Back to every= (a second): the cron run is still queued, so the period's run waits.
+        assert (await store.schedule(queue, "t.switch", 1000))[::2] == (None, True)
+        await r.hset(k.job(cron_run), "status", "completed")
+        assert (await store.schedule(queue, "t.switch", 1000))[0] is not None
+
+        await r.hset(k.schedules, "t.garbled", "1e300")
+        with pytest.raises(ForeignWrite, match=r"field t\.garbled is not a slot"):
+            await store.schedule(queue, "t.garbled", day_ms)
