@@ -19,6 +19,7 @@ is logged (``admin.request``: method, path, status), never the token.
     POST   /queues/{q}/jobs                 {"type": T, "payload": ..., optional "id", "delay_s",
                                             "max_retries", "timeout_s", "correlation_id"}
     GET    /jobs/{id}?queue=Q               a job's record (ids percent-encoded: a / is %2F)
+    POST   /jobs/{id}/cancel?queue=Q        cancel it (queue default "default"); 409 if finished
     GET    /workers?queue=Q                 live workers' health records
 
 The BullMQ worker's own paths answer too, so its operators' scripts keep working:
@@ -66,6 +67,10 @@ class BadRequest(ValueError):
     """The request cannot be served as sent: answered 400 with the reason."""
 
 
+class Finished(Exception):
+    """A cancel came after the job's end: answered 409, nothing changed."""
+
+
 class AdminApi:
     """Routes admin requests to the client; built by the HTTP server when a token is set.
 
@@ -90,6 +95,7 @@ class AdminApi:
             ("DELETE", ("queues", q, "rate-limit")): self._clear_rate_limit,
             ("POST", ("queues", q, "jobs")): self._enqueue,
             ("GET", ("jobs", "{job_id}")): self._job,
+            ("POST", ("jobs", "{job_id}", "cancel")): self._cancel,
             ("GET", ("workers",)): self._workers,
             # The BullMQ worker's paths (its README's API reference), for scripts written for it.
             ("GET", ("queues", q, "stats")): self._queue,
@@ -129,6 +135,8 @@ class AdminApi:
             answer = _error(400, "bad_request", str(exc))
         except JobNotFoundError as exc:
             answer = _error(404, "not_found", str(exc))
+        except Finished as exc:
+            answer = _error(409, "job_finished", str(exc))
         except PayloadTooLargeError as exc:
             answer = _error(413, "payload_too_large", str(exc))
         except ForeignWrite as exc:
@@ -234,6 +242,14 @@ class AdminApi:
         if queue is not None:
             _check(validate_queue_name, queue)
         return (await self._client.job(params["job_id"], queue)).to_dict()
+
+    async def _cancel(self, params: dict[str, str], query: dict[str, list[str]], body: Any) -> Any:
+        queue = _one(query, "queue") or "default"
+        _check(validate_queue_name, queue)
+        was = await self._client.cancel(params["job_id"], queue)
+        if was.finished:
+            raise Finished(f"job {params['job_id']!r} in queue {queue!r} had already finished: {was}")
+        return {"id": params["job_id"], "queue": queue, "was": was, "cancelled": True}
 
     async def _workers(self, params: dict[str, str], query: dict[str, list[str]], body: Any) -> Any:
         queue = _one(query, "queue")

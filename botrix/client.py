@@ -209,6 +209,23 @@ class Client:
         record = await self._store.job_record(queue, job_id)
         return None if record is None else job_info(job_id, queue, record)
 
+    async def cancel(self, job_id: str, queue: str = "default", *, keep_s: int = 86_400) -> JobStatus:
+        """Cancel a job that has not finished; returns the status it had.
+
+        A queued, delayed or retrying job will not run. A running one is stopped by its worker
+        within a few seconds (its next lease renewal), its result dropped; a handler that is
+        past its last await when it is cancelled may still finish its work, but its result is
+        not recorded. The record stays, ``cancelled``, for ``keep_s`` seconds (the default of
+        --result-ttl). A finished job is left as it is: its status (completed, dead,
+        cancelled) is returned. Raises JobNotFoundError when no record has that id.
+        """
+        validate_job_id(job_id)
+        validate_queue_name(queue)
+        was = await self._store.cancel(queue, job_id, keep_s)
+        if was is None:
+            raise JobNotFoundError(f"no job {job_id!r} in queue {queue!r}")
+        return _status(queue, job_id, was.encode())
+
     async def depth(self, queue: str = "default") -> dict[str, int]:
         """Jobs in the queue by state: pending, active, scheduled, dead."""
         return await self._store.depth(queue)

@@ -32,7 +32,7 @@ class Heartbeat:
         settings: Settings,
         state: WorkerState,
         log: Logger,
-        on_lost: Callable[[str, list[tuple[str, int]], float], None],
+        on_lost: Callable[[str, list[tuple[str, int, bool]], float], None],
     ) -> None:
         self._store = store
         self._settings = settings

@@ -30,7 +30,10 @@ JSON = Any
 
 
 class JobStatus(StrEnum):
-    """Where a job is in its life: queued -> running -> completed | retrying | dead."""
+    """Where a job is in its life: queued -> running -> completed | retrying | dead.
+
+    ``cancelled`` (botrix cancel) ends it from any state but the last three.
+    """
 
     QUEUED = "queued"
     SCHEDULED = "scheduled"
@@ -38,11 +41,12 @@ class JobStatus(StrEnum):
     RETRYING = "retrying"
     COMPLETED = "completed"
     DEAD = "dead"
+    CANCELLED = "cancelled"
 
     @property
     def finished(self) -> bool:
         """True once nothing more will happen to the job by itself."""
-        return self in (JobStatus.COMPLETED, JobStatus.DEAD)
+        return self in (JobStatus.COMPLETED, JobStatus.DEAD, JobStatus.CANCELLED)
 
 
 @dataclass(frozen=True, slots=True)

@@ -151,22 +151,32 @@ class Runner:
             await self._drain()
             await waker
 
-    def lease_lost(self, queue: str, lost: list[tuple[str, int]], since: float) -> None:
+    def lease_lost(self, queue: str, lost: list[tuple[str, int, bool]], since: float) -> None:
         """A renewal sent at ``since`` found these leases gone: stop the attempts holding them.
+
+        Each is (id, delivery, cancelled): an operator's cancel takes the lease away too.
 
         Not an attempt whose lease was handed (back) to this worker after that renewal went out:
         after Redis lost writes, a claim can re-grant the very lease the renewal found gone.
         """
-        for job_id, delivery in lost:
+        for job_id, delivery, cancelled in lost:
             entry = self._state.in_flight.get((queue, job_id, delivery))
             if entry is not None and entry.granted < since:
-                self._cancel_lost(entry)
+                self._cancel_lost(entry, cancelled)
 
-    def _cancel_lost(self, entry: InFlight | None) -> None:
+    def _cancel_lost(self, entry: InFlight | None, cancelled: bool = False) -> None:
         if entry is None or entry.task is None or entry.task.done() or entry.cancel_reason:
             return  # nothing to stop, or already being stopped
-        entry.cancel_reason = "lease_lost"
+        entry.cancel_reason = "cancelled" if cancelled else "lease_lost"
         entry.task.cancel()
+        if cancelled:
+            self._log.info(
+                "job.cancelled",
+                queue=entry.queue,
+                job_id=entry.job_id,
+                reason="cancelled (botrix cancel); the attempt is stopped and its result dropped",
+            )
+            return
         self._log.warning(
             "job.lease_lost",
             queue=entry.queue,
@@ -430,9 +440,10 @@ class Runner:
             )
         if entry.cancel_reason == "abandoned":
             pass  # requeued by the drain, which gives its slot back when that is written
-        elif settlement is None or entry.cancel_reason == "lease_lost":
-            # The lease is gone (another worker owns the job now), and with it this attempt's
-            # say on the outcome, even if its handler caught the cancellation and returned.
+        elif settlement is None or entry.cancel_reason in ("lease_lost", "cancelled"):
+            # The lease is gone (another worker owns the job now, or it was cancelled), and with
+            # it this attempt's say on the outcome, even if its handler caught the cancellation
+            # and returned.
             self._forget(entry)
         else:
             settlement.owner = entry

@@ -211,6 +211,7 @@ class Store:
                 "progress",
                 "schedule",
                 "rate",
+                "cancel",
             )
         }
 
@@ -336,14 +337,25 @@ class Store:
 
     async def renew(
         self, queue: str, held: Sequence[tuple[str, int]], lease_ms: int, worker_id: str
-    ) -> list[tuple[str, int]]:
-        """Extend the leases ``worker_id`` still holds; returns the (id, delivery) of leases lost."""
+    ) -> list[tuple[str, int, bool]]:
+        """Extend the leases ``worker_id`` still holds.
+
+        Returns the leases lost: (id, delivery, whether the job was cancelled).
+        """
         k = keys.queue_keys(queue)
         args: list[Any] = [lease_ms, k.job_prefix, worker_id]
         for job_id, delivery in held:
             args += [job_id, delivery]
         flat = await self._run("renew", [k.active], args)
-        return [(_text(flat[i]), int(flat[i + 1])) for i in range(0, len(flat), 2)]
+        return [(_text(flat[i]), int(flat[i + 1]), flat[i + 2] == 1) for i in range(0, len(flat), 3)]
+
+    async def cancel(self, queue: str, job_id: str, ttl_s: int) -> str | None:
+        """Cancel a job unless it finished; the status it had, or None if it has no record."""
+        k = keys.queue_keys(queue)
+        was = await self._run(
+            "cancel", [k.pending, k.scheduled, k.active, k.events], [job_id, k.job_prefix, queue, ttl_s]
+        )
+        return _text(was) or None
 
     async def recover(
         self,

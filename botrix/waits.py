@@ -4,7 +4,7 @@ A wait used to subscribe on a connection of its own, taken from the client's poo
 many waits at once as the pool holds (100) left every other call of that client without a
 connection. Here one feed (a connection and the task that reads it) serves every wait of the
 client: it subscribes to each queue waited on, once, and wakes a job's waiters when its
-``completed`` or ``dead`` event comes. Subscriptions are never taken back one by one (that
+``completed``, ``dead`` or ``cancelled`` event comes. Subscriptions are never taken back one by one (that
 would need ``UNSUBSCRIBE``, which botrix's ACL line does not grant): the feed closes, with all
 of them, once no wait has been in progress for ``LINGER_S``, and the next wait opens a new one.
 
@@ -28,7 +28,7 @@ LINGER_S = 2.0
 #: How long a feed with waits in progress may hear nothing before it PINGs Redis.
 QUIET_S = 2.0
 #: The events after which a job's record no longer changes by itself.
-_ENDS = ("completed", "dead")
+_ENDS = ("completed", "dead", "cancelled")
 
 
 @dataclass(eq=False)

@@ -234,7 +234,7 @@ async def test_a_running_job_whose_record_is_overwritten_costs_its_neighbours_no
         assert moved == 1
         assert await r.lrange(k.pending, 0, -1) == [due.encode()]
         held = [(j, delivery[j]) for j in (kept, broken, spare)]
-        assert await store.renew(queue, held, 60_000, "w-1") == [(broken, delivery[broken])]
+        assert await store.renew(queue, held, 60_000, "w-1") == [(broken, delivery[broken], False)]
         done = [Settlement(j, queue, delivery[j], Outcome.COMPLETED, b"1") for j in (kept, broken)]
         refused, _, _, _, _ = await store.exchange(queue, done, 0, me, lane=0)
         assert refused == {broken}

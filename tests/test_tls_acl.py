@@ -42,7 +42,7 @@ ACL_RULES = (
     "+info +evalsha +script|load "
     "+blmove +subscribe +llen +zcard +zrange +zrevrange +zremrangebyscore "
     "+get +set +del +sadd +smembers +hgetall +hset +zadd +zrem +publish "
-    "+time +incr +hget +hmget +hdel +hincrby +lpop +rpop +lpush +rpush "
+    "+time +incr +hget +hmget +hdel +hincrby +lpop +rpop +lpush +rpush +lrem "
     "+expire +persist +zrangebyscore +zpopmin"
 )
 

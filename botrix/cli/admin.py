@@ -141,7 +141,13 @@ def build_parser() -> Parser:
     job.add_argument("id", type=_checked(validate_job_id))
     job.add_argument("--queue", type=_checked(validate_queue_name))
 
-    wait = sub.add_parser("wait", help="wait until a job is completed or dead")
+    cancel = sub.add_parser(
+        "cancel", help="cancel a job: it will not run, or its worker stops it; exit 1 if it had finished"
+    )
+    cancel.add_argument("id", type=_checked(validate_job_id))
+    cancel.add_argument("--queue", type=_checked(validate_queue_name), default="default")
+
+    wait = sub.add_parser("wait", help="wait until a job is completed, dead or cancelled")
     wait.add_argument("id", type=_checked(validate_job_id))
     wait.add_argument("--queue", type=_checked(validate_queue_name))
     wait.add_argument("--timeout", type=_seconds, default=60.0)
@@ -245,6 +251,10 @@ async def _run(args: argparse.Namespace) -> int:
         if args.command == "job":
             _print((await client.job(args.id, args.queue)).to_dict())
             return 0
+        if args.command == "cancel":
+            was = await client.cancel(args.id, args.queue)
+            _print({"id": args.id, "queue": args.queue, "was": was, "cancelled": not was.finished})
+            return 1 if was.finished else 0
         if args.command == "wait":
             info = await client.wait(args.id, args.timeout, args.queue)
             _print(info.to_dict())

@@ -79,7 +79,7 @@ local function claim_batch(k, prefix, queue, now, want, lease_ms, worker, max_by
         return nil
       end
       local status = state[1]
-      if status and status ~= 'completed' and status ~= 'dead' then
+      if status and status ~= 'completed' and status ~= 'dead' and status ~= 'cancelled' then
         publish(k.events, 'duplicate', id, queue, now)
         return nil
       end

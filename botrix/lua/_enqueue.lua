@@ -5,7 +5,7 @@
 -- Returns 1 when enqueued, 0 when a live job with this id already exists (idempotent enqueue).
 local function enqueue_job(k, id, envelope, delay, queue)
   local status = redis.call('HGET', k.record, 'status')
-  if status and status ~= 'completed' and status ~= 'dead' then
+  if status and status ~= 'completed' and status ~= 'dead' and status ~= 'cancelled' then
     return 0
   end
   if status then

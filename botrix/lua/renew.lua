@@ -3,7 +3,8 @@
 -- KEYS[1] active zset
 -- ARGV[1] lease length ms   ARGV[2] job record key prefix   ARGV[3] worker id
 -- then two entries a job: id, delivery
--- Returns a flat array, two entries a lost lease (recovered, or claimed again): id, delivery.
+-- Returns a flat array, three entries a lost lease (recovered, claimed again, or cancelled): id,
+-- delivery, and 1 if the job was cancelled (botrix cancel), else 0.
 --- @include "_event.lua"
 
 local deadline = now_ms() + tonumber(ARGV[1])
@@ -19,6 +20,9 @@ for i = 4, #ARGV, 2 do
   else
     lost[#lost + 1] = id
     lost[#lost + 1] = ARGV[i + 1]
+    -- Cancelled while this delivery ran: the record still names its worker and delivery.
+    local cancelled = state[1] == 'cancelled' and state[2] == ARGV[i + 1] and state[3] == ARGV[3]
+    lost[#lost + 1] = cancelled and 1 or 0
   end
 end
 return lost

@@ -1,0 +1,134 @@
+"""Cancelling a job (Client.cancel, `botrix cancel`, the admin API): a queued, delayed or
+retrying job never runs; a running one is stopped by its worker, whose slot comes free; a
+finished one is left as it is."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+
+import pytest
+import redis.asyncio as aredis
+
+from botrix import keys
+from botrix.client import Client
+from botrix.errors import JobNotFoundError
+from botrix.model import JobStatus
+from tests.conftest import WorkerProcess
+from tests.redisproc import RedisServer
+from tests.test_admin_api import TOKEN, call
+from tests.test_http import http_worker
+
+
+async def test_a_queued_or_delayed_job_cancelled_never_runs(
+    redis_server: RedisServer, client: Client, queue: str, spawn: Callable[..., WorkerProcess]
+) -> None:
+    """On a paused queue, a job waits and another is delayed; a wait is in progress on the
+    first. Both are cancelled: they leave the queue, the wait ends with the cancel, and once
+    the queue is resumed a worker runs the next job but never the cancelled ones."""
+    k = keys.queue_keys(queue)
+    await client.pause(queue)
+    queued = await client.enqueue("t.echo", "never", queue=queue)
+    delayed = await client.enqueue("t.echo", "never", queue=queue, delay=3600)
+    waiting = asyncio.create_task(client.wait(queued, timeout=60, queue=queue))
+    await asyncio.sleep(0.2)  # let the wait subscribe (a guard, not a timing assertion)
+
+    assert await client.cancel(queued, queue) is JobStatus.QUEUED
+    assert await client.cancel(delayed, queue) is JobStatus.SCHEDULED
+    assert (await waiting).status is JobStatus.CANCELLED
+    assert await client.depth(queue) == {"pending": 0, "active": 0, "scheduled": 0, "dead": 0}
+    async with aredis.Redis.from_url(redis_server.url) as r:
+        assert 0 < await r.ttl(k.job(queued)) <= 86_400
+
+    worker = spawn(redis_server.url, queue)
+    await client.resume(queue)
+    after = await client.enqueue("t.echo", "after", queue=queue)
+    assert (await client.wait(after, timeout=30, queue=queue)).status is JobStatus.COMPLETED
+    for job_id in (queued, delayed):
+        info = await client.job(job_id, queue)
+        assert (info.status, info.attempts, info.result) == (JobStatus.CANCELLED, 0, None)
+    started = [e["job_id"] for e in worker.events() if e.get("event") == "job.succeeded"]
+    assert started == [after]
+
+    # A cancelled job's id may be used again, like a finished one's.
+    again = await client.enqueue("t.echo", "again", queue=queue, job_id=queued)
+    assert (await client.wait(again, timeout=30, queue=queue)).result == {"echo": "again", "attempt": 1}
+    worker.signal(signal.SIGTERM)
+    assert await worker.wait() == 0
+
+
+async def test_a_running_job_cancelled_is_stopped_and_its_slot_freed(
+    redis_server: RedisServer, client: Client, queue: str, spawn: Callable[..., WorkerProcess]
+) -> None:
+    """A worker with one slot runs a job that would sleep an hour. Cancelled, the worker stops
+    it (at its next lease renewal), logs job.cancelled (not a lost lease), drops its result
+    and runs the next job; the record stays cancelled."""
+    worker = spawn(redis_server.url, queue, "--concurrency", "1")
+    long = await client.enqueue("t.sleep", {"seconds": 3600}, queue=queue)
+    await worker.wait_for("job.started")
+    nxt = await client.enqueue("t.echo", "next", queue=queue)
+
+    assert await client.cancel(long, queue) is JobStatus.RUNNING
+    await worker.wait_for("job.cancelled")
+    assert (await client.wait(nxt, timeout=30, queue=queue)).status is JobStatus.COMPLETED
+    info = await client.job(long, queue)
+    assert (info.status, info.attempts) == (JobStatus.CANCELLED, 1)
+    assert await client.depth(queue) == {"pending": 0, "active": 0, "scheduled": 0, "dead": 0}
+    [cancelled] = [e for e in worker.events() if e.get("event") == "job.cancelled"]
+    assert cancelled["job_id"] == long and cancelled["level"] == "info"
+    assert not [e for e in worker.events() if e.get("event") in ("job.lease_lost", "job.ack_refused")]
+    worker.signal(signal.SIGTERM)
+    assert await worker.wait() == 0
+
+
+async def test_a_finished_or_unknown_job_is_left_as_it_is(client: Client, queue: str) -> None:
+    with pytest.raises(JobNotFoundError, match="no job 'nope'"):
+        await client.cancel("nope", queue)
+    job_id = await client.enqueue("t.echo", 1, queue=queue)
+    await client.cancel(job_id, queue)
+    assert await client.cancel(job_id, queue) is JobStatus.CANCELLED  # a second cancel: no change
+
+
+async def test_cancel_from_the_cli_and_the_admin_api(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
+    """`botrix cancel` prints what the job was and exits 1 when it had already finished;
+    POST /jobs/{id}/cancel answers 200, then 409, and 404 for an unknown id."""
+    await client.pause(queue)
+    first = await client.enqueue("t.echo", 1, queue=queue)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "botrix", "--redis-url", redis_server.url, "cancel", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    done = cli(first, "--queue", queue)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"id": first, "queue": queue, "was": "queued", "cancelled": True}
+    again = cli(first, "--queue", queue)
+    assert again.returncode == 1 and json.loads(again.stdout)["was"] == "cancelled"
+    missing = cli("nope", "--queue", queue)
+    assert (missing.returncode, missing.stderr.strip()) == (
+        1,
+        f"botrix: error: no job 'nope' in queue '{queue}'",
+    )
+
+    second = await client.enqueue("t.echo", 2, queue=queue)
+    async with http_worker(redis_server.url, f"{queue}-other", admin_token=TOKEN) as (_, base):
+        path = f"/jobs/{second}/cancel?queue={queue}"
+        assert await call(base, "POST", path) == (
+            200, {"id": second, "queue": queue, "was": "queued", "cancelled": True},
+        )  # fmt: skip
+        status, answer = await call(base, "POST", path)
+        assert (status, answer["error"]) == (409, "job_finished") and "cancelled" in answer["detail"]
+        status, answer = await call(base, "POST", f"/jobs/nope/cancel?queue={queue}")
+        assert (status, answer["error"]) == (404, "not_found")
+    assert (await client.job(second, queue)).status is JobStatus.CANCELLED
