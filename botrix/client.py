@@ -27,7 +27,7 @@ from botrix.model import (
     validate_queue_name,
 )
 from botrix.store import Connection, ForeignWrite, Store
-from botrix.tracing import current_context
+from botrix.tracing import end_send, start_send
 from botrix.waits import Waits
 
 DEFAULT_MAX_PAYLOAD_BYTES = 1_048_576
@@ -140,6 +140,27 @@ class Client:
             delay = max(0.0, run_at.timestamp() - time.time())
         if not math.isfinite(delay) or delay > MAX_DELAY_S:
             raise ValueError(f"delay must be a finite number of seconds up to {MAX_DELAY_S}, got {delay!r}")
+        span, trace = start_send(queue, job_id, type)
+        try:
+            await self._send(job_id, type, payload, queue, delay, max_retries, timeout, correlation_id, trace)
+        except BaseException as exc:
+            end_send(span, exc)
+            raise
+        end_send(span, None)
+        return job_id
+
+    async def _send(
+        self,
+        job_id: str,
+        type: str,
+        payload: JSON,
+        queue: str,
+        delay: float,
+        max_retries: int | None,
+        timeout: float | None,
+        correlation_id: str | None,
+        trace: dict[str, str] | None,
+    ) -> None:
         try:
             envelope = build_envelope(
                 job_id,
@@ -149,7 +170,7 @@ class Client:
                 max_retries=max_retries,
                 timeout=timeout,
                 correlation_id=correlation_id,
-                trace=current_context(),
+                trace=trace,
             )
         except TypeError as exc:  # not JSON: an object orjson does not know, text that is not UTF-8
             raise ValueError(f"job cannot be stored as JSON: {exc}") from None
@@ -165,7 +186,6 @@ class Client:
             await self._store.register_queues([queue])
             self._registered.add(queue)
         await self._store.enqueue(queue, job_id, envelope, int(delay * 1000))
-        return job_id
 
     async def job(self, job_id: str, queue: str | None = None) -> JobInfo:
         """The job's state, attempts, result, error and timestamps.

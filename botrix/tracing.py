@@ -1,7 +1,10 @@
 """OpenTelemetry: a job's trace continues from the code that enqueued it (``--tracing otel``).
 
 The envelope carries W3C trace context, ``traceparent`` and ``tracestate``, which a producer in
-any language can set; the botrix client sets them when a span is current. They are read and
+any language can set. The botrix client, when a span is current, wraps its enqueue in a
+PRODUCER span ``send <queue>`` (a child of that span) and puts that span's context in the
+envelope, so a trace shows the enqueue, its Redis time and its failure, and the attempts
+beneath it. They are read and
 written with the W3C propagator itself, not the process's global one: the envelope's format is
 W3C whatever propagators an application configures for its HTTP calls (B3, X-Ray, baggage
 alone), and with another one the context would silently not travel. A worker started with
@@ -32,21 +35,52 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
 
-def current_context() -> dict[str, str] | None:
-    """The current span's context as envelope fields, or None without one (never raises)."""
+def start_send(queue: str, job_id: str, job_type: str) -> tuple[Span | None, dict[str, str] | None]:
+    """The PRODUCER span of an enqueue and its context as envelope fields.
+
+    (None, None) without a current span, or when OpenTelemetry is not loaded; never raises.
+    """
     if "opentelemetry.trace" not in sys.modules:
-        return None
+        return None, None
+    span = None
     try:
         from opentelemetry import trace
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
         if not trace.get_current_span().get_span_context().is_valid:
-            return None
+            return None, None
+        span = trace.get_tracer("botrix").start_span(
+            f"send {queue}",
+            kind=trace.SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "botrix",
+                "messaging.operation.type": "send",
+                "messaging.operation.name": "send",
+                "messaging.destination.name": queue,
+                "messaging.message.id": job_id,
+                "botrix.job.type": job_type,
+            },
+        )
         carrier: dict[str, str] = {}
-        TraceContextTextMapPropagator().inject(carrier)
-        return {name: value for name, value in carrier.items() if name in TRACE_FIELDS} or None
+        TraceContextTextMapPropagator().inject(carrier, context=trace.set_span_in_context(span))
+        return span, {name: value for name, value in carrier.items() if name in TRACE_FIELDS} or None
     except Exception:  # a broken SDK must not stop a job from being enqueued
-        return None
+        end_send(span, None)
+        return None, None
+
+
+def end_send(span: Span | None, error: BaseException | None) -> None:
+    """Close an enqueue's span, failed with ``error`` if it did not go in; never raises."""
+    if span is None:
+        return
+    with contextlib.suppress(Exception):
+        if error is not None:
+            from opentelemetry import trace
+
+            span.record_exception(error)
+            span.set_attribute("error.type", type(error).__qualname__)
+            span.set_status(trace.Status(trace.StatusCode.ERROR, repr(error)[:500]))
+        span.end()
 
 
 class JobTracer:

@@ -49,22 +49,33 @@ def spans() -> Iterator[InMemorySpanExporter]:
     _EXPORTER.clear()
 
 
-def _attempts(spans: InMemorySpanExporter, job_id: str) -> list[ReadableSpan]:
-    found = [
-        s for s in spans.get_finished_spans() if (s.attributes or {}).get("messaging.message.id") == job_id
+def _spans_of(spans: InMemorySpanExporter, job_id: str, kind: SpanKind) -> list[ReadableSpan]:
+    return [
+        s
+        for s in spans.get_finished_spans()
+        if (s.attributes or {}).get("messaging.message.id") == job_id and s.kind is kind
     ]
+
+
+def _attempts(spans: InMemorySpanExporter, job_id: str) -> list[ReadableSpan]:
+    found = _spans_of(spans, job_id, SpanKind.CONSUMER)
     return sorted(found, key=lambda s: int(str((s.attributes or {}).get("botrix.job.attempt", 0))))
 
 
 async def test_an_attempt_continues_the_trace_that_enqueued_it(
     redis_server: RedisServer, client: Client, queue: str, spans: InMemorySpanExporter
 ) -> None:
-    """A job enqueued inside a span runs in a CONSUMER span of the same trace, child of it,
-    named and tagged as the messaging conventions say; a failed attempt carries its error."""
+    """A job enqueued inside a span is sent in a PRODUCER span, child of it, and runs in a
+    CONSUMER span of the same trace, child of that, each named and tagged as the messaging
+    conventions say; a failed attempt carries its error, and so does a refused enqueue."""
     with trace.get_tracer("test").start_as_current_span("request") as request:
         echo = await client.enqueue("t.echo", {"n": 1}, queue=queue)
         failing = await client.enqueue("t.fail", {}, queue=queue, max_retries=1)
         slowed = await client.enqueue("t.rate_limited", {"retry_after": 0.01}, queue=queue)
+        with pytest.raises(ValueError, match="job id must be"):
+            await client.enqueue("t.echo", {}, queue=queue, job_id="bad id")
+        with pytest.raises(ValueError, match="max_retries"):
+            await client.enqueue("t.echo", {}, queue=queue, job_id=f"refused-{queue}", max_retries=-1)
     async with running_worker(redis_server.url, queue, tracing="otel") as worker:
         worker_id = worker.settings.worker_id
         assert (await client.wait(echo, timeout=30)).status is JobStatus.COMPLETED
@@ -72,10 +83,26 @@ async def test_an_attempt_continues_the_trace_that_enqueued_it(
         assert (await client.wait(slowed, timeout=30)).status is JobStatus.COMPLETED
 
     [span] = _attempts(spans, echo)
+    [sent] = _spans_of(spans, echo, SpanKind.PRODUCER)
     context = request.get_span_context()
+    assert sent.name == f"send {queue}" and sent.parent is not None and sent.parent.span_id == context.span_id
+    assert dict(sent.attributes or {}) == {
+        "messaging.system": "botrix",
+        "messaging.operation.type": "send",
+        "messaging.operation.name": "send",
+        "messaging.destination.name": queue,
+        "messaging.message.id": echo,
+        "botrix.job.type": "t.echo",
+    }
+    assert sent.status.status_code is StatusCode.UNSET and sent.context is not None
     assert span.name == f"process {queue}" and span.kind is SpanKind.CONSUMER
     assert span.context is not None and span.context.trace_id == context.trace_id
-    assert span.parent is not None and span.parent.span_id == context.span_id
+    assert span.parent is not None and span.parent.span_id == sent.context.span_id
+    [refused] = _spans_of(spans, f"refused-{queue}", SpanKind.PRODUCER)
+    assert (
+        refused.status.status_code is StatusCode.ERROR
+        and (refused.attributes or {})["error.type"] == "ValueError"
+    )
     assert dict(span.attributes or {}) == {
         "messaging.system": "botrix",
         "messaging.operation.type": "process",
@@ -174,7 +201,11 @@ async def test_the_envelope_carries_w3c_context_whatever_the_global_propagator(
     async with running_worker(redis_server.url, queue, tracing="otel"):
         assert (await client.wait(job_id, timeout=30)).status is JobStatus.COMPLETED
     [span] = _attempts(spans, job_id)
-    assert span.parent is not None and span.parent.span_id == request.get_span_context().span_id
+    [sent] = _spans_of(spans, job_id, SpanKind.PRODUCER)
+    assert sent.parent is not None and sent.parent.span_id == request.get_span_context().span_id
+    assert (
+        span.parent is not None and sent.context is not None and span.parent.span_id == sent.context.span_id
+    )
 
 
 async def test_an_attempt_cut_short_by_the_shutdown_says_so(
