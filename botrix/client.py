@@ -26,7 +26,7 @@ from botrix.model import (
     validate_job_id,
     validate_queue_name,
 )
-from botrix.store import Connection, ForeignWrite, Store
+from botrix.store import Connection, ForeignWrite, Store, StoreUnavailable
 from botrix.tracing import end_send, start_send
 from botrix.waits import Waits
 
@@ -126,9 +126,9 @@ class Client:
 
         Passing your own ``job_id`` makes the enqueue idempotent: while a job with that id is
         queued, scheduled or running in ``queue``, another enqueue with it there does nothing.
-        Ids are unique per queue (docs/protocol.md). Choose the id yourself when you retry
-        enqueues: a StoreUnavailable may come after Redis ran the call (the reply was lost),
-        and only the same id makes the retry a no-op then.
+        Ids are unique per queue (docs/protocol.md). Retry a failed enqueue with the same id: a
+        StoreUnavailable may come after Redis ran the call (the reply was lost), and only the
+        same id makes the retry a no-op then. The exception carries it as ``job_id``.
         """
         job_id = job_id or uuid.uuid4().hex
         validate_job_id(job_id)
@@ -145,6 +145,8 @@ class Client:
             await self._send(job_id, type, payload, queue, delay, max_retries, timeout, correlation_id, trace)
         except BaseException as exc:
             end_send(span, exc)
+            if isinstance(exc, StoreUnavailable):
+                exc.job_id = job_id
             raise
         end_send(span, None)
         return job_id

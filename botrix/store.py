@@ -40,6 +40,10 @@ DEAD_CHUNK = 1000
 class StoreUnavailable(BotrixError):
     """Redis could not be reached or did not answer in time; the caller backs off and retries."""
 
+    #: Set by Client.enqueue: the id of the job that may or may not have gone in (a reply can
+    #: be lost after Redis ran the call). Enqueuing again with it is a no-op if it did.
+    job_id: str | None = None
+
 
 class ForeignWrite(StoreUnavailable):
     """A queue's key holds what botrix never writes (``WRONGTYPE``): something else wrote it.

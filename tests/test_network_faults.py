@@ -466,3 +466,26 @@ async def test_an_event_subscription_is_in_force_in_redis_before_it_is_handed_ou
     finally:
         await admin.aclose()
         await store.aclose()
+
+
+async def test_an_enqueue_whose_reply_was_lost_names_its_id_for_the_retry(
+    proxy: FaultProxy, client: Client, queue: str
+) -> None:
+    """Redis ran the enqueue but its reply never came: the StoreUnavailable carries the
+    generated id, and enqueuing again with it does not queue the job twice."""
+    store = Store(Connection(proxy.url(), socket_timeout=1.0))
+    through = Client(store)
+    try:
+        await through.enqueue("t.echo", "warm-up", queue=queue)  # the script is loaded now
+        stalled = proxy.stall_after(b"lost-reply-marker")
+        with pytest.raises(StoreUnavailable) as lost:
+            await through.enqueue("t.echo", "lost-reply-marker", queue=queue)
+        assert stalled.is_set() and lost.value.job_id is not None
+        await proxy.cut()
+        await proxy.resume()
+        again = await through.enqueue("t.echo", "lost-reply-marker", queue=queue, job_id=lost.value.job_id)
+        assert again == lost.value.job_id
+        assert (await client.depth(queue))["pending"] == 2  # the warm-up and this one, once
+        assert (await client.job(again, queue)).payload == "lost-reply-marker"
+    finally:
+        await store.aclose()
