@@ -60,6 +60,18 @@ def _status(queue: str, job_id: str, raw: bytes) -> JobStatus:
         ) from None
 
 
+def _delay(delay: float, run_at: datetime | None) -> float:
+    """Seconds until a job may start, from ``delay`` or ``run_at``; ValueError if unusable."""
+    if run_at is not None:
+        if run_at.tzinfo is None:
+            # Python would read it as local time: utcnow() + 60 s ran hours late in New York.
+            raise ValueError("run_at must be timezone-aware, e.g. datetime.now(timezone.utc) + ...")
+        delay = max(0.0, run_at.timestamp() - time.time())
+    if not math.isfinite(delay) or delay > MAX_DELAY_S:
+        raise ValueError(f"delay must be a finite number of seconds up to {MAX_DELAY_S}, got {delay!r}")
+    return delay
+
+
 def job_info(job_id: str, queue: str, record: dict[str, bytes]) -> JobInfo:
     """Turn a raw job record into what producers see."""
     envelope = _json(record.get("envelope"))
@@ -133,16 +145,14 @@ class Client:
         job_id = job_id or uuid.uuid4().hex
         validate_job_id(job_id)
         validate_queue_name(queue)
-        if run_at is not None:
-            if run_at.tzinfo is None:
-                # Python would read it as local time: utcnow() + 60 s ran hours late in New York.
-                raise ValueError("run_at must be timezone-aware, e.g. datetime.now(timezone.utc) + ...")
-            delay = max(0.0, run_at.timestamp() - time.time())
-        if not math.isfinite(delay) or delay > MAX_DELAY_S:
-            raise ValueError(f"delay must be a finite number of seconds up to {MAX_DELAY_S}, got {delay!r}")
-        span, trace = start_send(queue, job_id, type)
+        delay = _delay(delay, run_at)
+        span, trace = start_send(queue, job_type=type, job_id=job_id)
         try:
-            await self._send(job_id, type, payload, queue, delay, max_retries, timeout, correlation_id, trace)
+            envelope = self._envelope(
+                job_id, type, payload, queue, max_retries, timeout, correlation_id, trace
+            )
+            await self._register(queue)
+            await self._store.enqueue(queue, job_id, envelope, int(delay * 1000))
         except BaseException as exc:
             end_send(span, exc)
             if isinstance(exc, StoreUnavailable):
@@ -151,18 +161,65 @@ class Client:
         end_send(span, None)
         return job_id
 
-    async def _send(
+    async def enqueue_many(
+        self,
+        type: str,
+        payloads: Sequence[JSON],
+        *,
+        queue: str = "default",
+        delay: float = 0.0,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+        job_ids: Sequence[str] | None = None,
+    ) -> list[str]:
+        """Queue one job of ``type`` per payload, a few hundred per round trip; returns their ids.
+
+        Every job is checked before any is sent: a bad one raises ValueError naming its index,
+        and none goes in. ``job_ids`` (one per payload) make it idempotent, as for
+        :meth:`enqueue`. A StoreUnavailable may come after some went in: it carries the ids as
+        ``job_ids``; enqueue the same payloads again with them and only the missing ones go in.
+        """
+        ids = list(job_ids) if job_ids is not None else [uuid.uuid4().hex for _ in payloads]
+        if len(ids) != len(payloads):
+            raise ValueError(f"job_ids has {len(ids)} ids for {len(payloads)} payloads")
+        validate_queue_name(queue)
+        delay = _delay(delay, None)
+        span, trace = start_send(queue, job_type=type, count=len(ids))
+        try:
+            jobs = []
+            for index, (job_id, payload) in enumerate(zip(ids, payloads, strict=True)):
+                try:
+                    validate_job_id(job_id)
+                    jobs.append(
+                        (
+                            job_id,
+                            self._envelope(job_id, type, payload, queue, max_retries, timeout, None, trace),
+                        )
+                    )
+                except ValueError as exc:  # PayloadTooLargeError stays itself
+                    raise ValueError(f"job {index}: {exc}") from None
+            await self._register(queue)
+            await self._store.enqueue_many(queue, jobs, int(delay * 1000))
+        except BaseException as exc:
+            end_send(span, exc)
+            if isinstance(exc, StoreUnavailable):
+                exc.job_ids = ids
+            raise
+        end_send(span, None)
+        return ids
+
+    def _envelope(
         self,
         job_id: str,
         type: str,
         payload: JSON,
         queue: str,
-        delay: float,
         max_retries: int | None,
         timeout: float | None,
         correlation_id: str | None,
         trace: dict[str, str] | None,
-    ) -> None:
+    ) -> bytes:
+        """The job's envelope, refused here for what every worker would dead-letter."""
         try:
             envelope = build_envelope(
                 job_id,
@@ -184,10 +241,12 @@ class Client:
             raise PayloadTooLargeError(
                 f"job envelope is {len(envelope)} bytes, over the {self._max_payload_bytes} byte limit"
             )
+        return envelope
+
+    async def _register(self, queue: str) -> None:
         if queue not in self._registered:
             await self._store.register_queues([queue])
             self._registered.add(queue)
-        await self._store.enqueue(queue, job_id, envelope, int(delay * 1000))
 
     async def job(self, job_id: str, queue: str | None = None) -> JobInfo:
         """The job's state, attempts, result, error and timestamps.

@@ -33,6 +33,8 @@ from botrix.model import QUEUE_NAME, Claimed, RateLimit, Rejected, Settlement
 _INCLUDE = re.compile(r'^--- @include "([\w.]+)"$', re.MULTILINE)
 
 
+#: Jobs per round trip of Client.enqueue_many.
+ENQUEUE_BATCH = 500
 #: Dead jobs re-driven or purged per script call (Store._dead_chunks).
 DEAD_CHUNK = 1000
 
@@ -43,6 +45,8 @@ class StoreUnavailable(BotrixError):
     #: Set by Client.enqueue: the id of the job that may or may not have gone in (a reply can
     #: be lost after Redis ran the call). Enqueuing again with it is a no-op if it did.
     job_id: str | None = None
+    #: Set by Client.enqueue_many: the ids of all its jobs, some of which may have gone in.
+    job_ids: list[str] | None = None
 
 
 class ForeignWrite(StoreUnavailable):
@@ -251,6 +255,31 @@ class Store:
             [job_id, envelope, delay_ms, queue],
         )
         return bool(reply)
+
+    async def enqueue_many(self, queue: str, jobs: Sequence[tuple[str, bytes]], delay_ms: int) -> None:
+        """Store and queue many jobs, ENQUEUE_BATCH per round trip (ids of live jobs are skipped).
+
+        A pipeline of the enqueue script, not one script for them all: each call stays short,
+        so a large batch does not hold Redis for long, and a failure stops at a chunk's edge.
+        """
+        k = keys.queue_keys(queue)
+        script = self._scripts["enqueue"]
+        for start in range(0, len(jobs), ENQUEUE_BATCH):
+            chunk = jobs[start : start + ENQUEUE_BATCH]
+            for retry in (False, True):
+                pipe = self._redis.pipeline(transaction=False)
+                for job_id, envelope in chunk:
+                    job_keys = (k.pending, k.scheduled, k.job(job_id), k.events, k.dead)
+                    pipe.evalsha(script.sha, len(job_keys), *job_keys, job_id, envelope, delay_ms, queue)
+                replies = await self._call(pipe.execute(raise_on_error=False))
+                if retry or not any(isinstance(r, NoScriptError) for r in replies):
+                    break
+                # A restarted or flushed Redis forgot the script: load it and send the chunk
+                # again (the jobs that went in are live now, so their second call does nothing).
+                await self._call(self._redis.script_load(script.script))
+            for reply in replies:
+                if isinstance(reply, RedisError):  # OOM, READONLY ... as for a single call
+                    raise _unavailable(reply)
 
     async def schedule(
         self, queue: str, job_type: str, every_ms: int, cron_ms: tuple[int, int] = (0, 0)

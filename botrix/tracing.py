@@ -35,8 +35,10 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
 
-def start_send(queue: str, job_id: str, job_type: str) -> tuple[Span | None, dict[str, str] | None]:
-    """The PRODUCER span of an enqueue and its context as envelope fields.
+def start_send(
+    queue: str, *, job_type: str, job_id: str | None = None, count: int | None = None
+) -> tuple[Span | None, dict[str, str] | None]:
+    """The PRODUCER span of an enqueue (of ``count`` jobs at once) and its context as envelope fields.
 
     (None, None) without a current span, or when OpenTelemetry is not loaded; never raises.
     """
@@ -57,8 +59,9 @@ def start_send(queue: str, job_id: str, job_type: str) -> tuple[Span | None, dic
                 "messaging.operation.type": "send",
                 "messaging.operation.name": "send",
                 "messaging.destination.name": queue,
-                "messaging.message.id": job_id,
                 "botrix.job.type": job_type,
+                **({"messaging.message.id": job_id} if job_id is not None else {}),
+                **({"messaging.batch.message_count": count} if count is not None else {}),
             },
         )
         carrier: dict[str, str] = {}

@@ -287,6 +287,36 @@ async def test_idempotent_enqueue_with_own_id(redis_server: RedisServer, client:
     assert (await client.depth(queue))["pending"] == 1
 
 
+async def test_a_batch_enqueue_runs_every_job_once_and_refuses_a_bad_one_before_sending(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
+    """enqueue_many: 1,200 jobs (three round trips) all run once; sent again with their ids,
+    none is queued twice; one bad payload among them refuses the batch, naming its index,
+    before anything is queued."""
+    count_key = f"runs:{queue}"
+    payloads = [{"count_url": redis_server.url, "count_key": count_key, "i": i} for i in range(1200)]
+    bad = [*payloads[:7], {"not json": {1, 2}}, *payloads[8:]]
+    with pytest.raises(ValueError, match="job 7: job cannot be stored as JSON"):
+        await client.enqueue_many("t.count", bad, queue=queue)
+    with pytest.raises(ValueError, match="job_ids has 1 ids for 1200 payloads"):
+        await client.enqueue_many("t.count", payloads, queue=queue, job_ids=["one"])
+    assert (await client.depth(queue))["pending"] == 0
+
+    ids = await client.enqueue_many("t.count", payloads, queue=queue)
+    assert len(set(ids)) == 1200
+    assert await client.enqueue_many("t.count", payloads, queue=queue, job_ids=ids) == ids
+    assert (await client.depth(queue))["pending"] == 1200
+    later = await client.enqueue_many("t.echo", [1, 2], queue=queue, delay=3600)
+    assert (await client.depth(queue))["scheduled"] == 2
+    assert (await client.job(later[1], queue)).payload == 2
+    async with running_worker(redis_server.url, queue, concurrency=50):
+        for job_id in ids:
+            assert (await client.wait(job_id, timeout=60)).status is JobStatus.COMPLETED
+    async with aredis.Redis.from_url(redis_server.url) as r:
+        runs = await r.hgetall(count_key)
+    assert len(runs) == 1200 and set(runs.values()) == {b"1"}
+
+
 async def test_oversized_payload_refused_at_enqueue(redis_server: RedisServer, queue: str) -> None:
     async with Client.from_url(redis_server.url, max_payload_bytes=1000) as small:
         with pytest.raises(PayloadTooLargeError, match="over the 1000 byte limit"):

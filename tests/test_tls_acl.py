@@ -68,6 +68,9 @@ STORE_METHOD_COMMANDS: dict[str, set[str]] = {
     "zrangebyscore": {"zrangebyscore"},
     # Store.clock_ms: a cron handler's fire times come from the Redis clock.
     "time": {"time"},
+    # Store.enqueue_many: the enqueue script pipelined, loaded again after a NOSCRIPT.
+    "evalsha": {"evalsha"},
+    "script_load": {"script|load"},
     # redis-py scripts: EVALSHA, and SCRIPT LOAD when the server does not know the script yet.
     "register_script": {"evalsha", "script|load"},
     # Client.wait: SUBSCRIBE; the pub/sub health check is a PING (a connection command).
@@ -382,6 +385,14 @@ async def test_worker_and_client_end_to_end_as_the_acl_user(
         assert (await client.job(switch)).status is JobStatus.COMPLETED  # found via the queue index
         assert await client.purge_dead(queue) == 2
         assert await client.dead(queue) == []
+
+        # A batch enqueue (a pipeline), and a cancel of a queued job (LREM).
+        for job_id in await client.enqueue_many("t.echo", [1, 2, 3], queue=queue):
+            assert (await client.wait(job_id, timeout=30)).status is JobStatus.COMPLETED
+        await client.pause(queue)
+        held = await client.enqueue("t.echo", "held", queue=queue)
+        assert await client.cancel(held, queue) is JobStatus.QUEUED
+        await client.resume(queue)
 
         records = await eventually(lambda: client.workers(queue), what="the worker's health record")
         assert [r["worker_id"] for r in records] == [worker_id]
