@@ -385,14 +385,7 @@ async def test_worker_and_client_end_to_end_as_the_acl_user(
         assert (await client.job(switch)).status is JobStatus.COMPLETED  # found via the queue index
         assert await client.purge_dead(queue) == 2
         assert await client.dead(queue) == []
-
-        # A batch enqueue (a pipeline), and a cancel of a queued job (LREM).
-        for job_id in await client.enqueue_many("t.echo", [1, 2, 3], queue=queue):
-            assert (await client.wait(job_id, timeout=30)).status is JobStatus.COMPLETED
-        await client.pause(queue)
-        held = await client.enqueue("t.echo", "held", queue=queue)
-        assert await client.cancel(held, queue) is JobStatus.QUEUED
-        await client.resume(queue)
+        await _batch_and_cancel(client, queue)
 
         records = await eventually(lambda: client.workers(queue), what="the worker's health record")
         assert [r["worker_id"] for r in records] == [worker_id]
@@ -418,6 +411,16 @@ async def test_worker_and_client_end_to_end_as_the_acl_user(
         # each script: none of redis-py's CLIENT SETINFO (Redis 7.2 on) or CLIENT
         # MAINT_NOTIFICATIONS (Redis Enterprise), which fail on every connect.
         assert set(admin.info("errorstats")) <= {"errorstat_NOSCRIPT"}
+
+
+async def _batch_and_cancel(client: Client, queue: str) -> None:
+    """A batch enqueue (a pipeline), and a cancel of a queued job (LREM)."""
+    for job_id in await client.enqueue_many("t.echo", [1, 2, 3], queue=queue):
+        assert (await client.wait(job_id, timeout=30)).status is JobStatus.COMPLETED
+    await client.pause(queue)
+    held = await client.enqueue("t.echo", "held", queue=queue)
+    assert await client.cancel(held, queue) is JobStatus.QUEUED
+    await client.resume(queue)
 
 
 async def _dead_count(client: Client, queue: str, n: int) -> Any:
