@@ -114,7 +114,7 @@ class AdminApi:
 
     async def _answer(self, method: str, target: str, authorization: bytes | None, body: bytes) -> Answer:
         path, _, query = target.partition("?")
-        if not self._authorized(authorization):
+        if not self.authorized(authorization):
             return _error(401, "unauthorized", "send Authorization: Bearer <token>", _CHALLENGE)
         segments = tuple(unquote(s) for s in path.strip("/").split("/"))
         found = self._route(method, segments)
@@ -147,7 +147,8 @@ class AdminApi:
             answer = _error(503, "timeout", f"Redis did not answer within {ANSWER_TIMEOUT_S:g} s")
         return answer
 
-    def _authorized(self, authorization: bytes | None) -> bool:
+    def authorized(self, authorization: bytes | None) -> bool:
+        """Whether the request carries the token (the HTTP server asks before reading a body)."""
         scheme, _, given = (authorization or b"").partition(b" ")
         # compare_digest on the bytes: the time taken does not tell how much of a guess matched.
         return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self._token)

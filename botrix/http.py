@@ -20,8 +20,10 @@ open at once: past that, the oldest idle one is closed to make room, or the new 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
+import re
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -51,9 +53,15 @@ REQUEST_TIMEOUT_S = 10.0
 IDLE_TIMEOUT_S = 30.0
 MAX_CONNECTIONS = 64
 READ_CHUNK = 16384
-#: The largest request body: only the admin API takes one, and its enqueue may also carry a
-#: payload of up to --max-payload-bytes.
+#: The largest request body, but for an enqueue through the admin API that carries its token,
+#: which may add a payload of up to --max-payload-bytes: before a request is authenticated,
+#: no one may make the worker hold more than this per connection.
 MAX_BODY = 65536
+#: The admin API's enqueue path, the one request that may carry a large body.
+ENQUEUE_PATH = re.compile(rb"/queues/[^/?]+/jobs/?")
+#: After a 413 the connection closes; what the client still sends is read and dropped for up
+#: to this long first, or closing with unread data would reset the connection and lose the 413.
+LINGER_S = 2.0
 JSON = "application/json; charset=utf-8"
 #: The first path segments of the admin API (botrix/admin_api.py), which is imported only when
 #: a token turns it on: with the client it pulls in, a quarter of a MB no other worker needs.
@@ -113,7 +121,7 @@ class HttpServer:
             from botrix.admin_api import AdminApi
 
             self._admin = AdminApi(store, settings.admin_token, log, settings.max_payload_bytes)
-        self._max_body = MAX_BODY + (settings.max_payload_bytes if self._admin else 0)
+        self._max_payload = settings.max_payload_bytes
         # Open connections and whether each is idle (between requests), oldest first.
         self._open: dict[asyncio.StreamWriter, bool] = {}
 
@@ -176,8 +184,8 @@ class HttpServer:
             if received is None:
                 return
             request, body = received
-            if body is None:
-                limit = f"the request body is over {self._max_body} bytes"
+            if isinstance(body, int):
+                limit = f"the request body is over the {body} byte limit of this request"
                 reply = Reply.json(
                     {"error": "payload_too_large", "detail": limit}, 413, (("Connection", "close"),)
                 )
@@ -194,20 +202,24 @@ class HttpServer:
             writer.write(conn.send(h11.EndOfMessage()) or b"")
             async with asyncio.timeout(REQUEST_TIMEOUT_S):  # a client that does not read
                 await writer.drain()
+            if isinstance(body, int):
+                await _linger(reader, writer)
+                return
             if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                 return  # the client asked to close, or spoke HTTP/1.0
             conn.start_next_cycle()
 
     async def _next_request(
         self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> tuple[h11.Request, bytes | None] | None:
-        """The next request and its body (None if too large); None when the connection is over.
+    ) -> tuple[h11.Request, bytes | int] | None:
+        """The next request and its body, or the limit it is over; None when the connection is over.
 
         Idle, the connection may wait IDLE_TIMEOUT_S for a request; from its first byte, the
         whole request has REQUEST_TIMEOUT_S, however slowly it trickles in.
         """
         request: h11.Request | None = None
         body = bytearray()
+        limit = MAX_BODY
         self._open[writer] = True
         async with asyncio.timeout(IDLE_TIMEOUT_S) as deadline:
             while True:
@@ -220,14 +232,29 @@ class HttpServer:
                     conn.receive_data(data)
                 elif isinstance(event, h11.Request):
                     request = event
+                    limit = self._body_limit(request)
+                    declared = next((v for k, v in request.headers if k == b"content-length"), b"0")
+                    if int(declared) > limit:  # h11 has checked it is a number
+                        return request, limit
                 elif isinstance(event, h11.Data) and request is not None:
                     body += event.data
-                    if len(body) > self._max_body:
-                        return request, None  # answered 413; the connection closes after it
+                    if len(body) > limit:  # a chunked body: no length said up front
+                        return request, limit
                 elif isinstance(event, h11.EndOfMessage) and request is not None:
                     return request, bytes(body)
                 else:
                     return None  # ConnectionClosed, or anything a server does not expect here
+
+    def _body_limit(self, request: h11.Request) -> int:
+        """An enqueue with the admin token may carry a payload; any other request 64 KiB."""
+        if (
+            self._admin is not None
+            and request.method == b"POST"
+            and ENQUEUE_PATH.fullmatch(request.target.split(b"?", 1)[0])
+            and self._admin.authorized(next((v for k, v in request.headers if k == b"authorization"), None))
+        ):
+            return MAX_BODY + self._max_payload
+        return MAX_BODY
 
     async def _answer(self, request: h11.Request, body: bytes) -> Reply:
         target = request.target.decode("ascii", "replace")
@@ -410,3 +437,13 @@ def _bound_socket(host: str, port: int) -> socket.socket | None:
         sock.close()
         raise
     return sock
+
+
+async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Say we are done writing, then drop what the client still sends, for LINGER_S at most."""
+    with contextlib.suppress(OSError, RuntimeError, TimeoutError):
+        if writer.can_write_eof():
+            writer.write_eof()
+        async with asyncio.timeout(LINGER_S):
+            while await reader.read(READ_CHUNK):
+                pass
