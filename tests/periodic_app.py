@@ -10,7 +10,7 @@ from typing import Any
 
 from botrix import JobContext, handler
 
-#: The queue its runs go to; only tests/test_schedule.py uses it.
+#: The queue its runs go to; tests/test_schedule.py spells it out too (PERIODIC_QUEUE).
 QUEUE = "t-periodic"
 
 

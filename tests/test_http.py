@@ -204,6 +204,9 @@ async def test_metrics_move_as_jobs_complete_fail_and_retry(
         await eventually(
             lambda: _has(base, "botrix_jobs_total", queue, "unknown", "dead"), what="dead counted"
         )
+        # Depths and workers are read from Redis at most once a second (DEPTH_CACHE_S): a scrape
+        # just after the last claim may still show the job pending.
+        await eventually(lambda: _settled(base, queue), what="the depth and the worker seen")
         status, text, content_type = await get(base, "/metrics")
     assert status == 200 and content_type.startswith("text/plain")
     m = samples(text)
@@ -267,6 +270,15 @@ async def test_health_records_someone_else_wrote_are_skipped(
         finally:
             await r.zrem(keys.WORKERS, *bad)
             await r.delete(*(keys.worker_health(w) for w in bad))
+
+
+async def _settled(base: str, queue: str) -> bool:
+    m = samples((await get(base, "/metrics"))[1])
+    q = ("queue", queue)
+    return (
+        m.get(("botrix_queue_depth", (q, ("state", "pending")))) == 0
+        and m.get(("botrix_queue_workers", (q,))) == 1
+    )
 
 
 async def _has(base: str, name: str, queue: str, job_type: str, outcome: str) -> bool:

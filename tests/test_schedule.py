@@ -26,9 +26,12 @@ from botrix.cron import Cron
 from botrix.model import JobStatus
 from botrix.registry import Registry
 from botrix.store import ForeignWrite, Store
-from tests import periodic_app
 from tests.conftest import WorkerProcess, eventually, settings_for
 from tests.redisproc import RedisServer
+
+#: tests/periodic_app.py's queue. Not imported from there: importing it registers its handler
+#: in the default registry, and every in-process worker of the session would run its schedule.
+PERIODIC_QUEUE = "t-periodic"
 
 
 def ticking(url: str, queue: str) -> Registry:
@@ -129,14 +132,14 @@ async def test_a_damaged_schedules_key_is_reported_and_its_repair_noticed(
 ) -> None:
     """Something overwrote the key that remembers the last period: the worker says so (once,
     naming it), keeps trying with a back-off, and runs the handler again once it is repaired."""
-    k = keys.queue_keys(periodic_app.QUEUE)
+    k = keys.queue_keys(PERIODIC_QUEUE)
     async with aredis.Redis.from_url(redis_server.url) as r:
         await r.delete(k.schedules, k.pending)
         await r.set(k.schedules, "not a hash")
-        worker = spawn(redis_server.url, f"{periodic_app.QUEUE}-unused", "--app", "tests.periodic_app")
+        worker = spawn(redis_server.url, f"{PERIODIC_QUEUE}-unused", "--app", "tests.periodic_app")
         await worker.wait_for("schedule.damaged")
         [damaged] = [e for e in worker.events() if e.get("event") == "schedule.damaged"]
-        assert damaged["type"] == "t.every_second" and damaged["queue"] == periodic_app.QUEUE
+        assert damaged["type"] == "t.every_second" and damaged["queue"] == PERIODIC_QUEUE
         assert f"{k.schedules} is not a hash" in damaged["reason"]
         await r.delete(k.schedules)
         await worker.wait_for("schedule.repaired", timeout=60)

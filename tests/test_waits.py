@@ -50,20 +50,21 @@ async def _no_subscriber(admin: aredis.Redis, queue: str) -> bool:
 
 
 async def test_waits_on_several_queues_share_the_subscription_connection(
-    redis_server: RedisServer, client: Client, queue: str
+    own_redis: RedisServer, queue: str
 ) -> None:
+    # A server of its own: it counts the subscribers of the whole server.
     other = f"{queue}-b"
-    first = await client.enqueue("t.echo", 1, queue=queue)
-    second = await client.enqueue("t.echo", 2, queue=other)
-    waits = [
-        asyncio.create_task(client.wait(first, timeout=60, queue=queue)),
-        asyncio.create_task(client.wait(second, timeout=60, queue=other)),
-    ]
-    async with aredis.Redis(port=redis_server.port) as admin:
+    async with Client.from_url(own_redis.url) as client, aredis.Redis(port=own_redis.port) as admin:
+        first = await client.enqueue("t.echo", 1, queue=queue)
+        second = await client.enqueue("t.echo", 2, queue=other)
+        waits = [
+            asyncio.create_task(client.wait(first, timeout=60, queue=queue)),
+            asyncio.create_task(client.wait(second, timeout=60, queue=other)),
+        ]
         await eventually(lambda: _both_subscribed(admin, queue, other), what="both subscriptions")
         pubsub_clients = [c for c in await admin.client_list() if int(c["sub"]) > 0]
         assert len(pubsub_clients) == 1 and int(pubsub_clients[0]["sub"]) == 2
-        async with running_worker(redis_server.url, queue), running_worker(redis_server.url, other):
+        async with running_worker(own_redis.url, queue), running_worker(own_redis.url, other):
             assert [i.result["echo"] for i in await asyncio.gather(*waits)] == [1, 2]
 
 
@@ -137,8 +138,9 @@ async def test_a_wait_that_gives_up_while_subscribing_leaves_the_others_be(
 
 
 async def test_a_closed_client_fails_its_waits_and_refuses_new_ones(
-    redis_server: RedisServer, queue: str
+    own_redis: RedisServer, queue: str
 ) -> None:
+    redis_server = own_redis  # a server of its own: it waits for the server to have no subscriber
     client = Client.from_url(redis_server.url)
     job_id = await client.enqueue("t.echo", {}, queue=queue)
     waits = [asyncio.create_task(client.wait(job_id, timeout=60, queue=f"{queue}-{i % 3}")) for i in range(6)]
