@@ -86,7 +86,9 @@ class Worker:
     async def run(self) -> None:
         """Run until stopped and drained."""
         s = self.settings
-        store = Store(Connection(s.redis_url), blocking_timeout=min(5.0, s.lease_seconds))
+        store = Store(
+            Connection(s.redis_url, cluster=s.redis_cluster), blocking_timeout=min(5.0, s.lease_seconds)
+        )
         runner = Runner(store, self.registry, s, self.state, self.log, self.force_event, self.metrics)
         heartbeat = Heartbeat(store, s, self.state, self.log, runner.lease_lost)
         recoverer = Recoverer(

@@ -106,9 +106,14 @@ class Client:
         self._waits = Waits(store)
 
     @classmethod
-    def from_url(cls, url: str, *, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Client:
-        """A client for the Redis at ``url`` (redis://, rediss://, with user and password)."""
-        return cls(Store(Connection(url)), max_payload_bytes=max_payload_bytes)
+    def from_url(
+        cls, url: str, *, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES, cluster: bool = False
+    ) -> Client:
+        """A client for the Redis at ``url`` (redis://, rediss://, with user and password).
+
+        With ``cluster``, ``url`` names any node of a Redis Cluster.
+        """
+        return cls(Store(Connection(url, cluster=cluster)), max_payload_bytes=max_payload_bytes)
 
     async def __aenter__(self) -> Client:
         return self

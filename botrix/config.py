@@ -127,6 +127,16 @@ def _choice(*allowed: str) -> Callable[[str], str]:
     return parse
 
 
+def _switch(text: str) -> bool:
+    """on/off, also as true/false, yes/no, 1/0 (the original daemon's REDIS_CLUSTER_ENABLED=true)."""
+    value = text.strip().lower()
+    if value in ("on", "true", "yes", "1"):
+        return True
+    if value in ("off", "false", "no", "0", ""):
+        return False
+    raise ValueError(f"must be on or off, got {text!r}")
+
+
 def _apps(text: str) -> tuple[str, ...]:
     modules = tuple(m.strip() for m in text.split(",") if m.strip())
     for module in modules:
@@ -236,6 +246,14 @@ OPTIONS: tuple[Option, ...] = (
         "Redis URL (redis://, rediss:// for TLS, user and password allowed)",
         "REDIS_URL",
         metavar="URL",
+    ),
+    _opt(
+        "redis_cluster",
+        "off",
+        _switch,
+        "on: the Redis URL names a node of a Redis Cluster (the others are found from it)",
+        "REDIS_CLUSTER_ENABLED",
+        metavar="MODE",
     ),
     _opt(
         "worker_id",
@@ -366,6 +384,7 @@ class Settings:
     """The worker's validated settings."""
 
     redis_url: str = "redis://localhost:6379/0"
+    redis_cluster: bool = False
     worker_id: str = field(default_factory=default_worker_id)
     queues: tuple[str, ...] = ("default",)
     concurrency: int = 5

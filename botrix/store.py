@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import hiredis
 import orjson
@@ -33,8 +33,9 @@ from botrix.model import QUEUE_NAME, Claimed, RateLimit, Rejected, Settlement
 _INCLUDE = re.compile(r'^--- @include "([\w.]+)"$', re.MULTILINE)
 
 
-#: Jobs per round trip of Client.enqueue_many.
+#: Jobs per round trip of Client.enqueue_many, and calls in flight at once on a cluster.
 ENQUEUE_BATCH = 500
+CLUSTER_ENQUEUE_BATCH = 50
 #: Dead jobs re-driven or purged per script call (Store._dead_chunks).
 DEAD_CHUNK = 1000
 
@@ -105,6 +106,9 @@ class Connection:
     socket_timeout: float = 5.0
     connect_timeout: float = 3.0
     max_connections: int = 100
+    #: The URL names a node of a Redis Cluster: every key a script touches carries its
+    #: queue's hash tag, so each call goes to the one node that owns that queue's slot.
+    cluster: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +176,8 @@ _CONNECT_QUIETLY: dict[str, int | None] = {
 
 
 def _open(conn: Connection, socket_timeout: float | None) -> redis.Redis:
+    if conn.cluster:
+        return _open_cluster(conn, socket_timeout)
     # A blocking pool waits for a free connection instead of failing when a burst of
     # concurrent calls (progress events, settles, waits) exceeds the cap.
     pool = redis.BlockingConnectionPool.from_url(
@@ -189,6 +195,26 @@ def _open(conn: Connection, socket_timeout: float | None) -> redis.Redis:
     return redis.Redis.from_pool(pool)
 
 
+def _open_cluster(conn: Connection, socket_timeout: float | None) -> redis.Redis:
+    from redis.asyncio.cluster import RedisCluster  # only a cluster's users pay for the import
+
+    client = RedisCluster.from_url(
+        conn.url,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=conn.connect_timeout,
+        # A pool per node that fails rather than waits when full: room for the bursts a
+        # blocking pool would have queued.
+        max_connections=conn.max_connections * 10,
+        # No retries, as above; redirections (MOVED, ASK) are still followed, since a command
+        # that was redirected never ran.
+        retry=Retry(NoBackoff(), 0, supported_errors=()),
+        health_check_interval=15,
+        **_CONNECT_QUIETLY,
+    )
+    # The same command API; typed as the single-node client the rest of the store is written to.
+    return cast("redis.Redis", client)
+
+
 class Store:
     """Every Redis operation botrix performs, one method a state change."""
 
@@ -201,7 +227,10 @@ class Store:
         # it a task (asyncio.wait_for) and a timeout context per send and per read; on a
         # connection of its own, with one timer as the deadline, ~15 us. Each runner lane owns
         # one of these connections and never has two calls in flight on it.
-        self._direct_factory = _open(conn, None).connection_pool
+        # In a cluster each queue lives on its own node: the calls go through the cluster
+        # client, which routes them by the queue's slot and follows the slots when they move.
+        self._cluster = conn.cluster
+        self._direct_factory = None if conn.cluster else _open(conn, None).connection_pool
         self._direct: dict[int, Any] = {}
         # Blocking waits get their own pool so they never starve the commands that settle jobs.
         self._blocking = _open(conn, blocking_timeout + conn.socket_timeout)
@@ -264,6 +293,18 @@ class Store:
         """
         k = keys.queue_keys(queue)
         script = self._scripts["enqueue"]
+        if self._cluster:
+            # redis-py's cluster pipeline refuses scripts: the calls go out side by side instead,
+            # a chunk at a time, over the node's pool.
+            for start in range(0, len(jobs), CLUSTER_ENQUEUE_BATCH):
+                await asyncio.gather(
+                    *(
+                        self._run("enqueue", [k.pending, k.scheduled, k.job(job_id), k.events, k.dead],
+                                  [job_id, envelope, delay_ms, queue])
+                        for job_id, envelope in jobs[start : start + CLUSTER_ENQUEUE_BATCH]
+                    )
+                )  # fmt: skip
+            return
         for start in range(0, len(jobs), ENQUEUE_BATCH):
             chunk = jobs[start : start + ENQUEUE_BATCH]
             for retry in (False, True):
@@ -571,6 +612,8 @@ class Store:
 
     async def _run_direct(self, lane: int, script: str, keys_: Sequence[str], args: Sequence[Any]) -> Any:
         """Run a script on ``lane``'s own connection, within the socket timeout."""
+        if self._direct_factory is None:
+            return await self._run(script, keys_, args)
         conn = self._direct.get(lane)
         if conn is None:
             conn = self._direct[lane] = self._direct_factory.make_connection()  # type: ignore[no-untyped-call]

@@ -25,7 +25,7 @@ from botrix.client import Client
 from botrix.config import Settings
 from botrix.registry import default_registry
 from botrix.store import Connection, Store
-from tests.redisproc import RedisServer
+from tests.redisproc import RedisClusterServers, RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,6 +45,17 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def redis_cluster(tmp_path: Path) -> Iterator[RedisClusterServers]:
+    """A three-node Redis Cluster of the test's own."""
+    cluster = RedisClusterServers(tmp_path / "cluster")
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture

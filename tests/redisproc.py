@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import shutil
 import signal
 import socket
@@ -22,15 +23,31 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (10,000 above it, at most 65,535) is free too."""
+    for _ in range(200):
+        port = random.randint(20_000, 55_535)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10_000))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
 class RedisServer:
     """One redis-server process; ``stop``/``start`` keep the port and data directory."""
 
-    def __init__(self, workdir: Path, *, appendonly: bool = False, extra: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, workdir: Path, *, appendonly: bool = False, extra: tuple[str, ...] = (), port: int | None = None
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server not found: run `make test` (it installs it)")
         self.binary = binary
-        self.port = free_port()
+        self.port = port or free_port()
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.appendonly = appendonly
@@ -88,3 +105,63 @@ class RedisServer:
 
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port, password=self.password, socket_timeout=10)
+
+
+class RedisClusterServers:
+    """Three redis-server processes made into a Redis Cluster (no replicas), slots split evenly.
+
+    Built with CLUSTER ADDSLOTS and MEET rather than redis-cli, which Redis 6.2's test build
+    (make test-redis62) does not ship.
+    """
+
+    SLOTS = 16384
+
+    def __init__(self, workdir: Path, nodes: int = 3) -> None:
+        self.nodes = [
+            RedisServer(
+                workdir / f"node-{i}",
+                extra=("--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{i}.conf"),
+                port=free_cluster_port(),
+            )
+            for i in range(nodes)
+        ]
+
+    @property
+    def url(self) -> str:
+        """Any node's URL: the cluster client finds the others from it."""
+        return self.nodes[0].url
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+        share = self.SLOTS // len(self.nodes)
+        for i, node in enumerate(self.nodes):
+            last = self.SLOTS - 1 if i == len(self.nodes) - 1 else (i + 1) * share - 1
+            with node.client() as r:
+                r.execute_command("CLUSTER ADDSLOTS", *range(i * share, last + 1))
+        with self.nodes[0].client() as first:
+            for node in self.nodes[1:]:
+                first.execute_command("CLUSTER MEET", "127.0.0.1", node.port)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if all(self._ready(node) for node in self.nodes):
+                return
+            time.sleep(0.1)
+        raise RuntimeError("the Redis Cluster did not come up")
+
+    def _ready(self, node: RedisServer) -> bool:
+        with node.client() as r:
+            info = r.cluster("INFO")
+            known = r.cluster("NODES")
+        return bool(info.get("cluster_state") == "ok" and len(known) == len(self.nodes))
+
+    def node_of(self, key: str) -> int:
+        """The index of the node that owns ``key``'s slot."""
+        with self.nodes[0].client() as r:
+            slot = int(r.execute_command("CLUSTER KEYSLOT", key))
+        share = self.SLOTS // len(self.nodes)
+        return min(slot // share, len(self.nodes) - 1)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop(signal.SIGKILL)

@@ -50,6 +50,7 @@ BAD_WORKER_ARGS = [
     (["--log-level", "loud"], {}, "--log-level: must be one of debug, info, warning, error"),
     ([], {"BOTRIX_ADMIN_TOKEN": "hunter2"}, "BOTRIX_ADMIN_TOKEN: must be 16-200 printable ASCII characters"),
     ([], {"BOTRIX_TRACING": "jaeger"}, "BOTRIX_TRACING: must be one of off, otel, got 'jaeger'"),
+    ([], {"REDIS_CLUSTER_ENABLED": "maybe"}, "REDIS_CLUSTER_ENABLED: must be on or off, got 'maybe'"),
     (["--no-such-flag"], {}, "unrecognized arguments: --no-such-flag"),
     (["--app", "no_such_module_xyz"], {}, "cannot import handler module 'no_such_module_xyz'"),
     (["--app", "not a module"], {}, "'not a module' is not a Python module name"),

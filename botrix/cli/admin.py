@@ -55,6 +55,18 @@ def _redis_url(args: argparse.Namespace) -> str:
         raise ConfigError(f"{source or 'redis URL'}: {exc}") from None
 
 
+def _redis_cluster(args: argparse.Namespace) -> bool:
+    """--redis-cluster, else the worker's environment variables for it, else off."""
+    option = next(o for o in OPTIONS if o.name == "redis_cluster")
+    source, raw = "--redis-cluster", args.redis_cluster
+    if raw is None:
+        source, raw = next(((e, os.environ[e]) for e in option.envs if e in os.environ), ("", "off"))
+    try:
+        return bool(option.parse(raw))
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -122,6 +134,11 @@ def build_parser() -> Parser:
     """The admin CLI's subcommands."""
     parser = Parser(prog=PROG, description="Enqueue and inspect botrix jobs.")
     parser.add_argument("--redis-url", help="Redis URL [env BOTRIX_REDIS_URL or REDIS_URL]")
+    parser.add_argument(
+        "--redis-cluster",
+        metavar="on|off",
+        help="the URL names a node of a Redis Cluster [env BOTRIX_REDIS_CLUSTER or REDIS_CLUSTER_ENABLED]",
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     enqueue = sub.add_parser("enqueue", help="queue a job and print its id")
@@ -245,7 +262,7 @@ async def _dead(client: Client, args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    async with Client.from_url(_redis_url(args)) as client:
+    async with Client.from_url(_redis_url(args), cluster=_redis_cluster(args)) as client:
         if args.command == "enqueue":
             return await _enqueue(client, args)
         if args.command == "job":
