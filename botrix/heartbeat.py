@@ -67,11 +67,18 @@ class Heartbeat:
                 return
 
     async def _beat(self, write_record: bool) -> None:
-        rtt, version = await self._store.ping()
-        link = self._state.redis
-        if link.ok():
-            self._log.info("redis.recovered")
-        link.rtt_s, link.version = rtt, version
+        failed: StoreUnavailable | None = None
+        try:
+            rtt, version = await self._store.ping()
+        except StoreUnavailable as exc:
+            if not self._settings.redis_cluster:
+                raise  # one server: the renewals would only fail the same way, one by one
+            failed = exc  # a cluster: the node that did not answer may not hold these queues
+        else:
+            link = self._state.redis
+            if link.ok():
+                self._log.info("redis.recovered")
+            link.rtt_s, link.version = rtt, version
         for queue, held in self._state.held().items():
             sent = time.monotonic()
             try:
@@ -81,8 +88,15 @@ class Heartbeat:
                 # is repaired (the runner reports it); the other queues' must still be renewed,
                 # or their jobs would be recovered and run twice while running here.
                 continue
+            except StoreUnavailable as exc:
+                # The same for a queue whose node is down, in a cluster: the others' leases
+                # must not wait for it.
+                failed = failed or exc
+                continue
             if lost:
                 self._on_lost(queue, lost, sent)
+        if failed is not None:
+            raise failed
         if write_record:
             phase = self._state.phase
             await self._store.register_queues(self._settings.queues)

@@ -22,7 +22,7 @@ import orjson
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 
 from botrix import keys
 from botrix.aio import Deadline
@@ -196,7 +196,7 @@ def _open(conn: Connection, socket_timeout: float | None) -> redis.Redis:
 
 
 def _open_cluster(conn: Connection, socket_timeout: float | None) -> redis.Redis:
-    from redis.asyncio.cluster import RedisCluster  # only a cluster's users pay for the import
+    from redis.asyncio.cluster import RedisCluster
 
     client = RedisCluster.from_url(
         conn.url,
@@ -660,6 +660,16 @@ class Store:
             reply = await awaitable
         except (RedisError, OSError, RuntimeError) as exc:
             raise _unavailable(exc) from None
+        except RedisClusterException as exc:
+            # redis-py's cluster client: no node answered, or a slot has no node. Not a
+            # RedisError, but the same "Redis cannot take this now".
+            raise StoreUnavailable(_describe(exc)) from None
+        except AttributeError as exc:
+            if not self._cluster:
+                raise
+            # redis-py 8.1's cluster client closes every connection on its fifth MOVED, and a
+            # command caught in between finds its connection's writer gone.
+            raise StoreUnavailable(f"cluster connection reset: {_describe(exc)}") from None
         return reply
 
 

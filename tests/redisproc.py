@@ -116,11 +116,12 @@ class RedisClusterServers:
 
     SLOTS = 16384
 
-    def __init__(self, workdir: Path, nodes: int = 3) -> None:
+    def __init__(self, workdir: Path, nodes: int = 3, *, full_coverage: bool = True) -> None:
+        coverage = ("--cluster-require-full-coverage", "yes" if full_coverage else "no")
         self.nodes = [
             RedisServer(
                 workdir / f"node-{i}",
-                extra=("--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{i}.conf"),
+                extra=("--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{i}.conf", *coverage),
                 port=free_cluster_port(),
             )
             for i in range(nodes)
@@ -142,6 +143,10 @@ class RedisClusterServers:
         with self.nodes[0].client() as first:
             for node in self.nodes[1:]:
                 first.execute_command("CLUSTER MEET", "127.0.0.1", node.port)
+        self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Until every node serves and knows every slot (also after a restart of the nodes)."""
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if all(self._ready(node) for node in self.nodes):
@@ -153,7 +158,12 @@ class RedisClusterServers:
         with node.client() as r:
             info = r.cluster("INFO")
             known = r.cluster("NODES")
-        return bool(info.get("cluster_state") == "ok" and len(known) == len(self.nodes))
+        # Every node must know every slot's owner: without full coverage a node says "ok" as
+        # soon as its own slots are served.
+        assigned = int(info.get("cluster_slots_assigned", 0))
+        return bool(
+            info.get("cluster_state") == "ok" and assigned == self.SLOTS and len(known) == len(self.nodes)
+        )
 
     def node_of(self, key: str) -> int:
         """The index of the node that owns ``key``'s slot."""

@@ -4,11 +4,14 @@ is recovered by another, as on one server."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import signal
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from botrix import keys
 from botrix.client import Client
@@ -79,3 +82,58 @@ async def test_a_killed_workers_job_is_recovered_in_a_cluster(
 
 async def _running(client: Client, job_id: str, queue: str) -> bool:
     return (await client.job(job_id, queue)).status is JobStatus.RUNNING
+
+
+async def test_a_dead_node_does_not_cost_the_other_nodes_queues_their_leases(
+    tmp_path: Path, queue: str, spawn: Callable[..., WorkerProcess]
+) -> None:
+    """One worker runs a long job on each of two queues on two nodes; one node dies (the
+    others go on serving their slots). The job on the live node keeps its lease: a second
+    worker on that queue does not take it over and run it a second time."""
+    cluster = RedisClusterServers(tmp_path / "cluster", full_coverage=False)
+    cluster.start()
+    try:
+        names = (f"{queue}-{i}" for i in range(1000))
+        on: dict[int, str] = {}
+        for name in names:
+            on.setdefault(cluster.node_of(keys.queue_keys(name).pending), name)
+            if {1, 2} <= on.keys():
+                break
+        doomed, kept = on[1], on[2]
+        spawn(cluster.url, f"{doomed},{kept}", *CLUSTER, "--lease-seconds", "3")
+        async with Client.from_url(cluster.url, cluster=True) as client:
+            jobs = {q: await client.enqueue("t.sleep", {"seconds": 60}, queue=q) for q in (doomed, kept)}
+            for q, job_id in jobs.items():
+                await eventually(functools.partial(_running, client, job_id, q), what="both running")
+            cluster.nodes[1].stop(signal.SIGKILL)
+            second = spawn(cluster.url, kept, *CLUSTER, "--lease-seconds", "3")
+            await second.wait_for("worker.started")
+            # Leases of 3 s, recovered 1 s after they lapse: several would have lapsed by now.
+            await asyncio.sleep(10)
+            info = await client.job(jobs[kept], kept)
+            assert (info.status, info.attempts) == (JobStatus.RUNNING, 1)
+            assert "job.recovered" not in second.names() and "job.started" not in second.names()
+    finally:
+        cluster.stop()
+
+
+async def test_a_worker_rides_out_the_whole_cluster_going_down(
+    redis_cluster: RedisClusterServers, queue: str, spawn: Callable[..., WorkerProcess]
+) -> None:
+    """Every node killed, then started again: the worker says Redis is unreachable, stays up
+    (redis-py's cluster errors are not RedisErrors, and once crashed it), and runs jobs again."""
+    worker = spawn(redis_cluster.url, queue, *CLUSTER)
+    await worker.wait_for("worker.started")
+    for node in redis_cluster.nodes:
+        node.stop(signal.SIGKILL)
+    await worker.wait_for("redis.unavailable")
+    await asyncio.sleep(5)  # an outage of some length: the client gives up its map of the slots
+    assert worker.proc.poll() is None, worker.names()[-5:]
+    for node in redis_cluster.nodes:
+        node.start()
+    await asyncio.to_thread(redis_cluster.wait_ready)
+    async with Client.from_url(redis_cluster.url, cluster=True) as client:
+        job_id = await client.enqueue("t.echo", "back", queue=queue)
+        assert (await client.wait(job_id, timeout=60, queue=queue)).status is JobStatus.COMPLETED
+    worker.signal(signal.SIGTERM)
+    assert await worker.wait() == 0
