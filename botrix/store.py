@@ -235,22 +235,9 @@ class Store:
         # Blocking waits get their own pool so they never starve the commands that settle jobs.
         self._blocking = _open(conn, blocking_timeout + conn.socket_timeout)
         self.blocking_timeout = blocking_timeout
-        self._scripts = {
-            name: self._redis.register_script(_load_script(f"{name}.lua"))
-            for name in (
-                "enqueue",
-                "exchange",
-                "renew",
-                "recover",
-                "promote",
-                "redrive",
-                "purge",
-                "progress",
-                "schedule",
-                "rate",
-                "cancel",
-            )
-        }
+        # Read on first use: a worker runs five of the eleven scripts (the others are for
+        # producers and admin tools), and their text is ~40 KB it would keep for nothing.
+        self._scripts: dict[str, Any] = {}
 
     async def aclose(self) -> None:
         """Close both connection pools and the lanes' connections.
@@ -265,7 +252,14 @@ class Store:
                 await close()
 
     async def _run(self, script: str, keys_: Sequence[str], args: Sequence[Any]) -> Any:
-        return await self._call(self._scripts[script](keys=keys_, args=args))
+        return await self._call(self._script(script)(keys=keys_, args=args))
+
+    def _script(self, name: str) -> Any:
+        """The registered script ``botrix/lua/<name>.lua`` (its text, with includes, and sha)."""
+        found = self._scripts.get(name)
+        if found is None:
+            found = self._scripts[name] = self._redis.register_script(_load_script(f"{name}.lua"))
+        return found
 
     async def ping(self) -> tuple[float, str]:
         """Round-trip time in seconds and the server's version."""
@@ -292,7 +286,7 @@ class Store:
         so a large batch does not hold Redis for long, and a failure stops at a chunk's edge.
         """
         k = keys.queue_keys(queue)
-        script = self._scripts["enqueue"]
+        script = self._script("enqueue")
         if self._cluster:
             # redis-py's cluster pipeline refuses scripts: the calls go out side by side instead,
             # a chunk at a time, over the node's pool.
@@ -617,7 +611,7 @@ class Store:
         conn = self._direct.get(lane)
         if conn is None:
             conn = self._direct[lane] = self._direct_factory.make_connection()  # type: ignore[no-untyped-call]
-        sha = self._scripts[script].sha
+        sha = self._script(script).sha
         # One deadline for the whole call instead of redis-py's per-send and per-read timeouts.
         # redis-py drops the connection when a read is cancelled, so a late reply can never
         # answer the next call.
@@ -626,7 +620,7 @@ class Store:
             try:
                 return await self._direct_call(conn, "EVALSHA", sha, len(keys_), *keys_, *args, reload=True)
             except NoScriptError:  # a restarted or flushed Redis forgot the script
-                await self._direct_call(conn, "SCRIPT", "LOAD", self._scripts[script].script)
+                await self._direct_call(conn, "SCRIPT", "LOAD", self._script(script).script)
                 # Forgotten again in between: StoreUnavailable; the caller backs off, we load next time.
                 return await self._direct_call(conn, "EVALSHA", sha, len(keys_), *keys_, *args)
         except asyncio.CancelledError:
