@@ -27,7 +27,7 @@ from botrix.model import (
     validate_queue_name,
 )
 from botrix.store import Connection, ForeignWrite, Store, StoreUnavailable
-from botrix.tracing import end_send, start_send
+from botrix.tracing import sending
 from botrix.waits import Waits
 
 DEFAULT_MAX_PAYLOAD_BYTES = 1_048_576
@@ -151,19 +151,16 @@ class Client:
         validate_job_id(job_id)
         validate_queue_name(queue)
         delay = _delay(delay, run_at)
-        span, trace = start_send(queue, job_type=type, job_id=job_id)
-        try:
+        with sending(queue, job_type=type, job_id=job_id) as trace:
             envelope = self._envelope(
                 job_id, type, payload, queue, max_retries, timeout, correlation_id, trace
             )
             await self._register(queue)
-            await self._store.enqueue(queue, job_id, envelope, int(delay * 1000))
-        except BaseException as exc:
-            end_send(span, exc)
-            if isinstance(exc, StoreUnavailable):
+            try:
+                await self._store.enqueue(queue, job_id, envelope, int(delay * 1000))
+            except StoreUnavailable as exc:
                 exc.job_id = job_id
-            raise
-        end_send(span, None)
+                raise
         return job_id
 
     async def enqueue_many(
@@ -189,28 +186,21 @@ class Client:
             raise ValueError(f"job_ids has {len(ids)} ids for {len(payloads)} payloads")
         validate_queue_name(queue)
         delay = _delay(delay, None)
-        span, trace = start_send(queue, job_type=type, count=len(ids))
-        try:
+        with sending(queue, job_type=type, count=len(ids)) as trace:
             jobs = []
             for index, (job_id, payload) in enumerate(zip(ids, payloads, strict=True)):
                 try:
                     validate_job_id(job_id)
-                    jobs.append(
-                        (
-                            job_id,
-                            self._envelope(job_id, type, payload, queue, max_retries, timeout, None, trace),
-                        )
-                    )
+                    envelope = self._envelope(job_id, type, payload, queue, max_retries, timeout, None, trace)
                 except ValueError as exc:  # PayloadTooLargeError stays itself
                     raise ValueError(f"job {index}: {exc}") from None
+                jobs.append((job_id, envelope))
             await self._register(queue)
-            await self._store.enqueue_many(queue, jobs, int(delay * 1000))
-        except BaseException as exc:
-            end_send(span, exc)
-            if isinstance(exc, StoreUnavailable):
+            try:
+                await self._store.enqueue_many(queue, jobs, int(delay * 1000))
+            except StoreUnavailable as exc:
                 exc.job_ids = ids
-            raise
-        end_send(span, None)
+                raise
         return ids
 
     def _envelope(

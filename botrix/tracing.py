@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from botrix.logs import Logger
@@ -33,6 +34,20 @@ from botrix.model import TRACE_FIELDS, ErrorInfo, Job, Outcome
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
+
+
+@contextlib.contextmanager
+def sending(
+    queue: str, *, job_type: str, job_id: str | None = None, count: int | None = None
+) -> Iterator[dict[str, str] | None]:
+    """An enqueue's PRODUCER span around the block, which gets its envelope fields (or None)."""
+    span, fields = start_send(queue, job_type=job_type, job_id=job_id, count=count)
+    try:
+        yield fields
+    except BaseException as exc:
+        end_send(span, exc)
+        raise
+    end_send(span, None)
 
 
 def start_send(
