@@ -266,20 +266,29 @@ class Client:
         if queue is None:
             queue = (await self.job(job_id)).queue
         async with asyncio.timeout_at(deadline):
-            watch = await self._waits.watch(queue, job_id)
-            try:
+            while True:
+                watch = await self._waits.watch(queue, job_id)
+                try:
+                    info = await self._find(job_id, queue)
+                    if info is not None and info.status.finished:
+                        return info
+                    if loop.time() >= deadline:
+                        # asyncio.timeout's one cancel can be lost on Python 3.11: redis-py sends
+                        # through asyncio.wait_for, which swallows a cancel that lands as the
+                        # send completes. Without this check such a wait would last until the
+                        # job ends.
+                        raise TimeoutError
+                    await watch.ended
+                finally:
+                    watch.close()
+                # The record decides, not the event: on a Redis Cluster an event reaches the
+                # other nodes late, so the end of an earlier run of this id (before a re-drive)
+                # can arrive after this wait began. An unfinished job is waited for again.
                 info = await self._find(job_id, queue)
-                if info is not None and info.status.finished:
+                if info is None:
+                    raise JobNotFoundError(f"no job {job_id!r} (never enqueued, or expired after its TTL)")
+                if info.status.finished:
                     return info
-                if loop.time() >= deadline:
-                    # asyncio.timeout's one cancel can be lost on Python 3.11: redis-py sends
-                    # through asyncio.wait_for, which swallows a cancel that lands as the send
-                    # completes. Without this check such a wait would last until the job ends.
-                    raise TimeoutError
-                await watch.ended
-            finally:
-                watch.close()
-            return await self.job(job_id, queue)
 
     async def _find(self, job_id: str, queue: str) -> JobInfo | None:
         record = await self._store.job_record(queue, job_id)

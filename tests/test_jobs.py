@@ -499,6 +499,22 @@ async def test_wait_steps_over_foreign_messages_on_the_event_channel(
         assert (await waiting).status is JobStatus.COMPLETED
 
 
+async def test_a_stale_end_event_does_not_end_a_wait_the_record_says_is_not_over(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
+    """An end event for a job that is still queued (on a Redis Cluster, the late copy of an
+    earlier run's end, before a re-drive): the wait reads the record, goes on waiting, and
+    returns the job's real end."""
+    job_id = await client.enqueue("t.echo", "x", queue=queue)
+    waiting = asyncio.create_task(client.wait(job_id, timeout=60, queue=queue))
+    async with aredis.Redis.from_url(redis_server.url) as r:
+        channel = keys.queue_keys(queue).events
+        stale = orjson.dumps({"event": "dead", "job_id": job_id, "queue": queue, "ts": 1})
+        await eventually(lambda: r.publish(channel, stale), what="the wait subscribed")
+    async with running_worker(redis_server.url, queue):
+        assert (await waiting).status is JobStatus.COMPLETED
+
+
 async def test_an_empty_selection_of_dead_jobs_retries_and_purges_none(
     redis_server: RedisServer, client: Client, queue: str
 ) -> None:
