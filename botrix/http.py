@@ -251,7 +251,7 @@ class HttpServer:
             self._admin is not None
             and request.method == b"POST"
             and ENQUEUE_PATH.fullmatch(request.target.split(b"?", 1)[0])
-            and self._admin.authorized(next((v for k, v in request.headers if k == b"authorization"), None))
+            and self._admin.authorized(_authorization(request))
         ):
             return MAX_BODY + self._max_payload
         return MAX_BODY
@@ -276,7 +276,7 @@ class HttpServer:
             return Reply.json({"error": "internal_error", "path": path}, 500)
 
     async def _admin_answer(self, admin: AdminApi, request: h11.Request, target: str, body: bytes) -> Reply:
-        authorization = next((v for name, v in request.headers if name == b"authorization"), None)
+        authorization = _authorization(request)
         try:
             status, answer, headers = await admin.answer(
                 request.method.decode("ascii", "replace"), target, authorization, body
@@ -447,3 +447,8 @@ async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
         async with asyncio.timeout(LINGER_S):
             while await reader.read(READ_CHUNK):
                 pass
+
+
+def _authorization(request: h11.Request) -> bytes | None:
+    """The request's Authorization header (h11 lowercases names)."""
+    return next((value for name, value in request.headers if name == b"authorization"), None)

@@ -175,6 +175,11 @@ _CONNECT_QUIETLY: dict[str, int | None] = {
 }
 
 
+def _enqueue_keys(k: keys.QueueKeys, job_id: str) -> list[str]:
+    """KEYS of enqueue.lua for one job."""
+    return [k.pending, k.scheduled, k.job(job_id), k.events, k.dead]
+
+
 def _open(conn: Connection, socket_timeout: float | None) -> redis.Redis:
     if conn.cluster:
         return _open_cluster(conn, socket_timeout)
@@ -274,7 +279,7 @@ class Store:
         k = keys.queue_keys(queue)
         reply = await self._run(
             "enqueue",
-            [k.pending, k.scheduled, k.job(job_id), k.events, k.dead],
+            _enqueue_keys(k, job_id),
             [job_id, envelope, delay_ms, queue],
         )
         return bool(reply)
@@ -293,7 +298,7 @@ class Store:
             for start in range(0, len(jobs), CLUSTER_ENQUEUE_BATCH):
                 await asyncio.gather(
                     *(
-                        self._run("enqueue", [k.pending, k.scheduled, k.job(job_id), k.events, k.dead],
+                        self._run("enqueue", _enqueue_keys(k, job_id),
                                   [job_id, envelope, delay_ms, queue])
                         for job_id, envelope in jobs[start : start + CLUSTER_ENQUEUE_BATCH]
                     )
@@ -304,7 +309,7 @@ class Store:
             for retry in (False, True):
                 pipe = self._redis.pipeline(transaction=False)
                 for job_id, envelope in chunk:
-                    job_keys = (k.pending, k.scheduled, k.job(job_id), k.events, k.dead)
+                    job_keys = _enqueue_keys(k, job_id)
                     pipe.evalsha(script.sha, len(job_keys), *job_keys, job_id, envelope, delay_ms, queue)
                 replies = await self._call(pipe.execute(raise_on_error=False))
                 if retry or not any(isinstance(r, NoScriptError) for r in replies):
