@@ -218,7 +218,7 @@ class Metrics:
         histogram.observe(max(0.0, wait_s))
 
     def job_finished(self, queue: str, job_type: str, outcome: str, duration_s: float | None) -> None:
-        """An attempt's outcome was written: completed, retry, dead or requeue."""
+        """An attempt's outcome was written (completed, retry, dead, requeue), or it was cancelled."""
         key = (queue, job_type, outcome)
         children = self._finished.get(key)
         if children is None:

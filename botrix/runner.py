@@ -444,6 +444,8 @@ class Runner:
             # The lease is gone (another worker owns the job now, or it was cancelled), and with
             # it this attempt's say on the outcome, even if its handler caught the cancellation
             # and returned.
+            if entry.cancel_reason == "cancelled":
+                self._settler.cancelled(queue, claimed)
             self._forget(entry)
         else:
             settlement.owner = entry

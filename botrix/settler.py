@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from botrix.errors import EnvelopeError
 from botrix.health import WorkerState
 from botrix.logs import Logger
 from botrix.metrics import Metrics
-from botrix.model import Outcome, Rejected, Settlement
+from botrix.model import Claimed, Outcome, Rejected, Settlement, parse_job
 
 
 class Settler:
@@ -110,6 +111,18 @@ class Settler:
             else:
                 counters.dead += 1
                 log.error("job.dead", **job, error=error, reason=message)
+
+    def cancelled(self, queue: str, claimed: Claimed) -> None:
+        """Count an attempt an operator's cancel stopped (its line, job.cancelled, is the runner's).
+
+        Nothing is written for it: the cancel already wrote the record. Its type is read from
+        the envelope again, as nothing else of the attempt is left.
+        """
+        try:
+            job_type = parse_job(claimed, queue).type
+        except EnvelopeError:
+            job_type = "unknown"
+        self._metrics.job_finished(queue, job_type, "cancelled", None)
 
     def rejected(self, queue: str, entries: list[Rejected]) -> None:
         """Report entries the claim dead-lettered before any handler saw them.

@@ -18,10 +18,10 @@ from botrix import keys
 from botrix.client import Client
 from botrix.errors import JobNotFoundError
 from botrix.model import JobStatus
-from tests.conftest import WorkerProcess
+from tests.conftest import WorkerProcess, eventually
 from tests.redisproc import RedisServer
 from tests.test_admin_api import TOKEN, call
-from tests.test_http import http_worker
+from tests.test_http import get, http_worker, samples
 
 
 async def test_a_queued_or_delayed_job_cancelled_never_runs(
@@ -83,6 +83,29 @@ async def test_a_running_job_cancelled_is_stopped_and_its_slot_freed(
     assert not [e for e in worker.events() if e.get("event") in ("job.lease_lost", "job.ack_refused")]
     worker.signal(signal.SIGTERM)
     assert await worker.wait() == 0
+
+
+async def test_a_running_job_cancelled_is_counted_in_the_metrics(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
+    """The stopped attempt shows in botrix_jobs_total as outcome "cancelled", under its type;
+    nothing is counted for it as completed, retried or dead."""
+    async with http_worker(redis_server.url, queue, concurrency=1) as (_, base):
+        job_id = await client.enqueue("t.sleep", {"seconds": 3600}, queue=queue)
+        await eventually(lambda: _status(client, job_id, queue, JobStatus.RUNNING), what="the job running")
+        await client.cancel(job_id, queue)
+        labels = (("outcome", "cancelled"), ("queue", queue), ("type", "t.sleep"))
+
+        async def counted() -> bool:
+            return samples((await get(base, "/metrics"))[1]).get(("botrix_jobs_total", labels)) == 1
+
+        await eventually(counted, what="the cancelled attempt counted")
+        m = samples((await get(base, "/metrics"))[1])
+    assert not [key for key in m if key[0] == "botrix_jobs_total" and key != ("botrix_jobs_total", labels)]
+
+
+async def _status(client: Client, job_id: str, queue: str, status: JobStatus) -> bool:
+    return (await client.job(job_id, queue)).status is status
 
 
 async def test_a_finished_or_unknown_job_is_left_as_it_is(client: Client, queue: str) -> None:
