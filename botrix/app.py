@@ -87,7 +87,8 @@ class Worker:
         """Run until stopped and drained."""
         s = self.settings
         store = Store(
-            Connection(s.redis_url, cluster=s.redis_cluster), blocking_timeout=min(5.0, s.lease_seconds)
+            Connection(s.redis_url, cluster=s.redis_cluster, cluster_nodes=s.redis_cluster_nodes),
+            blocking_timeout=min(5.0, s.lease_seconds),
         )
         runner = Runner(store, self.registry, s, self.state, self.log, self.force_event, self.metrics)
         heartbeat = Heartbeat(store, s, self.state, self.log, runner.lease_lost)

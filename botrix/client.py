@@ -107,13 +107,20 @@ class Client:
 
     @classmethod
     def from_url(
-        cls, url: str, *, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES, cluster: bool = False
+        cls,
+        url: str,
+        *,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        cluster: bool = False,
+        cluster_nodes: Sequence[tuple[str, int]] = (),
     ) -> Client:
         """A client for the Redis at ``url`` (redis://, rediss://, with user and password).
 
-        With ``cluster``, ``url`` names any node of a Redis Cluster.
+        With ``cluster``, ``url`` names any node of a Redis Cluster, and ``cluster_nodes``
+        (host, port) more of them to try first, with the URL's credentials and TLS.
         """
-        return cls(Store(Connection(url, cluster=cluster)), max_payload_bytes=max_payload_bytes)
+        conn = Connection(url, cluster=cluster, cluster_nodes=tuple(cluster_nodes))
+        return cls(Store(conn), max_payload_bytes=max_payload_bytes)
 
     async def __aenter__(self) -> Client:
         return self

@@ -137,6 +137,30 @@ def _switch(text: str) -> bool:
     raise ValueError(f"must be on or off, got {text!r}")
 
 
+def cluster_nodes(text: str) -> tuple[tuple[str, int], ...]:
+    """``host:port,host:port``: more nodes to reach a Redis Cluster by, besides the URL's.
+
+    The original daemon's REDIS_CLUSTER_NODES. An IPv6 address goes in brackets.
+    """
+    nodes = []
+    for item in (i.strip() for i in text.split(",")):
+        if not item:
+            continue
+        host, colon, port = item.rpartition(":")
+        bare = host.removeprefix("[").removesuffix("]")
+        if not colon or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{item[:100]!r} is not host:port with a port from 1 to 65535")
+        try:
+            ipaddress.ip_address(bare)
+        except ValueError:
+            if bare != host or not re.fullmatch(r"[A-Za-z0-9_.-]{1,253}", host):
+                raise ValueError(
+                    f"{item[:100]!r}: {host[:100]!r} is not a host name or an IP address"
+                ) from None
+        nodes.append((bare, int(port)))
+    return tuple(nodes)
+
+
 def _apps(text: str) -> tuple[str, ...]:
     modules = tuple(m.strip() for m in text.split(",") if m.strip())
     for module in modules:
@@ -254,6 +278,14 @@ OPTIONS: tuple[Option, ...] = (
         "on: the Redis URL names a node of a Redis Cluster (the others are found from it)",
         "REDIS_CLUSTER_ENABLED",
         metavar="MODE",
+    ),
+    _opt(
+        "redis_cluster_nodes",
+        None,
+        cluster_nodes,
+        "more nodes of the Redis Cluster to connect through, should the URL's be down at start",
+        "REDIS_CLUSTER_NODES",
+        metavar="HOST:PORT,...",
     ),
     _opt(
         "worker_id",
@@ -385,6 +417,8 @@ class Settings:
 
     redis_url: str = "redis://localhost:6379/0"
     redis_cluster: bool = False
+    #: Startup nodes besides the URL's (same credentials and TLS); only with ``redis_cluster``.
+    redis_cluster_nodes: tuple[tuple[str, int], ...] = ()
     worker_id: str = field(default_factory=default_worker_id)
     queues: tuple[str, ...] = ("default",)
     concurrency: int = 5
@@ -469,4 +503,6 @@ def resolve(flags: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
             values[option.name] = tuple(v for group in parsed for v in group)
         else:
             values[option.name] = parsed[-1]
+    if values.get("redis_cluster_nodes") and not values.get("redis_cluster"):
+        raise ConfigError("--redis-cluster-nodes: needs --redis-cluster on (the nodes of a Redis Cluster)")
     return Settings(**values)

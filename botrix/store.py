@@ -109,6 +109,9 @@ class Connection:
     #: The URL names a node of a Redis Cluster: every key a script touches carries its
     #: queue's hash tag, so each call goes to the one node that owns that queue's slot.
     cluster: bool = False
+    #: More nodes of that cluster (host, port) to try at start, besides the URL's; the URL's
+    #: credentials and TLS apply to them all.
+    cluster_nodes: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,10 +204,13 @@ def _open(conn: Connection, socket_timeout: float | None) -> redis.Redis:
 
 
 def _open_cluster(conn: Connection, socket_timeout: float | None) -> redis.Redis:
-    from redis.asyncio.cluster import RedisCluster
+    from redis.asyncio.cluster import ClusterNode, RedisCluster
 
     client = RedisCluster.from_url(
         conn.url,
+        # Tried in this order, the URL's node last; once one answers, the client learns the
+        # whole cluster from it.
+        startup_nodes=[ClusterNode(host, port) for host, port in conn.cluster_nodes],
         socket_timeout=socket_timeout,
         socket_connect_timeout=conn.connect_timeout,
         # A pool per node that fails rather than waits when full: room for the bursts a

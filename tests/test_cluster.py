@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -135,5 +136,29 @@ async def test_a_worker_rides_out_the_whole_cluster_going_down(
     async with Client.from_url(redis_cluster.url, cluster=True) as client:
         job_id = await client.enqueue("t.echo", "back", queue=queue)
         assert (await client.wait(job_id, timeout=60, queue=queue)).status is JobStatus.COMPLETED
+    worker.signal(signal.SIGTERM)
+    assert await worker.wait() == 0
+
+
+async def test_the_cluster_is_reached_through_other_nodes_when_the_urls_is_down(
+    redis_cluster: RedisClusterServers, queue: str, spawn: Callable[..., WorkerProcess]
+) -> None:
+    """The original daemon's REDIS_CLUSTER_NODES: with the URL naming a node that does not
+    answer, the worker and the admin CLI reach the cluster through the listed nodes."""
+    dead = "redis://127.0.0.1:1/0"  # nothing listens on port 1
+    live = ",".join(f"127.0.0.1:{node.port}" for node in redis_cluster.nodes[1:])
+    env = {"REDIS_CLUSTER_ENABLED": "true", "REDIS_CLUSTER_NODES": live}
+    worker = spawn(dead, queue, env=env)
+    async with Client.from_url(
+        dead, cluster=True, cluster_nodes=[("127.0.0.1", redis_cluster.nodes[2].port)]
+    ) as client:
+        job_id = await client.enqueue("t.echo", "through another node", queue=queue)
+        assert (await client.wait(job_id, timeout=30, queue=queue)).status is JobStatus.COMPLETED
+    listing = subprocess.run(
+        [sys.executable, "-m", "botrix", "--redis-url", dead, "queues"],
+        capture_output=True, text=True, timeout=60, check=False, env={**os.environ, **env},
+    )  # fmt: skip
+    assert listing.returncode == 0, listing.stderr
+    assert queue in json.loads(listing.stdout)
     worker.signal(signal.SIGTERM)
     assert await worker.wait() == 0

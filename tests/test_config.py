@@ -24,6 +24,24 @@ def test_bad_values_name_their_source() -> None:
         resolve({}, {"HEALTH_CHECK_INTERVAL": "often"})
 
 
+def test_the_seed_cluster_nodes_are_read_and_need_cluster_mode() -> None:
+    env = {"REDIS_CLUSTER_ENABLED": "true", "REDIS_CLUSTER_NODES": "redis-1:6379, [::1]:7000,10.0.0.2:6380,"}
+    s = resolve({}, env)
+    assert s.redis_cluster and s.redis_cluster_nodes == (("redis-1", 6379), ("::1", 7000), ("10.0.0.2", 6380))
+    with pytest.raises(ConfigError, match=r"^--redis-cluster-nodes: needs --redis-cluster on"):
+        resolve({}, {"REDIS_CLUSTER_NODES": "redis-1:6379"})
+    for bad, why in [
+        ("redis-1", "is not host:port"),
+        ("redis-1:0", "is not host:port"),
+        ("redis-1:6379x", "is not host:port"),
+        ("bad host:6379", "is not a host name or an IP address"),
+        ("[redis-1]:6379", "is not a host name or an IP address"),
+        ("u@redis-1:6379", "is not a host name or an IP address"),
+    ]:
+        with pytest.raises(ConfigError, match=rf"^REDIS_CLUSTER_NODES: .*{why}"):
+            resolve({}, {**env, "REDIS_CLUSTER_NODES": bad})
+
+
 @pytest.mark.parametrize(
     ("url", "shown"),
     [

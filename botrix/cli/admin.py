@@ -55,16 +55,24 @@ def _redis_url(args: argparse.Namespace) -> str:
         raise ConfigError(f"{source or 'redis URL'}: {exc}") from None
 
 
-def _redis_cluster(args: argparse.Namespace) -> bool:
-    """--redis-cluster, else the worker's environment variables for it, else off."""
-    option = next(o for o in OPTIONS if o.name == "redis_cluster")
-    source, raw = "--redis-cluster", args.redis_cluster
+def _worker_option(name: str, given: str | None) -> Any:
+    """A worker option read as the worker reads it: the flag, else its environment variables."""
+    option = next(o for o in OPTIONS if o.name == name)
+    source, raw = option.flag, given
     if raw is None:
-        source, raw = next(((e, os.environ[e]) for e in option.envs if e in os.environ), ("", "off"))
+        source, raw = next(((e, os.environ[e]) for e in option.envs if e in os.environ), ("", option.default))
     try:
-        return bool(option.parse(raw))
+        return option.parse(raw or "")
     except ValueError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+
+
+def _client(args: argparse.Namespace) -> Client:
+    cluster = bool(_worker_option("redis_cluster", args.redis_cluster))
+    nodes = _worker_option("redis_cluster_nodes", args.redis_cluster_nodes)
+    if nodes and not cluster:
+        raise ConfigError("--redis-cluster-nodes: needs --redis-cluster on (the nodes of a Redis Cluster)")
+    return Client.from_url(_redis_url(args), cluster=cluster, cluster_nodes=nodes)
 
 
 def _seconds(text: str) -> float:
@@ -138,6 +146,11 @@ def build_parser() -> Parser:
         "--redis-cluster",
         metavar="on|off",
         help="the URL names a node of a Redis Cluster [env BOTRIX_REDIS_CLUSTER or REDIS_CLUSTER_ENABLED]",
+    )
+    parser.add_argument(
+        "--redis-cluster-nodes",
+        metavar="HOST:PORT,...",
+        help="more nodes of that cluster to try [env BOTRIX_REDIS_CLUSTER_NODES or REDIS_CLUSTER_NODES]",
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
@@ -262,7 +275,7 @@ async def _dead(client: Client, args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    async with Client.from_url(_redis_url(args), cluster=_redis_cluster(args)) as client:
+    async with _client(args) as client:
         if args.command == "enqueue":
             return await _enqueue(client, args)
         if args.command == "job":
