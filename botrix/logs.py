@@ -3,10 +3,11 @@
 JSON lines when stderr is not a terminal (what log shippers read), a readable console when it
 is. Job lines carry worker_id, queue, job_id, type, attempt and correlation_id.
 
-Logging is on the hot path (a line a job at INFO), so two things are cheaper than structlog's
-defaults: the timestamp formats the date once a second, and lines written during one
-event-loop iteration go out in a single write at its end instead of one flushed write each. A
-``kill -9`` can therefore lose the lines of the iteration it interrupts, never more.
+Logging is on the hot path (a line a job at INFO), so three things are cheaper than
+structlog's defaults: the timestamp formats the date once a second; lines written during one
+event-loop iteration go out in a single write at its end instead of one flushed write each (a
+``kill -9`` can therefore lose the lines of the iteration it interrupts, never more); and a
+job's outcome line is rendered without structlog's processor chain (:func:`fast_info`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import logging
 import sys
 import threading
 import time
-from typing import Any, BinaryIO
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, BinaryIO, cast
 
 import orjson
 import structlog
@@ -122,6 +125,44 @@ def _escaped(value: Any) -> Any:
     return _escaped(str(value))
 
 
+@dataclass(slots=True)
+class _Setup:
+    """What :func:`configure` set up that :func:`fast_info` needs.
+
+    In JSON mode, the line writer and the timestamper of structlog's chain; else nothing.
+    """
+
+    writer: LineWriter | None = None
+    stamp: _Timestamp | None = None
+
+
+_setup = _Setup()
+
+
+def fast_info(log: Logger) -> Callable[..., None]:
+    """``log.info``, or in JSON mode a function that writes the very same line for less.
+
+    For the worker's hottest line, a job's outcome. structlog's path (copy the context, four
+    processors, the renderer) cost 5.8 us a line, and the line ~19% of the worker's CPU per
+    no-op job (callgrind, 8,000 jobs at concurrency 10); one dict and one orjson call cost 2.3.
+    The keys come in structlog's order (the bound context, the fields, event, level,
+    timestamp), so the two paths write the same bytes (tests/test_logs.py). The fields must
+    be JSON values: there is no exception formatting here. In console mode, or with INFO
+    filtered out, this is ``log.info`` itself.
+    """
+    writer, stamp = _setup.writer, _setup.stamp
+    if writer is None or stamp is None or not log.is_enabled_for(logging.INFO):
+        return cast("Callable[..., None]", log.info)
+    context = structlog.get_context(log)
+
+    def info(event: str, **fields: Any) -> None:
+        line = {**context, **fields, "event": event, "level": "info"}
+        stamp(writer, "info", line)
+        writer.msg(_dumps(line))
+
+    return info
+
+
 def configure(level: str = "info", fmt: str = "auto", stream: BinaryIO | None = None) -> None:
     """Set up structlog for the process: level filter, timestamps, renderer."""
     out = stream or sys.stderr.buffer
@@ -132,10 +173,12 @@ def configure(level: str = "info", fmt: str = "auto", stream: BinaryIO | None = 
         else structlog.processors.JSONRenderer(serializer=_dumps)
     )
     writer = LineWriter(out)
+    stamp = _Timestamp()
+    _setup.writer, _setup.stamp = (None, None) if use_console else (writer, stamp)
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
-            _Timestamp(),
+            stamp,
             structlog.processors.format_exc_info,
             renderer,
         ],
