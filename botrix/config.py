@@ -7,6 +7,7 @@ environment value becomes one clear :class:`ConfigError` line.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import re
 import socket
@@ -150,13 +151,13 @@ def cluster_nodes(text: str) -> tuple[tuple[str, int], ...]:
         bare = host.removeprefix("[").removesuffix("]")
         if not colon or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(f"{item[:100]!r} is not host:port with a port from 1 to 65535")
-        try:
-            ipaddress.ip_address(bare)
-        except ValueError:
-            if bare != host or not re.fullmatch(r"[A-Za-z0-9_.-]{1,253}", host):
-                raise ValueError(
-                    f"{item[:100]!r}: {host[:100]!r} is not a host name or an IP address"
-                ) from None
+        version: int = 0
+        with contextlib.suppress(ValueError):
+            version = ipaddress.ip_address(bare).version
+        # An IPv6 address goes in brackets, or its last group would pass for the port.
+        bracketed = bare != host
+        if bracketed != (version == 6) or (not version and not re.fullmatch(r"[A-Za-z0-9_.-]{1,253}", host)):
+            raise ValueError(f"{item[:100]!r}: {host[:100]!r} is not a host name or an IP address")
         nodes.append((bare, int(port)))
     return tuple(nodes)
 

@@ -37,6 +37,8 @@ def test_the_seed_cluster_nodes_are_read_and_need_cluster_mode() -> None:
         ("bad host:6379", "is not a host name or an IP address"),
         ("[redis-1]:6379", "is not a host name or an IP address"),
         ("u@redis-1:6379", "is not a host name or an IP address"),
+        ("::1:7000", "is not a host name or an IP address"),
+        ("[10.0.0.2]:6380", "is not a host name or an IP address"),
     ]:
         with pytest.raises(ConfigError, match=rf"^REDIS_CLUSTER_NODES: .*{why}"):
             resolve({}, {**env, "REDIS_CLUSTER_NODES": bad})
