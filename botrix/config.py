@@ -504,6 +504,11 @@ def resolve(flags: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
             values[option.name] = tuple(v for group in parsed for v in group)
         else:
             values[option.name] = parsed[-1]
-    if values.get("redis_cluster_nodes") and not values.get("redis_cluster"):
-        raise ConfigError("--redis-cluster-nodes: needs --redis-cluster on (the nodes of a Redis Cluster)")
+    check_cluster_nodes(values.get("redis_cluster", False), values.get("redis_cluster_nodes", ()))
     return Settings(**values)
+
+
+def check_cluster_nodes(cluster: bool, nodes: tuple[tuple[str, int], ...]) -> None:
+    """Cluster nodes without cluster mode are a mistake to report, not to ignore."""
+    if nodes and not cluster:
+        raise ConfigError("--redis-cluster-nodes: needs --redis-cluster on (the nodes of a Redis Cluster)")

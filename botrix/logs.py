@@ -143,12 +143,11 @@ def fast_info(log: Logger) -> Callable[..., None]:
     """``log.info``, or in JSON mode a function that writes the very same line for less.
 
     For the worker's hottest line, a job's outcome. structlog's path (copy the context, four
-    processors, the renderer) cost 5.8 us a line, and the line ~19% of the worker's CPU per
-    no-op job (callgrind, 8,000 jobs at concurrency 10); one dict and one orjson call cost 2.3.
-    The keys come in structlog's order (the bound context, the fields, event, level,
-    timestamp), so the two paths write the same bytes (tests/test_logs.py). The fields must
-    be JSON values: there is no exception formatting here. In console mode, or with INFO
-    filtered out, this is ``log.info`` itself.
+    processors, the renderer) cost 5.8 us a line, one dict and one orjson call 2.3: 6% of the
+    worker's CPU for no-op jobs (docs/performance.md). The keys come in structlog's order (the
+    bound context, the fields, event, level, timestamp), so the two paths write the same bytes
+    (tests/test_logs.py). The fields must be JSON values: there is no exception formatting
+    here. In console mode, or with INFO filtered out, this is ``log.info`` itself.
     """
     writer, stamp = _setup.writer, _setup.stamp
     if writer is None or stamp is None or not log.is_enabled_for(logging.INFO):

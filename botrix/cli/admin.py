@@ -21,7 +21,7 @@ import uvloop
 
 from botrix.cli import Parser, fail, hide_secrets_in_title
 from botrix.client import Client
-from botrix.config import OPTIONS, REDIS_PARTS, redact_url, redis_url_from_parts
+from botrix.config import OPTIONS, REDIS_PARTS, check_cluster_nodes, redact_url, redis_url_from_parts
 from botrix.errors import ConfigError, JobNotFoundError, PayloadTooLargeError
 from botrix.health import serving
 from botrix.model import (
@@ -70,8 +70,7 @@ def _worker_option(name: str, given: str | None) -> Any:
 def _client(args: argparse.Namespace) -> Client:
     cluster = bool(_worker_option("redis_cluster", args.redis_cluster))
     nodes = _worker_option("redis_cluster_nodes", args.redis_cluster_nodes)
-    if nodes and not cluster:
-        raise ConfigError("--redis-cluster-nodes: needs --redis-cluster on (the nodes of a Redis Cluster)")
+    check_cluster_nodes(cluster, nodes)
     return Client.from_url(_redis_url(args), cluster=cluster, cluster_nodes=nodes)
 
 
