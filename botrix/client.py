@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from botrix import keys
+from botrix.config import check_cluster_nodes
 from botrix.errors import EnvelopeError, JobNotFoundError, PayloadTooLargeError
 from botrix.model import (
     JSON,
@@ -117,8 +118,9 @@ class Client:
         """A client for the Redis at ``url`` (redis://, rediss://, with user and password).
 
         With ``cluster``, ``url`` names any node of a Redis Cluster, and ``cluster_nodes``
-        (host, port) more of them to try first, with the URL's credentials and TLS.
+        (host, port) more of them to try at start, with the URL's credentials and TLS.
         """
+        check_cluster_nodes(cluster, tuple(cluster_nodes), "cluster_nodes")
         conn = Connection(url, cluster=cluster, cluster_nodes=tuple(cluster_nodes))
         return cls(Store(conn), max_payload_bytes=max_payload_bytes)
 

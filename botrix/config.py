@@ -141,23 +141,28 @@ def _switch(text: str) -> bool:
 def cluster_nodes(text: str) -> tuple[tuple[str, int], ...]:
     """``host:port,host:port``: more nodes to reach a Redis Cluster by, besides the URL's.
 
-    The original daemon's REDIS_CLUSTER_NODES. An IPv6 address goes in brackets.
+    The original daemon's REDIS_CLUSTER_NODES. An IPv6 address goes in brackets. An entry is
+    never repeated with what precedes an ``@``: a URL pasted here may carry a password.
     """
     nodes = []
     for item in (i.strip() for i in text.split(",")):
         if not item:
             continue
+        shown = re.sub(r"^.*@", "***@", item)[:100]
         host, colon, port = item.rpartition(":")
-        bare = host.removeprefix("[").removesuffix("]")
         if not colon or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"{item[:100]!r} is not host:port with a port from 1 to 65535")
+            raise ValueError(f"{shown!r} is not host:port with a port from 1 to 65535")
+        bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
         version: int = 0
         with contextlib.suppress(ValueError):
             version = ipaddress.ip_address(bare).version
         # An IPv6 address goes in brackets, or its last group would pass for the port.
-        bracketed = bare != host
-        if bracketed != (version == 6) or (not version and not re.fullmatch(r"[A-Za-z0-9_.-]{1,253}", host)):
-            raise ValueError(f"{item[:100]!r}: {host[:100]!r} is not a host name or an IP address")
+        try:
+            if not bare or (bare != host) != (version == 6):
+                raise ValueError
+            _host(bare)
+        except ValueError:
+            raise ValueError(f"{shown!r} does not start with a host name or an IP address") from None
         nodes.append((bare, int(port)))
     return tuple(nodes)
 
@@ -483,11 +488,12 @@ def redis_url_from_parts(env: Mapping[str, str]) -> str | None:
 def resolve(flags: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
     """Settings from parsed flags (raw strings, None when absent), then env, then defaults."""
     values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     for option in OPTIONS:
         raw = flags.get(option.name)
         source = option.flag
         if raw is None:
-            source, raw = next(((e, env[e]) for e in option.envs if env.get(e)), ("", None))
+            source, raw = from_env(option, env)
         if raw is None and option.name == "redis_url":
             source, raw = "/".join(REDIS_PARTS), redis_url_from_parts(env)
         if raw is None:
@@ -495,6 +501,7 @@ def resolve(flags: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
             source = f"default of {option.flag}"
         if raw is None:
             continue
+        sources[option.name] = source
         items = raw if isinstance(raw, list) else [raw]
         try:
             parsed = [option.parse(item) for item in items]
@@ -504,11 +511,17 @@ def resolve(flags: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
             values[option.name] = tuple(v for group in parsed for v in group)
         else:
             values[option.name] = parsed[-1]
-    check_cluster_nodes(values.get("redis_cluster", False), values.get("redis_cluster_nodes", ()))
+    nodes = values.get("redis_cluster_nodes", ())
+    check_cluster_nodes(values.get("redis_cluster", False), nodes, sources.get("redis_cluster_nodes", ""))
     return Settings(**values)
 
 
-def check_cluster_nodes(cluster: bool, nodes: tuple[tuple[str, int], ...]) -> None:
+def check_cluster_nodes(cluster: bool, nodes: tuple[tuple[str, int], ...], source: str) -> None:
     """Cluster nodes without cluster mode are a mistake to report, not to ignore."""
     if nodes and not cluster:
-        raise ConfigError("--redis-cluster-nodes: needs --redis-cluster on (the nodes of a Redis Cluster)")
+        raise ConfigError(f"{source}: needs --redis-cluster on (the nodes of a Redis Cluster)")
+
+
+def from_env(option: Option, env: Mapping[str, str]) -> tuple[str, str | None]:
+    """The first of ``option``'s environment variables that is set and not empty, and its value."""
+    return next(((e, env[e]) for e in option.envs if env.get(e)), ("", None))

@@ -40,7 +40,9 @@ class InFlight:
     #: requeue the drain writes.
     claimed: Claimed
     task: asyncio.Task[None] | None = None
-    #: Why the task was cancelled, if it was: ``shutdown`` (requeue) or ``lease_lost`` (drop).
+    #: Why the task was cancelled, if it was: ``shutdown`` (requeue), ``lease_lost`` or
+    #: ``cancelled`` (an operator's cancel; both drop the attempt), or ``abandoned`` (the drain
+    #: requeued it).
     cancel_reason: str | None = None
     #: The runner's lane whose slot the job holds.
     lane: int = 0

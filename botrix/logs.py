@@ -75,16 +75,18 @@ class _Timestamp:
     """ISO-8601 UTC timestamps with microseconds; the date part is formatted once a second."""
 
     def __init__(self) -> None:
-        self._second = -1
-        self._prefix = ""
+        # One tuple, replaced whole: a handler thread logging at the turn of a second must not
+        # pair the new second with the old date.
+        self._cached = (-1, "")
 
     def __call__(self, logger: WrappedLogger, name: str, event: EventDict) -> EventDict:
         now = time.time()
         second = int(now)
-        if second != self._second:
-            self._second = second
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        event["timestamp"] = f"{self._prefix}.{int((now - second) * 1_000_000):06d}Z"
+        cached_second, prefix = self._cached
+        if second != cached_second:
+            prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._cached = (second, prefix)
+        event["timestamp"] = f"{prefix}.{int((now - second) * 1_000_000):06d}Z"
         return event
 
 
@@ -129,11 +131,14 @@ def _escaped(value: Any) -> Any:
 class _Setup:
     """What :func:`configure` set up that :func:`fast_info` needs.
 
-    In JSON mode, the line writer and the timestamper of structlog's chain; else nothing.
+    In JSON mode, structlog's chain (the processors list), its timestamper and renderer, and
+    the line writer; in console mode, nothing.
     """
 
-    writer: LineWriter | None = None
+    processors: list[Any] | None = None
     stamp: _Timestamp | None = None
+    render: Any = None
+    writer: LineWriter | None = None
 
 
 _setup = _Setup()
@@ -143,21 +148,28 @@ def fast_info(log: Logger) -> Callable[..., None]:
     """``log.info``, or in JSON mode a function that writes the very same line for less.
 
     For the worker's hottest line, a job's outcome. structlog's path (copy the context, four
-    processors, the renderer) cost 5.8 us a line, one dict and one orjson call 2.3: 6% of the
-    worker's CPU for no-op jobs (docs/performance.md). The keys come in structlog's order (the
-    bound context, the fields, event, level, timestamp), so the two paths write the same bytes
-    (tests/test_logs.py). The fields must be JSON values: there is no exception formatting
-    here. In console mode, or with INFO filtered out, this is ``log.info`` itself.
+    processors in a loop) cost 5.8 us a line, this one 2.3: about 6% of the worker's CPU for
+    no-op jobs (docs/performance.md). It runs the same timestamper and renderer on a dict
+    built in structlog's key order (the bound context, the fields, event, level), so the two
+    paths write the same bytes (tests/test_logs.py); there is no exception formatting here. It
+    is ``log.info`` itself in console mode, with INFO filtered out, or for a logger made under
+    another configuration (an application that called ``structlog.configure`` itself).
     """
-    writer, stamp = _setup.writer, _setup.stamp
-    if writer is None or stamp is None or not log.is_enabled_for(logging.INFO):
+    processors, stamp, render, writer = _setup.processors, _setup.stamp, _setup.render, _setup.writer
+    if (
+        processors is None
+        or stamp is None
+        or writer is None
+        or not log.is_enabled_for(logging.INFO)
+        or log._processors is not processors  # structlog's documented attributes for wrappers
+        or log._logger is not writer
+    ):
         return cast("Callable[..., None]", log.info)
     context = structlog.get_context(log)
 
     def info(event: str, **fields: Any) -> None:
         line = {**context, **fields, "event": event, "level": "info"}
-        stamp(writer, "info", line)
-        writer.msg(_dumps(line))
+        writer.msg(render(writer, "info", stamp(writer, "info", line)))
 
     return info
 
@@ -173,14 +185,12 @@ def configure(level: str = "info", fmt: str = "auto", stream: BinaryIO | None = 
     )
     writer = LineWriter(out)
     stamp = _Timestamp()
-    _setup.writer, _setup.stamp = (None, None) if use_console else (writer, stamp)
+    processors = [structlog.processors.add_log_level, stamp, structlog.processors.format_exc_info, renderer]
+    _setup.processors, _setup.stamp, _setup.render, _setup.writer = (
+        (None, None, None, None) if use_console else (processors, stamp, renderer, writer)
+    )
     structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            stamp,
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
         logger_factory=lambda *args: writer,
         cache_logger_on_first_use=True,

@@ -219,10 +219,12 @@ class Metrics:
 
     def job_finished(self, queue: str, job_type: str, outcome: str, duration_s: float | None) -> None:
         """An attempt's outcome was written (completed, retry, dead, requeue), or it was cancelled."""
-        key = (queue, job_type, outcome)
+        # Keyed by the label, not the type as sent: a producer sending many unregistered types
+        # must not grow this cache.
+        label = self.job_type(job_type)
+        key = (queue, label, outcome)
         children = self._finished.get(key)
         if children is None:
-            label = self.job_type(job_type)
             extra = {"retry": self.retries, "dead": self.dead}.get(outcome)
             count = self._jobs.finished.setdefault((queue, label, outcome), [0, time.time()])
             duration = self._jobs.duration.setdefault((queue, label), _Histogram(DURATION_BUCKETS))

@@ -208,8 +208,8 @@ def _open_cluster(conn: Connection, socket_timeout: float | None) -> redis.Redis
 
     client = RedisCluster.from_url(
         conn.url,
-        # Tried in this order, the URL's node last; once one answers, the client learns the
-        # whole cluster from it.
+        # Tried with the URL's node, in random order (redis-py shuffles them), until one
+        # answers; the client learns the whole cluster from it.
         startup_nodes=[ClusterNode(host, port) for host, port in conn.cluster_nodes],
         socket_timeout=socket_timeout,
         socket_connect_timeout=conn.connect_timeout,

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 
+from botrix.client import Client
 from botrix.config import Settings, check_redis_url, redact_url, resolve
 from botrix.errors import ConfigError, EnvelopeError
 from botrix.executor import backoff_ms
@@ -28,20 +30,31 @@ def test_the_seed_cluster_nodes_are_read_and_need_cluster_mode() -> None:
     env = {"REDIS_CLUSTER_ENABLED": "true", "REDIS_CLUSTER_NODES": "redis-1:6379, [::1]:7000,10.0.0.2:6380,"}
     s = resolve({}, env)
     assert s.redis_cluster and s.redis_cluster_nodes == (("redis-1", 6379), ("::1", 7000), ("10.0.0.2", 6380))
-    with pytest.raises(ConfigError, match=r"^--redis-cluster-nodes: needs --redis-cluster on"):
+    with pytest.raises(ConfigError, match=r"^REDIS_CLUSTER_NODES: needs --redis-cluster on"):
         resolve({}, {"REDIS_CLUSTER_NODES": "redis-1:6379"})
+    no_host = "does not start with a host name or an IP address"
     for bad, why in [
         ("redis-1", "is not host:port"),
         ("redis-1:0", "is not host:port"),
         ("redis-1:6379x", "is not host:port"),
-        ("bad host:6379", "is not a host name or an IP address"),
-        ("[redis-1]:6379", "is not a host name or an IP address"),
-        ("u@redis-1:6379", "is not a host name or an IP address"),
-        ("::1:7000", "is not a host name or an IP address"),
-        ("[10.0.0.2]:6380", "is not a host name or an IP address"),
+        ("bad host:6379", no_host),
+        ("[redis-1]:6379", no_host),
+        ("::1:7000", no_host),
+        ("[::1:7000", no_host),
+        ("::1]:7000", no_host),
+        ("[10.0.0.2]:6380", no_host),
+        (":6379", no_host),
     ]:
-        with pytest.raises(ConfigError, match=rf"^REDIS_CLUSTER_NODES: .*{why}"):
+        with pytest.raises(ConfigError, match=rf"^REDIS_CLUSTER_NODES: .*{re.escape(why)}"):
             resolve({}, {**env, "REDIS_CLUSTER_NODES": bad})
+    with pytest.raises(ConfigError, match=r"^cluster_nodes: needs --redis-cluster on"):
+        Client.from_url("redis://localhost:6379/0", cluster_nodes=[("redis-1", 6379)])
+    # A URL pasted in by mistake: named, its password not shown.
+    with pytest.raises(ConfigError) as caught:
+        resolve({}, {**env, "REDIS_CLUSTER_NODES": "redis://:s3cret@redis-1:6379"})
+    assert "s3cret" not in str(caught.value) and "***@redis-1:6379" in str(caught.value)
+    # An empty prefixed variable leaves the next one in charge, as for every option.
+    assert resolve({}, {**env, "BOTRIX_REDIS_CLUSTER_NODES": ""}).redis_cluster_nodes[0] == ("redis-1", 6379)
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,14 @@ import uvloop
 
 from botrix.cli import Parser, fail, hide_secrets_in_title
 from botrix.client import Client
-from botrix.config import OPTIONS, REDIS_PARTS, check_cluster_nodes, redact_url, redis_url_from_parts
+from botrix.config import (
+    OPTIONS,
+    REDIS_PARTS,
+    check_cluster_nodes,
+    from_env,
+    redact_url,
+    redis_url_from_parts,
+)
 from botrix.errors import ConfigError, JobNotFoundError, PayloadTooLargeError
 from botrix.health import serving
 from botrix.model import (
@@ -55,22 +62,22 @@ def _redis_url(args: argparse.Namespace) -> str:
         raise ConfigError(f"{source or 'redis URL'}: {exc}") from None
 
 
-def _worker_option(name: str, given: str | None) -> Any:
-    """A worker option read as the worker reads it: the flag, else its environment variables."""
+def _worker_option(name: str, given: str | None) -> tuple[str, Any]:
+    """A worker option as the worker reads it (the flag, else its environment), and its source."""
     option = next(o for o in OPTIONS if o.name == name)
     source, raw = option.flag, given
     if raw is None:
-        source, raw = next(((e, os.environ[e]) for e in option.envs if e in os.environ), ("", option.default))
+        source, raw = from_env(option, os.environ)
     try:
-        return option.parse(raw or "")
+        return source, option.parse(raw or option.default or "")
     except ValueError as exc:
         raise ConfigError(f"{source}: {exc}") from None
 
 
 def _client(args: argparse.Namespace) -> Client:
-    cluster = bool(_worker_option("redis_cluster", args.redis_cluster))
-    nodes = _worker_option("redis_cluster_nodes", args.redis_cluster_nodes)
-    check_cluster_nodes(cluster, nodes)
+    _, cluster = _worker_option("redis_cluster", args.redis_cluster)
+    source, nodes = _worker_option("redis_cluster_nodes", args.redis_cluster_nodes)
+    check_cluster_nodes(cluster, nodes, source)
     return Client.from_url(_redis_url(args), cluster=cluster, cluster_nodes=nodes)
 
 
