@@ -19,7 +19,9 @@ connection did, and the next wait opens a new feed.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from botrix.store import EventStream, Store, StoreUnavailable
 
@@ -42,6 +44,8 @@ class _Feed:
     #: Who waits for which job: (queue, job id) -> the futures set when it ends.
     waiting: dict[tuple[str, str], set[asyncio.Future[None]]] = field(default_factory=dict)
     idle_since: float = 0.0
+    #: Its tasks not yet done: the reader and every send.
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
 
 @dataclass(eq=False)
@@ -72,6 +76,8 @@ class Waits:
         self._store = store
         self._feed: _Feed | None = None
         self._closed = False
+        #: The tasks of every feed, including those given up and still closing their connection.
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def watch(self, queue: str, job_id: str) -> Watch:
         """Watch for the end of ``job_id`` in ``queue``.
@@ -90,7 +96,9 @@ class Waits:
         confirmed = feed.subscribed.get(queue)
         if confirmed is None:
             confirmed = feed.subscribed[queue] = loop.create_future()
-            feed.sending = asyncio.create_task(self._subscribe(feed, queue, feed.sending))
+            feed.sending = self._start(
+                feed, self._subscribe(feed, queue, feed.sending), "botrix-waits-subscribe"
+            )
         try:
             await asyncio.shield(confirmed)
         except BaseException:
@@ -102,15 +110,25 @@ class Waits:
         """Close the feed; waits in progress, and any started later, fail with StoreUnavailable."""
         self._closed = True
         feed, self._feed = self._feed, None
-        if feed is None:
-            return
-        self._fail(feed, StoreUnavailable("the client was closed"))
-        tasks = [t for t in (feed.sending, feed.reader) if t is not None]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
-        await feed.stream.aclose()
+        if feed is not None:
+            self._fail(feed, StoreUnavailable("the client was closed"))
+            for task in feed.tasks:
+                task.cancel()
+        # A feed that failed or lingered out earlier may still be closing its connection in its
+        # own task: the client's caller may close the event loop next, and a connection left
+        # half closed then is a leaked socket. Those tasks are finishing; they are not cancelled
+        # (a cancel would cut the close short).
+        if self._tasks:
+            await asyncio.wait(set(self._tasks))
+        if feed is not None:
+            await feed.stream.aclose()
+
+    def _start(self, feed: _Feed, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(work, name=name)
+        for tasks in (feed.tasks, self._tasks):
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        return task
 
     async def _subscribe(self, feed: _Feed, queue: str, before: asyncio.Task[None] | None) -> None:
         # The feed's own task: only a failure of the connection, never one wait's cancel,
@@ -129,7 +147,7 @@ class Waits:
                 raise
             return
         if feed.reader is None and feed is self._feed:
-            feed.reader = asyncio.create_task(self._read(feed), name="botrix-waits")
+            feed.reader = self._start(feed, self._read(feed), "botrix-waits")
 
     async def _read(self, feed: _Feed) -> None:
         loop = asyncio.get_running_loop()

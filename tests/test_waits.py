@@ -114,6 +114,10 @@ async def test_a_subscription_that_dies_without_a_word_fails_the_waits_instead_o
         async with asyncio.timeout(60):  # a guard against a hang only
             with pytest.raises(StoreUnavailable, match="did not answer a PING"):
                 await waiting
+            # The failed feed closes its connection in its own task: closing the client waits
+            # for that, so that a caller closing its event loop next leaks no socket.
+            await client.aclose()
+        assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("botrix-waits")]
         await proxy.resume()
 
 
