@@ -128,6 +128,16 @@ def _choice(*allowed: str) -> Callable[[str], str]:
     return parse
 
 
+#: The levels of the original deployments' loggers (pino, winston) that Python names otherwise.
+_LEVEL_ALIASES = {"trace": "debug", "warn": "warning", "fatal": "error", "critical": "error"}
+_log_choice = _choice("debug", "info", "warning", "error", *_LEVEL_ALIASES)
+
+
+def _log_level(text: str) -> str:
+    value = _log_choice(text.strip())
+    return _LEVEL_ALIASES.get(value, value)
+
+
 def _switch(text: str) -> bool:
     """on/off, also as true/false, yes/no, 1/0 (the original daemon's REDIS_CLUSTER_ENABLED=true)."""
     value = text.strip().lower()
@@ -302,7 +312,15 @@ OPTIONS: tuple[Option, ...] = (
         metavar="ID",
     ),
     _opt("queues", "default", _queues, "queues to serve, highest priority first", metavar="Q,Q"),
-    _opt("concurrency", "5", _int(1, 10_000), "jobs run at once", "CONCURRENCY", metavar="N"),
+    _opt(
+        "concurrency",
+        "5",
+        _int(1, 10_000),
+        "jobs run at once",
+        "CONCURRENCY",
+        "WORKER_CONCURRENCY",
+        metavar="N",
+    ),
     _opt(
         "app",
         None,
@@ -383,12 +401,14 @@ OPTIONS: tuple[Option, ...] = (
         "8080",
         _int(-1, 65_535),
         "port of the probe and metrics server (0: any free port, -1: no server)",
+        "HEALTH_CHECK_PORT",
+        "WORKER_HEALTH_PORT",
         metavar="PORT",
     ),
     _opt(
         "log_level",
         "info",
-        _choice("debug", "info", "warning", "error"),
+        _log_level,
         "log level",
         "LOG_LEVEL",
         metavar="LEVEL",

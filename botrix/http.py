@@ -115,6 +115,9 @@ class HttpServer:
             "/ready": self._ready,
             "/health": self._health,
             "/metrics": self._metrics_page,
+            # The paths of the BullMQ worker botrix replaces, so its manifests keep working.
+            "/health/live": self._live,
+            "/health/ready": self._ready,
         }
         self._admin: AdminApi | None = None
         if settings.admin_token:

@@ -21,6 +21,21 @@ def test_flags_beat_prefixed_env_beat_seed_env_beat_defaults() -> None:
     assert resolve({}, {}).concurrency == Settings().concurrency == 5
 
 
+def test_the_bull_workers_variables_and_log_levels_are_read() -> None:
+    """The BullMQ and Bull workers' environment files keep working (docs/configuration.md)."""
+    env = {"WORKER_CONCURRENCY": "3", "HEALTH_CHECK_PORT": "9091", "LOG_LEVEL": "warn"}
+    s = resolve({}, env)
+    assert (s.concurrency, s.http_port, s.log_level) == (3, 9091, "warning")
+    assert resolve({}, {"WORKER_HEALTH_PORT": "3003", "LOG_LEVEL": "FATAL"}).http_port == 3003
+    assert [resolve({}, {"LOG_LEVEL": level}).log_level for level in ("trace", "fatal", "Info")] == [
+        "debug",
+        "error",
+        "info",
+    ]
+    with pytest.raises(ConfigError, match=r"^LOG_LEVEL: must be one of debug, info, warning, error, trace"):
+        resolve({}, {"LOG_LEVEL": "verbose"})
+
+
 def test_bad_values_name_their_source() -> None:
     with pytest.raises(ConfigError, match=r"^HEALTH_CHECK_INTERVAL: must be a number of seconds"):
         resolve({}, {"HEALTH_CHECK_INTERVAL": "often"})

@@ -63,6 +63,9 @@ async def test_probes_answer_when_ready(redis_server: RedisServer, queue: str) -
         )
         status, body, _ = await get(base, "/ready")
         assert (status, body) == (200, {"status": "ready", "reason": "ok"})
+        # The BullMQ worker's paths, for manifests written for it.
+        assert (await get(base, "/health/ready"))[:2] == (200, body)
+        assert (await get(base, "/health/live"))[1]["status"] == "ok"
         status, health, _ = await get(base, "/health")
         assert status == 200 and health["status"] == "healthy"
         assert health["checks"]["redis"]["status"] == "pass"
