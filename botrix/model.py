@@ -255,6 +255,8 @@ class Settlement:
     queue_wait_ms: int = 0
     #: The handler asked for its retry (RetryLater): an expected turn, not a failure to report.
     retry_asked: bool = False
+    #: Why a REQUEUE puts the job back, for its log line.
+    requeue_reason: str = "shutdown"
     #: The submitter's own record of the attempt (the runner's in-flight entry), opaque here: two
     #: attempts can share (queue, id, delivery) after Redis lost writes, so it is not a key.
     owner: object = field(default=None, repr=False, compare=False)

@@ -38,7 +38,7 @@ from botrix.model import Claimed, ErrorInfo, Outcome, Settlement, parse_job
 from botrix.pauses import Pauses
 from botrix.registry import Registry
 from botrix.settler import Settler
-from botrix.store import Consumer, ForeignWrite, Store, StoreUnavailable
+from botrix.store import Consumer, Exchanged, ForeignWrite, Store, StoreUnavailable
 from botrix.waker import Waker
 
 #: After the shutdown timeout, how long cancelled jobs get to be written back as requeued.
@@ -136,6 +136,10 @@ class Runner:
         # the latest one cannot tell the queues are empty, whatever its claims came back with.
         self._arrivals = 0
         self._failure: BaseException | None = None
+        # Redis time before this process's first claim, and the queues where a claim may have
+        # run without its reply reaching us: their jobs are leased to us, unknown (_reclaim).
+        self._since: int | None = None
+        self._unsure: set[str] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop``, then drain; returns once every claimed job is settled."""
@@ -200,10 +204,13 @@ class Runner:
                 self._wake.clear()
                 if self._failure is not None:
                     raise self._failure
+                # After a lost claim reply no new pass starts until the orphans are found: with
+                # no call in flight, every job leased to us that we do not know of is one.
                 ready = [
                     lane
                     for lane in self._lanes
                     if not lane.busy
+                    and not self._unsure
                     and (self._settler.pending(lane.index) or (self._free(lane) > 0 and not self._dry))
                 ]
                 for lane in ready:
@@ -217,6 +224,9 @@ class Runner:
                     continue
                 if passes:
                     await self._wake.wait()  # a job or a pass finishing sets it
+                    continue
+                if self._unsure:
+                    await self._reclaim(stop)
                     continue
                 if any(self._free(lane) > 0 for lane in self._lanes):
                     self._waker.arm()
@@ -279,8 +289,8 @@ class Runner:
                 continue  # (a held queue gets a call anyway, whose key checks tell if it is repaired)
             lane.reserved += want
             try:
-                refused, claimed, rejected, now_paused, limited_s = await self._store.exchange(
-                    queue, items, want, self._consumer, lane=lane.index
+                refused, claimed, rejected, now_paused, limited_s = await self._exchange(
+                    lane, queue, items, want
                 )
             except ForeignWrite as exc:
                 # Only this queue is broken: Redis is fine, and the queues below it go on.
@@ -322,6 +332,65 @@ class Runner:
                 # Strict priority: lower queues claim only in a pass where this one ran dry.
                 claiming = dry
         return dry
+
+    async def _exchange(self, lane: Lane, queue: str, items: list[Settlement], want: int) -> Exchanged:
+        """The store's exchange, noting a claim that may have run without its reply reaching us."""
+        if want and self._since is None:
+            since = await self._store.clock_ms()
+            self._since = since if self._since is None else min(self._since, since)
+        try:
+            return await self._store.exchange(queue, items, want, self._consumer, lane=lane.index)
+        except ForeignWrite:
+            raise  # the script stopped at its key checks, before any claim
+        except StoreUnavailable:
+            if want:
+                self._unsure.add(queue)  # Redis may have run the claim: its jobs are ours
+            raise
+
+    async def _reclaim(self, stop: asyncio.Event) -> None:
+        """Give back the jobs claims whose replies were lost leased to this worker.
+
+        Left alone, each would wait out its lease and then cost an attempt it never ran (a job
+        with ``max_retries=0`` would be dead-lettered). Runs with no pass in flight, so every
+        claim Redis ran for us has had its reply handled, or failed: a job leased to us since
+        this process's first claim, and not held, is an orphan. It is requeued with its attempt
+        given back, through the settler like any result.
+        """
+        assert self._since is not None  # set before any claim that could leave a queue unsure
+        for queue in sorted(self._unsure):
+            try:
+                orphans = await self._store.orphans(queue, self._consumer.worker_id, self._since)
+            except ForeignWrite:
+                # Its active set is damaged: the queue's hold reports it, and recovery takes
+                # the jobs back once it is repaired, as for any lease.
+                self._unsure.discard(queue)
+                continue
+            except StoreUnavailable as exc:
+                if self._state.redis.down(str(exc)):
+                    self._log.warning("redis.unavailable", reason=str(exc), during="reclaim")
+                await sleep_or_stop(stop, self._backoff.next())
+                return
+            self._unsure.discard(queue)
+            lane = self._lanes[0]
+            for claimed in orphans:
+                if (queue, claimed.job_id, claimed.delivery) in self._state.in_flight:
+                    continue
+                self._log.warning(
+                    "job.orphaned",
+                    queue=queue,
+                    job_id=claimed.job_id,
+                    reason="the reply of the call that claimed it was lost; it is requeued, "
+                    "its attempt given back",
+                )
+                # Held like a claimed job until the requeue is written (its lease renewed),
+                # but never run.
+                entry = InFlight(claimed.job_id, queue, claimed.delivery, claimed, granted=time.monotonic())
+                lane.held += 1
+                self._state.in_flight[(queue, claimed.job_id, claimed.delivery)] = entry
+                requeue = _requeue(entry)
+                requeue.requeue_reason = "orphaned"
+                requeue.owner = entry
+                self._settler.submit(requeue, lane.index)
 
     def _hold(self, queue: str, lane: int, items: list[Settlement], exc: ForeignWrite) -> None:
         """Leave ``queue`` alone for a while: one of its keys holds what botrix never writes."""

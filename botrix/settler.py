@@ -78,7 +78,7 @@ class Settler:
             ran = s.duration_s > 0
             self._metrics.job_finished(s.queue, s.job_type, s.outcome.value, s.duration_s if ran else None)
             if s.outcome is Outcome.REQUEUE:
-                self._info("job.requeued", **job, reason="shutdown")
+                self._info("job.requeued", **job, reason=s.requeue_reason)
                 continue
             counters.processed += 1
             duration_ms = round(s.duration_s * 1000, 3)

@@ -391,16 +391,22 @@ class Store:
             [k.pending, k.active, k.scheduled, k.dead, k.events, k.seq, k.paused, k.rate, k.rate_log],
             args,
         )
-        claimed = [
-            Claimed(_text(flat[i]), flat[i + 1], int(flat[i + 2]), int(flat[i + 3]), int(flat[i + 4]))
-            for i in range(0, len(flat), 5)
-        ]
+        claimed = _claimed(flat)
         rejected = [
             Rejected(_text(dead[i]), _text(dead[i + 1]), _text(dead[i + 2])) for i in range(0, len(dead), 3)
         ]
         return Exchanged(
             {_text(job_id) for job_id in refused}, claimed, rejected, paused == 1, limited_ms / 1000
         )
+
+    async def orphans(self, queue: str, worker_id: str, since_ms: int) -> list[Claimed]:
+        """The jobs leased to ``worker_id`` by claims run since ``since_ms`` (Redis time).
+
+        After a claim whose reply was lost, those the worker does not know it holds are
+        orphans: Redis leased them to it for that claim (orphans.lua).
+        """
+        k = keys.queue_keys(queue)
+        return _claimed(await self._run("orphans", [k.active], [k.job_prefix, worker_id, since_ms]))
 
     async def wait_for_jobs(self, queue: str) -> bool:
         """Block until the queue has an entry (True) or the blocking timeout passes (False).
@@ -773,6 +779,14 @@ def _wrong_type(message: str) -> str | None:
     if message.startswith("Command # ") and "WRONGTYPE " in message:
         return message[message.index("WRONGTYPE ") :].removesuffix("',)")
     return None
+
+
+def _claimed(flat: list[Any]) -> list[Claimed]:
+    """Jobs as the claim scripts return them: five entries a job."""
+    return [
+        Claimed(_text(flat[i]), flat[i + 1], int(flat[i + 2]), int(flat[i + 3]), int(flat[i + 4]))
+        for i in range(0, len(flat), 5)
+    ]
 
 
 def _text(raw: bytes) -> str:

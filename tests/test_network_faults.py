@@ -11,6 +11,7 @@ a fault could cause them.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 import signal
 import time
@@ -27,7 +28,7 @@ from botrix import keys
 from botrix.client import Client
 from botrix.errors import JobNotFoundError
 from botrix.model import JobInfo, JobStatus, Outcome, Settlement
-from botrix.store import Connection, Consumer, Store, StoreUnavailable
+from botrix.store import Connection, Consumer, Store, StoreUnavailable, _load_script
 from botrix.waits import Waits
 from tests.conftest import WorkerProcess, eventually
 from tests.faultproxy import FaultProxy
@@ -489,3 +490,45 @@ async def test_an_enqueue_whose_reply_was_lost_names_its_id_for_the_retry(
         assert (await client.job(again, queue)).payload == "lost-reply-marker"
     finally:
         await store.aclose()
+
+
+async def _idle(admin: aredis.Redis) -> bool:
+    """The worker's claim loop is asleep, its waker blocked on the pending list."""
+    return any(c.get("cmd") == "blmove" and "b" in c.get("flags", "") for c in await admin.client_list())
+
+
+async def test_a_claim_whose_reply_was_lost_gives_its_job_back_at_once(
+    redis_server: RedisServer, proxy: FaultProxy, client: Client, queue: str, spawn: Spawn
+) -> None:
+    """Redis ran the claim, then the connection died before the reply reached the worker: the
+    job is leased to a worker that does not know it holds it. After the failure the worker asks
+    Redis for such jobs and requeues them with their attempt given back, so the job runs now, on
+    its one attempt (--max-retries 0), instead of waiting out its lease (300 s here) and being
+    dead-lettered LeaseExpired without ever having run."""
+    url = redis_server.url
+    exchange_sha = hashlib.sha1(_load_script("exchange.lua").encode()).hexdigest().encode()
+    worker = spawn(proxy.url(), queue, "--lease-seconds", "300", "--max-retries", "0")
+    [warm_up] = await enqueue_counted(client, url, queue, 1)
+    await completed(client, worker, warm_up, queue)  # the exchange script is loaded now
+    async with aredis.Redis(port=redis_server.port, decode_responses=True) as admin:
+        # The next exchange the worker sends is the one that claims the job below.
+        await eventually(lambda: _idle(admin), what="an idle worker")
+        stalled = proxy.stall_after(exchange_sha)
+        [job_id] = await enqueue_counted(client, url, queue, 1)
+        await asyncio.wait_for(stalled.wait(), timeout=30)
+
+        async def leased() -> bool:
+            return (await client.job(job_id, queue)).status is JobStatus.RUNNING
+
+        await eventually(leased, what="Redis running the claim whose reply is held")
+    await proxy.cut()
+    await proxy.resume()
+    await completed(client, worker, job_id, queue)
+    assert (await client.job(job_id, queue)).attempts == 1  # the lost claim's attempt given back
+    assert (await run_counts(url, f"runs:{queue}"))[job_id] == 1
+    orphaned = [e for e in worker.events() if e.get("event") == "job.orphaned"]
+    assert [e["job_id"] for e in orphaned] == [job_id]
+    requeued = [e for e in worker.events() if e.get("event") == "job.requeued"]
+    assert [(e["job_id"], e["reason"]) for e in requeued] == [(job_id, "orphaned")]
+    assert_no_crash(worker)
+    await stop(worker)
