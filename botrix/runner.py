@@ -140,6 +140,7 @@ class Runner:
         # run without its reply reaching us: their jobs are leased to us, unknown (_reclaim).
         self._since: int | None = None
         self._unsure: set[str] = set()
+        self._unsure_since = 0.0  # loop time of the first claim of those that failed
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop``, then drain; returns once every claimed job is settled."""
@@ -344,6 +345,8 @@ class Runner:
             raise  # the script stopped at its key checks, before any claim
         except StoreUnavailable:
             if want:
+                if not self._unsure:
+                    self._unsure_since = asyncio.get_running_loop().time()
                 self._unsure.add(queue)  # Redis may have run the claim: its jobs are ours
             raise
 
@@ -368,6 +371,12 @@ class Runner:
             except StoreUnavailable as exc:
                 if self._state.redis.down(str(exc)):
                     self._log.warning("redis.unavailable", reason=str(exc), during="reclaim")
+                if asyncio.get_running_loop().time() - self._unsure_since > self._settings.lease_seconds:
+                    # By now recovery has the orphans (their leases ran out): claiming must not
+                    # wait any longer on a question that no longer matters.
+                    self._log.warning("job.orphans_unknown", queues=sorted(self._unsure), reason=str(exc))
+                    self._unsure.clear()
+                    return
                 await sleep_or_stop(stop, self._backoff.next())
                 return
             self._unsure.discard(queue)
