@@ -516,6 +516,14 @@ class Runner:
                 attempt=claimed.attempt,
                 error=error,
             )
+        if (
+            entry.cancel_reason == "shutdown"
+            and settlement is not None
+            and settlement.outcome in (Outcome.RETRY, Outcome.DEAD)
+        ):
+            # The handler turned the shutdown's cancel into an error of its own (a driver raising
+            # on cancel, a cleanup that fails): that failure is the shutdown's, not the job's.
+            settlement = _requeue(entry)
         if entry.cancel_reason == "abandoned":
             pass  # requeued by the drain, which gives its slot back when that is written
         elif settlement is None or entry.cancel_reason in ("lease_lost", "cancelled"):

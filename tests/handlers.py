@@ -121,6 +121,16 @@ async def long_cleanup(ctx: JobContext, payload: dict[str, Any]) -> str:
     return "slept"
 
 
+@handler("t.cancel_to_error")
+async def cancel_to_error(ctx: JobContext, payload: Any) -> str:
+    """Turns its cancellation into an error of its own, as drivers and failing cleanups do."""
+    try:
+        await asyncio.sleep(3600)
+    except asyncio.CancelledError:
+        raise RuntimeError("upload aborted") from None
+    return "slept"
+
+
 @handler("t.ignores_cancel")
 async def ignores_cancel(ctx: JobContext, payload: Any) -> str:
     """Swallows every cancellation: asyncio cannot stop it."""

@@ -138,6 +138,24 @@ async def test_sigterm_drains_short_jobs_and_requeues_long_ones(
     assert names.index("worker.stopping") < names.index("job.requeued") < names.index("worker.stopped")
 
 
+async def test_a_handler_that_turns_the_shutdowns_cancel_into_an_error_is_requeued(
+    redis_server: RedisServer, client: Client, queue: str, spawn: Spawn
+) -> None:
+    """A handler that raises an error of its own when cancelled (a driver, a cleanup that
+    fails) at the end of the shutdown timeout: that failure is the shutdown's, not the job's,
+    so the job goes back uncounted, not dead-lettered (max_retries 0) or retried."""
+    worker = spawn(redis_server.url, queue, "--shutdown-timeout", "1")
+    job_id = await client.enqueue("t.cancel_to_error", {}, queue=queue, max_retries=0)
+    await worker.wait_for("job.started")
+    worker.signal(signal.SIGTERM)
+    assert await worker.wait(timeout=60) == 0
+    info = await client.job(job_id)
+    assert (info.status, info.attempts) == (JobStatus.QUEUED, 0)
+    requeued = next(e for e in worker.events() if e.get("event") == "job.requeued")
+    assert (requeued["job_id"], requeued["reason"]) == (job_id, "shutdown")
+    assert "job.failed" not in worker.names()
+
+
 async def test_second_signal_skips_the_drain_wait(
     redis_server: RedisServer, client: Client, queue: str, spawn: Spawn
 ) -> None:
