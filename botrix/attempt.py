@@ -20,7 +20,7 @@ from botrix.logs import Logger
 from botrix.metrics import Metrics
 from botrix.model import JSON, Claimed, ErrorInfo, Job, Outcome, Settlement, parse_job
 from botrix.registry import Registry
-from botrix.store import Store
+from botrix.store import Store, StoreUnavailable
 from botrix.tracing import JobTracer
 
 
@@ -112,9 +112,14 @@ class Attempts:
         return settlement
 
     async def _progress(self, queue: str, job_id: str, delivery: int, value: JSON) -> None:
-        await self._store.publish_progress(
-            queue, job_id, delivery, self._settings.worker_id, orjson.dumps(value)
-        )
+        # Best effort: a progress report is news, not the job's outcome. Failing the attempt
+        # because Redis could not take it would run (or dead-letter) a job that is going well.
+        try:
+            await self._store.publish_progress(
+                queue, job_id, delivery, self._settings.worker_id, orjson.dumps(value)
+            )
+        except StoreUnavailable as exc:
+            self._log.warning("job.progress_dropped", queue=queue, job_id=job_id, reason=str(exc))
 
 
 def _settlement(job: Job, outcome: Outcome, data: bytes, duration: float, wait_ms: int) -> Settlement:

@@ -43,7 +43,11 @@ class JobContext:
         return self._log
 
     async def progress(self, value: JSON) -> None:
-        """Publish a progress event (any JSON value) and keep it in the job's record."""
+        """Publish a progress event (any JSON value) and keep it in the job's record.
+
+        Best effort: while Redis cannot take it (after the client's timeouts), the update is
+        dropped with a ``job.progress_dropped`` warning and the handler goes on.
+        """
         await self._progress(self.queue, self.job_id, self._delivery, value)
 
 

@@ -97,6 +97,15 @@ async def items(ctx: JobContext, payload: dict[str, Any]) -> dict[str, int]:
     return {"processed": done}
 
 
+@handler("t.progress_when")
+async def progress_when(ctx: JobContext, payload: dict[str, Any]) -> str:
+    """Reports progress once the file ``payload["path"]`` exists: the test decides when."""
+    while not os.path.exists(payload["path"]):
+        await asyncio.sleep(0.02)
+    await ctx.progress({"stage": "upload"})
+    return "done"
+
+
 @handler("t.block")
 async def block(ctx: JobContext, payload: dict[str, Any]) -> str:
     await _count(ctx, payload)

@@ -17,6 +17,7 @@ import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import aiohttp
 import orjson
@@ -530,5 +531,28 @@ async def test_a_claim_whose_reply_was_lost_gives_its_job_back_at_once(
     assert [e["job_id"] for e in orphaned] == [job_id]
     requeued = [e for e in worker.events() if e.get("event") == "job.requeued"]
     assert [(e["job_id"], e["reason"]) for e in requeued] == [(job_id, "orphaned")]
+    assert_no_crash(worker)
+    await stop(worker)
+
+
+async def test_progress_while_redis_is_unreachable_is_dropped_not_a_failure(
+    redis_server: RedisServer, proxy: FaultProxy, client: Client, queue: str, spawn: Spawn, tmp_path: Path
+) -> None:
+    """A handler reports progress while the worker cannot reach Redis: progress is best effort,
+    so the update is dropped (and logged) and the attempt goes on; it does not fail, and the job
+    (max_retries 0) completes on its one attempt once Redis is back."""
+    signal_file = tmp_path / "report-now"
+    worker = spawn(proxy.url(), queue, "--lease-seconds", "300", "--max-retries", "0")
+    job_id = await client.enqueue("t.progress_when", {"path": str(signal_file)}, queue=queue)
+    await wait_event(worker, "job.started")
+    proxy.refuse()
+    await proxy.cut()
+    signal_file.touch()
+    await wait_event(worker, "job.progress_dropped")
+    await proxy.resume()
+    await completed(client, worker, job_id, queue)
+    info = await client.job(job_id, queue)
+    assert (info.attempts, info.result) == (1, "done")
+    assert "job.failed" not in worker.names()
     assert_no_crash(worker)
     await stop(worker)
