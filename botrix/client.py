@@ -154,7 +154,11 @@ class Client:
         queued, scheduled or running in ``queue``, another enqueue with it there does nothing.
         Ids are unique per queue (docs/protocol.md). Retry a failed enqueue with the same id: a
         StoreUnavailable may come after Redis ran the call (the reply was lost), and only the
-        same id makes the retry a no-op then. The exception carries it as ``job_id``.
+        same id makes the retry a no-op then. The exception carries it as ``job_id``. A no-op
+        while that job is live, that is: a short job may also have run to its end before the
+        retry, and a finished job's id runs again. Where a second run would matter, look the id
+        up first: ``await client.job(job_id, queue)`` finds it, in any state, if the enqueue
+        went in (JobNotFoundError if not).
         """
         job_id = job_id or uuid.uuid4().hex
         validate_job_id(job_id)

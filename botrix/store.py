@@ -44,7 +44,8 @@ class StoreUnavailable(BotrixError):
     """Redis could not be reached or did not answer in time; the caller backs off and retries."""
 
     #: Set by Client.enqueue: the id of the job that may or may not have gone in (a reply can
-    #: be lost after Redis ran the call). Enqueuing again with it is a no-op if it did.
+    #: be lost after Redis ran the call). Enqueuing again with it is a no-op if it did and the
+    #: job is still live; one that ran to its end meanwhile would run again (Client.enqueue).
     job_id: str | None = None
     #: Set by Client.enqueue_many: the ids of all its jobs, some of which may have gone in.
     job_ids: list[str] | None = None

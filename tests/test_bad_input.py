@@ -111,6 +111,33 @@ async def test_oversized_raw_envelope_is_dead_lettered_without_reaching_a_worker
     assert line["level"] == "error"
 
 
+async def test_an_id_generated_for_a_foreign_envelope_never_takes_a_callers_job(
+    redis_server: RedisServer, client: Client, queue: str, store: Store
+) -> None:
+    """The claim names an envelope without an id `<ms>-<sequence>`; a caller may have chosen
+    an id of that shape (a Redis stream entry id). Delayed jobs hold every such id the next
+    claim could draw in the coming seconds: the foreign job gets another, and each caller's
+    job keeps its own payload."""
+    k = keys.queue_keys(queue)
+    async with aredis.Redis.from_url(redis_server.url) as r:
+        seconds, micros = await r.time()
+        sequence = int(await r.get(k.seq) or 0)
+    now = seconds * 1000 + micros // 1000
+    taken = [f"{now + i}-{sequence + 1}" for i in range(5000)]
+    await client.enqueue_many(
+        "t.echo", [{"mine": i} for i in range(len(taken))], queue=queue, delay=3600, job_ids=taken
+    )
+    await push_raw(redis_server.url, queue, b'{"type": "t.echo", "payload": "foreign"}')
+    consumer = Consumer("w-ids", lease_ms=30_000, max_envelope_bytes=1 << 20, result_ttl=60, dead_cap=10)
+    _, [claimed], _, _, _ = await store.exchange(queue, [], 1, consumer, lane=0)
+    assert claimed.job_id not in taken
+    assert orjson.loads(claimed.envelope)["payload"] == "foreign"
+    for i in (0, 2500, 4999):
+        info = await client.job(taken[i], queue)
+        assert (info.status, info.payload) == (JobStatus.SCHEDULED, {"mine": i})
+    assert (await client.depth(queue))["scheduled"] == len(taken)
+
+
 async def test_duplicate_id_of_a_live_job_is_dropped(
     redis_server: RedisServer, client: Client, queue: str
 ) -> None:

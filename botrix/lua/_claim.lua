@@ -21,8 +21,17 @@ local function claim_batch(k, prefix, queue, now, want, lease_ms, worker, max_by
   local rejected = {}
   local claimed = 0
 
+  -- A caller may choose an id of this very shape (a Redis stream entry id): one taken is
+  -- drawn again, or the job holding it would be overwritten. HGET, not EXISTS, which the
+  -- documented ACL does not grant; every record has a status, and a key of another type is
+  -- taken too.
   local function new_id()
-    return string.format('%d-%d', now, redis.call('INCR', k.seq))
+    while true do
+      local id = string.format('%d-%d', now, redis.call('INCR', k.seq))
+      if redis.pcall('HGET', prefix .. id, 'status') == false then
+        return id
+      end
+    end
   end
 
   -- A token as stored, or 0 for anything else written over it, which would otherwise end up
