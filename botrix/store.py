@@ -407,7 +407,7 @@ class Store:
         orphans: Redis leased them to it for that claim (orphans.lua).
         """
         k = keys.queue_keys(queue)
-        return _claimed(await self._run("orphans", [k.active], [k.job_prefix, worker_id, since_ms]))
+        return _claimed(await self._run("orphans", [k.active, k.events], [k.job_prefix, worker_id, since_ms]))
 
     async def wait_for_jobs(self, queue: str) -> bool:
         """Block until the queue has an entry (True) or the blocking timeout passes (False).
@@ -432,7 +432,7 @@ class Store:
         args: list[Any] = [lease_ms, k.job_prefix, worker_id]
         for job_id, delivery in held:
             args += [job_id, delivery]
-        flat = await self._run("renew", [k.active], args)
+        flat = await self._run("renew", [k.active, k.events], args)
         return [(_text(flat[i]), int(flat[i + 1]), flat[i + 2] == 1) for i in range(0, len(flat), 3)]
 
     async def cancel(self, queue: str, job_id: str, ttl_s: int) -> str | None:
@@ -552,7 +552,7 @@ class Store:
         k = keys.queue_keys(queue)
         deleted = 0
         async for chunk in self._dead_chunks(queue, job_ids):
-            deleted += int(await self._run("purge", [k.dead], [k.job_prefix, *chunk]))
+            deleted += int(await self._run("purge", [k.dead, k.events], [k.job_prefix, *chunk]))
         return deleted
 
     async def _dead_chunks(self, queue: str, job_ids: Sequence[str] | None) -> AsyncIterator[list[str]]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from botrix import keys
 from botrix.client import Client
 from botrix.model import JobStatus
+from botrix.store import Connection, Consumer, Store, StoreUnavailable
 from tests.conftest import WorkerProcess, eventually
 from tests.redisproc import RedisClusterServers
 
@@ -162,3 +163,62 @@ async def test_the_cluster_is_reached_through_other_nodes_when_the_urls_is_down(
     assert queue in json.loads(listing.stdout)
     worker.signal(signal.SIGTERM)
     assert await worker.wait() == 0
+
+
+def _move_slot_keys(cluster: RedisClusterServers, key: str, *only: str) -> None:
+    """Resharding by hand, as redis-cli does it: the slot of ``key`` migrating from its node to
+    the next, and its keys moved (``only`` these, or all of them and the slot handed over)."""
+    source = cluster.nodes[cluster.node_of(key)]
+    target = cluster.nodes[(cluster.node_of(key) + 1) % len(cluster.nodes)]
+    with source.client() as s, target.client() as t:
+        slot = int(s.execute_command("CLUSTER KEYSLOT", key))
+        if only:
+            t.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", s.execute_command("CLUSTER MYID"))
+            s.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", t.execute_command("CLUSTER MYID"))
+        moving = list(only) or [
+            str(k, "utf-8") if isinstance(k, bytes) else k
+            for k in s.execute_command("CLUSTER GETKEYSINSLOT", slot, 1000)
+        ]
+        if moving:
+            s.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 10_000, "KEYS", *moving)
+        if not only:
+            target_id = t.execute_command("CLUSTER MYID")
+            for node in cluster.nodes:
+                with node.client() as r:
+                    r.execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
+
+
+async def test_a_lease_is_not_reported_lost_while_its_queue_moves_to_another_node(
+    redis_cluster: RedisClusterServers, queue: str
+) -> None:
+    """Resharding moves a queue's keys to another node a batch at a time. With the running job's
+    record moved and its lease not yet, a renewal that ran would read the record as gone and
+    report a healthy lease lost: the worker would stop the attempt, and the job would cost one.
+    Redis refuses the renewal until the slot has moved (the caller tries again); then it renews."""
+    k = keys.queue_keys(queue)
+    store = Store(Connection(redis_cluster.url, cluster=True))
+    try:
+        job_id = await Client(store).enqueue("t.echo", {}, queue=queue)
+        consumer = Consumer(
+            "w-moving", lease_ms=30_000, max_envelope_bytes=1 << 20, result_ttl=60, dead_cap=10
+        )
+        _, [claimed], _, _, _ = await store.exchange(queue, [], 1, consumer, lane=0)
+        held = [(job_id, claimed.delivery)]
+        _move_slot_keys(redis_cluster, k.pending, k.job(job_id))
+        try:
+            lost = await store.renew(queue, held, 30_000, "w-moving")
+        except StoreUnavailable:
+            lost = []  # refused while the slot moves: the heartbeat's next beat tries again
+        assert lost == []
+        _move_slot_keys(redis_cluster, k.pending)
+
+        async def renewed() -> bool:
+            try:
+                return await store.renew(queue, held, 30_000, "w-moving") == []
+            except StoreUnavailable:
+                return False  # the client still learning where the slot went
+
+        await eventually(renewed, what="a renewal on the queue's new node")
+        assert (await Client(store).job(job_id, queue)).status is JobStatus.RUNNING
+    finally:
+        await store.aclose()

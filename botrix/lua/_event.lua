@@ -50,6 +50,12 @@ local function expect_flag(key)
   return value ~= false
 end
 
+-- A slot in migration (Redis Cluster resharding): a script reads job records, keys it does not
+-- declare, and one already moved would read as gone (record_fields returns nil), a running job
+-- taken for an overwritten one. So every script that reads records also declares the queue's
+-- events channel, which is never a key: while its slot is migrating Redis refuses such a script
+-- whole (ASK or TRYAGAIN, retried by the caller), rather than running it on half the keys.
+
 -- A job record's fields (HMGET), or nil when its key holds another type: something other than
 -- botrix overwrote it and the job's data is gone. The scripts treat that job as one they cannot
 -- run rather than fail; a failure after a pop or a ZREM would lose the other jobs in the call.

@@ -4,7 +4,7 @@
 -- of leaving them to expire: each would otherwise cost an attempt it never ran, and wait out
 -- its lease.
 --
--- KEYS[1] active zset
+-- KEYS[1] active zset   KEYS[2] events channel (never a key: see _event.lua, "slot in migration")
 -- ARGV[1] job record key prefix   ARGV[2] worker id
 -- ARGV[3] Redis time (ms) before the worker's first claim: a claim older than that was a
 --         previous process's under the same id, which died with its jobs running; those

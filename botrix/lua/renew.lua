@@ -1,6 +1,6 @@
 -- Extend the leases a worker still holds.
 --
--- KEYS[1] active zset
+-- KEYS[1] active zset   KEYS[2] events channel (never a key: see _event.lua, "slot in migration")
 -- ARGV[1] lease length ms   ARGV[2] job record key prefix   ARGV[3] worker id
 -- then two entries a job: id, delivery
 -- Returns a flat array, three entries a lost lease (recovered, claimed again, or cancelled): id,
