@@ -13,6 +13,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
+from botrix import keys
 from botrix.aio import sleep_or_stop
 from botrix.config import Settings
 from botrix.health import Phase, WorkerState
@@ -42,6 +43,7 @@ class Heartbeat:
         self._tick = min(settings.lease_seconds / 3, settings.health_check_interval, MAX_TICK_S)
         self._health_ttl = max(int(settings.health_check_interval * 3), 3)
         self._recorded: Phase | None = None  # the phase the record in Redis shows
+        self._legacy = 0  # entries last seen on the original daemon's job list
 
     async def run(self, stop: asyncio.Event) -> None:
         """Beat until ``stop``; then remove the health record."""
@@ -104,6 +106,21 @@ class Heartbeat:
                 self._settings.worker_id, self._state.health_record(), self._health_ttl
             )
             self._recorded = phase
+            await self._look_for_legacy_jobs()
+
+    async def _look_for_legacy_jobs(self) -> None:
+        # A producer still pushing where the original daemon read: those jobs would wait there
+        # forever, unseen. Said again whenever the count changes.
+        count = await self._store.legacy_backlog()
+        if count and count != self._legacy:
+            self._log.warning(
+                "queue.legacy_jobs",
+                key=keys.LEGACY_QUEUE,
+                jobs=count,
+                reason="the original Botrix daemon's job list: botrix runs jobs from "
+                "botrix:{<queue>}:pending; point the producers there (docs/protocol.md)",
+            )
+        self._legacy = count
 
     async def _goodbye(self) -> None:
         self._state.phase = Phase.STOPPED

@@ -14,6 +14,10 @@ PREFIX = "botrix"
 QUEUES = f"{PREFIX}:queues"
 #: Sorted set of worker ids scored by the expiry (ms) of their health record.
 WORKERS = f"{PREFIX}:workers"
+#: The original Botrix daemon's one job list. botrix never takes jobs from it (they are in
+#: that daemon's format, for its one handler); its workers only say when producers still push
+#: there, where no job would ever run.
+LEGACY_QUEUE = f"{PREFIX}:jobs:queue"
 
 
 def worker_health(worker_id: str) -> str:

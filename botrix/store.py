@@ -354,6 +354,10 @@ class Store:
         """Remember queue names so that admin tools can find their jobs."""
         await self._call(self._redis.sadd(keys.QUEUES, *queues))
 
+    async def legacy_backlog(self) -> int:
+        """Entries on the original daemon's job list (keys.LEGACY_QUEUE), which nothing runs."""
+        return int(await self._call(self._redis.llen(keys.LEGACY_QUEUE)))
+
     async def known_queues(self) -> list[str]:
         """Every queue name a worker or producer has used."""
         members = await self._call(self._redis.smembers(keys.QUEUES))

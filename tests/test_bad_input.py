@@ -138,6 +138,26 @@ async def test_an_id_generated_for_a_foreign_envelope_never_takes_a_callers_job(
     assert (await client.depth(queue))["scheduled"] == len(taken)
 
 
+async def test_jobs_pushed_where_the_original_daemon_read_are_reported_not_stranded_silently(
+    redis_server: RedisServer, queue: str, spawn: Callable[..., WorkerProcess]
+) -> None:
+    """A producer still pushing onto the original Botrix daemon's list: no botrix worker runs
+    jobs from there, so each says so (with the count) instead of leaving them unseen; the
+    entries stay where they are, for the operator to move."""
+    async with aredis.Redis.from_url(redis_server.url) as r:
+        await r.delete(keys.LEGACY_QUEUE)
+        await r.lpush(keys.LEGACY_QUEUE, b'{"job_id": "job-123", "accounts": 5}')
+        worker = spawn(redis_server.url, queue)
+        try:
+            await worker.wait_for("queue.legacy_jobs")
+            [line] = [e for e in worker.events() if e.get("event") == "queue.legacy_jobs"]
+            assert (line["key"], line["jobs"], line["level"]) == ("botrix:jobs:queue", 1, "warning")
+            assert "botrix:{<queue>}:pending" in line["reason"]
+            assert await r.llen(keys.LEGACY_QUEUE) == 1
+        finally:
+            await r.delete(keys.LEGACY_QUEUE)
+
+
 async def test_duplicate_id_of_a_live_job_is_dropped(
     redis_server: RedisServer, client: Client, queue: str
 ) -> None:
