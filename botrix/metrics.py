@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import (
+    REGISTRY,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -167,6 +168,20 @@ class _JobCollector(Collector):
         yield wait
 
 
+class _HandlerMetrics(Collector):
+    """What the application registered on prometheus_client's default registry (a handler's
+    module-level ``Counter(...)``), served beside botrix's own.
+
+    Not the default registry's process, platform and GC metrics: botrix's registry has its own,
+    and a family twice in one exposition is an error to Prometheus.
+    """
+
+    def collect(self) -> Iterator[Metric]:
+        for family in REGISTRY.collect():
+            if not (family.name.startswith(("process_", "python_gc_")) or family.name == "python_info"):
+                yield family
+
+
 class Metrics:
     """Every botrix metric; components call the ``job_*`` methods as things happen."""
 
@@ -205,6 +220,7 @@ class Metrics:
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         GCCollector(registry=r)  # gc.get_stats() at scrape time: nothing per job
+        r.register(_HandlerMetrics())  # read at each scrape: metrics made later are served too
 
     def job_type(self, name: str) -> str:
         """The label for a job type: its name if a handler is registered, else ``unknown``."""

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import redis.asyncio as aredis
+from prometheus_client import Counter
 
 from botrix import InvalidPayloadError, JobContext, RetryLater, handler
 
@@ -104,6 +105,15 @@ async def progress_when(ctx: JobContext, payload: dict[str, Any]) -> str:
         await asyncio.sleep(0.02)
     await ctx.progress({"stage": "upload"})
     return "done"
+
+
+#: An application's own metric, on prometheus_client's default registry, as handlers make them.
+REPORTS_BUILT = Counter("app_reports_built", "Reports a handler built.", ["kind"])
+
+
+@handler("t.report")
+async def report(ctx: JobContext, payload: dict[str, Any]) -> None:
+    REPORTS_BUILT.labels(payload["kind"]).inc()
 
 
 @handler("t.block")

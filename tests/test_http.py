@@ -196,6 +196,20 @@ async def test_a_request_trickling_in_is_cut_off(redis_server: RedisServer, queu
         assert status == 200
 
 
+async def test_metrics_handlers_make_are_served_beside_botrixs(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
+    """A handler's own prometheus_client metric (default registry) is on /metrics, and the
+    process metrics both registries have are there once."""
+    async with http_worker(redis_server.url, queue) as (_, base):
+        job_id = await client.enqueue("t.report", {"kind": "monthly"}, queue=queue)
+        await client.wait(job_id, timeout=30, queue=queue)
+        _, text, _ = await get(base, "/metrics")
+    assert samples(text)[("app_reports_built_total", (("kind", "monthly"),))] >= 1
+    assert text.count("# TYPE process_cpu_seconds_total") == 1
+    assert text.count("# TYPE python_info") == 1
+
+
 async def test_metrics_move_as_jobs_complete_fail_and_retry(
     redis_server: RedisServer, client: Client, queue: str
 ) -> None:
