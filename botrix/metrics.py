@@ -169,10 +169,10 @@ class _JobCollector(Collector):
 
 
 class _HandlerMetrics(Collector):
-    """What the application registered on prometheus_client's default registry (a handler's
-    module-level ``Counter(...)``), served beside botrix's own.
+    """The application's metrics, served beside botrix's own.
 
-    Not the default registry's process, platform and GC metrics: botrix's registry has its own,
+    Those it registered on prometheus_client's default registry (a handler module's
+    ``Counter(...)``); not the default registry's process, platform and GC metrics: botrix's registry has its own,
     and a family twice in one exposition is an error to Prometheus.
     """
 
