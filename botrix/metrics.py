@@ -172,8 +172,8 @@ class _HandlerMetrics(Collector):
     """The application's metrics, served beside botrix's own.
 
     Those it registered on prometheus_client's default registry (a handler module's
-    ``Counter(...)``); not the default registry's process, platform and GC metrics: botrix's registry has its own,
-    and a family twice in one exposition is an error to Prometheus.
+    ``Counter(...)``); not that registry's process, platform and GC metrics: botrix's registry
+    has its own, and a family twice in one exposition is an error to Prometheus.
     """
 
     def collect(self) -> Iterator[Metric]:
