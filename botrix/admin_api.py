@@ -168,7 +168,7 @@ class AdminApi:
     # -- endpoints -------------------------------------------------------------------------
 
     async def _queues(self, params: dict[str, str], query: dict[str, list[str]], body: Any) -> Any:
-        return {name: await self._client.queue_info(name) for name in await self._client.queues()}
+        return await self._client.queues_overview()
 
     async def _queue(self, params: dict[str, str], query: dict[str, list[str]], body: Any) -> Any:
         queue = params["queue"]

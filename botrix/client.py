@@ -15,6 +15,7 @@ import orjson
 from botrix import keys
 from botrix.config import check_cluster_nodes
 from botrix.errors import EnvelopeError, JobNotFoundError, PayloadTooLargeError
+from botrix.health import serving
 from botrix.model import (
     JSON,
     MAX_DELAY_S,
@@ -366,6 +367,20 @@ class Client:
     async def rate_limit(self, queue: str = "default") -> RateLimit | None:
         """``queue``'s rate limit, if it has one."""
         return await self._store.rate_limit(queue)
+
+    async def queues_overview(self, names: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+        """``queue_info`` of these queues (every known one by default), with their ``workers``.
+
+        ``workers`` counts the live workers serving the queue: 0 says its jobs wait for a
+        worker that may never come (one started with the wrong ``--queues``).
+        """
+        records = [r for r in await self.workers() if serving(r)]
+        overview = {}
+        for name in names or await self.queues():
+            info = await self.queue_info(name)
+            info["workers"] = sum(1 for r in records if name in r.get("queues", []))
+            overview[name] = info
+        return overview
 
     async def queue_info(self, queue: str = "default") -> dict[str, Any]:
         """What ``botrix queues`` shows of a queue: depth by state, paused, rate limit.

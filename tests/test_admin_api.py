@@ -46,7 +46,7 @@ async def test_the_admin_api_does_what_the_cli_does(
             "paused": False, "rate_limit": None, "workers": 1,
         }  # fmt: skip
         status, listed = await call(base, "GET", "/queues")
-        assert status == 200 and listed[queue]["dead"] == 3
+        assert status == 200 and (listed[queue]["dead"], listed[queue]["workers"]) == (3, 1)
         status, letters = await call(base, "GET", f"/queues/{queue}/dead?limit=2")
         assert status == 200 and len(letters) == 2 and {d["id"] for d in letters} <= set(dead)
         assert letters[0]["error"]["type"] == "RuntimeError"

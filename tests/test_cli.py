@@ -155,9 +155,15 @@ def test_enqueue_wait_job_and_workers(
     )
     assert late.returncode == 1 and late.stdout == ""
     assert f"timed out waiting for job 'late-1' in queue '{queue}' (it is still enqueued)" in late.stderr
+    assert f"warning: no live worker serves queue '{queue}': the job waits until one does" in late.stderr
+    assert orjson.loads(run(*url, "queues", "--queue", queue).stdout)[queue]["workers"] == 0
     worker = spawn(redis_server.url, queue)
+    deadline = time.monotonic() + 60  # a guard against a hang only
+    while run(*url, "workers", "--queue", queue).returncode != 0:  # its health record is written
+        assert time.monotonic() < deadline, "the worker never wrote its health record"
     done = run(*url, "enqueue", "t.echo", "--payload", '{"a": 1}', "--queue", queue, "--wait")
     assert done.returncode == 0, done.stderr
+    assert "warning" not in done.stderr
     info = orjson.loads(done.stdout)
     assert info["status"] == "completed" and info["result"] == {"echo": {"a": 1}, "attempt": 1}
     shown = run(*url, "job", info["id"])
@@ -182,7 +188,15 @@ def test_enqueue_wait_job_and_workers(
     assert workers.returncode == 0 and orjson.loads(workers.stdout)[0]["queues"] == [queue]
     depth = orjson.loads(run(*url, "queues", "--queue", queue).stdout)
     assert depth == {
-        queue: {"pending": 0, "active": 0, "scheduled": 0, "dead": 0, "paused": False, "rate_limit": None}
+        queue: {
+            "pending": 0,
+            "active": 0,
+            "scheduled": 0,
+            "dead": 0,
+            "paused": False,
+            "rate_limit": None,
+            "workers": 1,
+        }
     }
     assert orjson.loads(run(*url, "pause", "--queue", queue).stdout) == {"queue": queue, "paused": True}
     assert orjson.loads(run(*url, "queues", "--queue", queue).stdout)[queue]["paused"] is True

@@ -254,6 +254,7 @@ async def _enqueue(client: Client, args: argparse.Namespace) -> int:
             f"--job-id {job_id} does nothing if it is",
             3,
         )
+    await _warn_if_unserved(client, args.queue)
     if not args.wait:
         _print({"id": job_id, "queue": args.queue})
         return 0
@@ -268,6 +269,20 @@ async def _enqueue(client: Client, args: argparse.Namespace) -> int:
         fail(PROG, f"{where} was enqueued, but waiting for it failed: {redis} is unreachable ({exc})", 3)
     _print(info.to_dict())
     return 0 if info.status == "completed" else 1
+
+
+async def _warn_if_unserved(client: Client, queue: str) -> None:
+    """A job enqueued where no worker takes jobs waits until one does: say so, once."""
+    try:
+        if any(map(serving, await client.workers(queue))):
+            return
+    except StoreUnavailable:
+        return  # the job is in; whether anyone serves the queue is for `botrix workers`
+    print(
+        f"{PROG}: warning: no live worker serves queue {queue!r}: the job waits until one does "
+        f"(botrix workers --queue {queue})",
+        file=sys.stderr,
+    )
 
 
 async def _dead(client: Client, args: argparse.Namespace) -> int:
@@ -313,8 +328,7 @@ async def _run(args: argparse.Namespace) -> int:
             limit = await client.rate_limit(args.queue)
             _print({"queue": args.queue, "rate_limit": None if limit is None else limit.to_dict()})
             return 0
-        names = args.queue or await client.queues()
-        _print({name: await client.queue_info(name) for name in names})
+        _print(await client.queues_overview(args.queue or ()))
         return 0
 
 
