@@ -58,6 +58,7 @@ ENQUEUE_FIELDS = {
     "max_retries": "max_retries",
     "timeout_s": "timeout",
     "correlation_id": "correlation_id",
+    "once": "once",
 }
 #: The most one admin request may take once read: the probes share the port's connection slots.
 ANSWER_TIMEOUT_S = 10.0
@@ -229,6 +230,8 @@ class AdminApi:
         for name in ("delay_s", "timeout_s"):
             _typed(body, name, "a number", int, float)
         _typed(body, "max_retries", "a whole number", int)
+        if body.get("once") is not None and not isinstance(body["once"], bool):
+            raise BadRequest(f"'once' must be true or false, got {str(body['once'])[:40]!r}")
         if body.get("delay_s", 0) < 0:
             raise BadRequest(f"'delay_s' must not be negative, got {body['delay_s']!r}")
         arguments = {ENQUEUE_FIELDS[name]: value for name, value in body.items() if value is not None}

@@ -148,6 +148,7 @@ class Client:
         timeout: float | None = None,
         job_id: str | None = None,
         correlation_id: str | None = None,
+        once: bool = False,
     ) -> str:
         """Queue a job and return its id; with ``delay`` (s) or ``run_at`` it starts later.
 
@@ -159,7 +160,13 @@ class Client:
         while that job is live, that is: a short job may also have run to its end before the
         retry, and a finished job's id runs again. Where a second run would matter, look the id
         up first: ``await client.job(job_id, queue)`` finds it, in any state, if the enqueue
-        went in (JobNotFoundError if not).
+        went in (JobNotFoundError if not); or pass ``once``.
+
+        ``once=True`` does nothing while *any* job with this id is on record in ``queue``:
+        waiting, running, or finished and still kept (completed for the workers'
+        ``--result-ttl``, a day by default; dead until purged; cancelled for a day). A window
+        for deduplicating redeliveries, and a retry after a lost reply that never runs a job
+        twice.
         """
         job_id = job_id or uuid.uuid4().hex
         validate_job_id(job_id)
@@ -171,7 +178,7 @@ class Client:
             )
             await self._register(queue)
             try:
-                await self._store.enqueue(queue, job_id, envelope, int(delay * 1000))
+                await self._store.enqueue(queue, job_id, envelope, int(delay * 1000), once)
             except StoreUnavailable as exc:
                 exc.job_id = job_id
                 raise
@@ -187,6 +194,7 @@ class Client:
         max_retries: int | None = None,
         timeout: float | None = None,
         job_ids: Sequence[str] | None = None,
+        once: bool = False,
     ) -> list[str]:
         """Queue one job of ``type`` per payload, a few hundred per round trip; returns their ids.
 
@@ -194,6 +202,7 @@ class Client:
         and none goes in. ``job_ids`` (one per payload) make it idempotent, as for
         :meth:`enqueue`. A StoreUnavailable may come after some went in: it carries the ids as
         ``job_ids``; enqueue the same payloads again with them and only the missing ones go in.
+        ``once`` as for :meth:`enqueue`.
         """
         ids = list(job_ids) if job_ids is not None else [uuid.uuid4().hex for _ in payloads]
         if len(ids) != len(payloads):
@@ -211,7 +220,7 @@ class Client:
                 jobs.append((job_id, envelope))
             await self._register(queue)
             try:
-                await self._store.enqueue_many(queue, jobs, int(delay * 1000))
+                await self._store.enqueue_many(queue, jobs, int(delay * 1000), once)
             except StoreUnavailable as exc:
                 exc.job_ids = ids
                 raise

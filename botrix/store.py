@@ -281,17 +281,24 @@ class Store:
 
     # -- producing -------------------------------------------------------------------------
 
-    async def enqueue(self, queue: str, job_id: str, envelope: bytes, delay_ms: int) -> bool:
-        """Store and queue (or schedule) a job; False when a live job already has this id."""
+    async def enqueue(
+        self, queue: str, job_id: str, envelope: bytes, delay_ms: int, once: bool = False
+    ) -> bool:
+        """Store and queue (or schedule) a job; False when a live job already has this id.
+
+        ``once``: False too while any record has the id, a finished job's included.
+        """
         k = keys.queue_keys(queue)
         reply = await self._run(
             "enqueue",
             _enqueue_keys(k, job_id),
-            [job_id, envelope, delay_ms, queue],
+            [job_id, envelope, delay_ms, queue, int(once)],
         )
         return bool(reply)
 
-    async def enqueue_many(self, queue: str, jobs: Sequence[tuple[str, bytes]], delay_ms: int) -> None:
+    async def enqueue_many(
+        self, queue: str, jobs: Sequence[tuple[str, bytes]], delay_ms: int, once: bool = False
+    ) -> None:
         """Store and queue many jobs, ENQUEUE_BATCH per round trip (ids of live jobs are skipped).
 
         A pipeline of the enqueue script, not one script for them all: each call stays short,
@@ -306,7 +313,7 @@ class Store:
                 await asyncio.gather(
                     *(
                         self._run("enqueue", _enqueue_keys(k, job_id),
-                                  [job_id, envelope, delay_ms, queue])
+                                  [job_id, envelope, delay_ms, queue, int(once)])
                         for job_id, envelope in jobs[start : start + CLUSTER_ENQUEUE_BATCH]
                     )
                 )  # fmt: skip
@@ -317,7 +324,9 @@ class Store:
                 pipe = self._redis.pipeline(transaction=False)
                 for job_id, envelope in chunk:
                     job_keys = _enqueue_keys(k, job_id)
-                    pipe.evalsha(script.sha, len(job_keys), *job_keys, job_id, envelope, delay_ms, queue)
+                    pipe.evalsha(
+                        script.sha, len(job_keys), *job_keys, job_id, envelope, delay_ms, queue, int(once)
+                    )
                 replies = await self._call(pipe.execute(raise_on_error=False))
                 if retry or not any(isinstance(r, NoScriptError) for r in replies):
                     break

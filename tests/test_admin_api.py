@@ -191,6 +191,10 @@ async def test_jobs_enqueued_over_http_run_and_bad_ones_are_refused(
         )
         info = await client.job(f"own-{queue}", queue)
         assert info.status is JobStatus.SCHEDULED and info.payload == {"n": 1}
+        # "once": the completed job's id is not run again while its record is kept.
+        again = {"type": "t.echo", "payload": 8, "id": answer["id"], "once": True}
+        assert (await call(base, "POST", f"/queues/{queue}/jobs", again))[0] == 200
+        assert (await client.job(answer["id"], queue)).result == {"echo": 7, "attempt": 1}
 
         for body, reason in [
             ({"payload": 1}, "a JSON object with 'type'"),
@@ -200,6 +204,7 @@ async def test_jobs_enqueued_over_http_run_and_bad_ones_are_refused(
             ({"type": "t.echo", "delay_s": "soon"}, "'delay_s' must be a number"),
             ({"type": "t.echo", "delay_s": -1}, "'delay_s' must not be negative"),
             ({"type": "t.echo", "max_retries": True}, "'max_retries' must be a whole number"),
+            ({"type": "t.echo", "once": "yes"}, "'once' must be true or false"),
             ({"type": "t.echo", "id": "has spaces"}, "job id must be"),
             ({"type": "t.echo", "max_retries": -1}, "max_retries"),
             ({"type": ""}, "type"),

@@ -168,6 +168,12 @@ def test_enqueue_wait_job_and_workers(
     assert info["status"] == "completed" and info["result"] == {"echo": {"a": 1}, "attempt": 1}
     shown = run(*url, "job", info["id"])
     assert orjson.loads(shown.stdout)["status"] == "completed"
+    # --once: the completed job's id does nothing while its record is kept.
+    again = run(
+        *url, "enqueue", "t.echo", "--payload", "2", "--queue", queue, "--job-id", info["id"], "--once"
+    )
+    assert again.returncode == 0, again.stderr
+    assert orjson.loads(run(*url, "job", info["id"]).stdout)["result"] == info["result"]
     failed = run(*url, "enqueue", "t.reject", "--queue", queue, "--wait")
     assert failed.returncode == 1
     assert orjson.loads(failed.stdout)["status"] == "dead"

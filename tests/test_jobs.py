@@ -287,6 +287,46 @@ async def test_idempotent_enqueue_with_own_id(redis_server: RedisServer, client:
     assert (await client.depth(queue))["pending"] == 1
 
 
+async def test_once_deduplicates_an_id_for_as_long_as_its_record_is_kept(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
+    """Without ``once`` a finished job's id runs again; with it, an enqueue does nothing while
+    any job with the id is on record, finished ones included: from the client, a batch, and a
+    foreign producer's envelope (``"once": true``). Purging the dead record frees the id."""
+    count_key = f"runs:{queue}"
+
+    def body(n: int) -> dict[str, Any]:
+        return {"count_url": redis_server.url, "count_key": count_key, "n": n}
+
+    async with running_worker(redis_server.url, queue, max_retries=0):
+        await client.enqueue("t.count", body(1), queue=queue, job_id="webhook-1", once=True)
+        await client.wait("webhook-1", timeout=30, queue=queue)
+        await client.enqueue("t.count", body(2), queue=queue, job_id="webhook-1", once=True)
+        await client.enqueue_many("t.count", [body(3)], queue=queue, job_ids=["webhook-1"], once=True)
+        async with aredis.Redis.from_url(redis_server.url) as r:
+            foreign = {"id": "webhook-1", "type": "t.count", "payload": body(4), "once": True}
+            await r.rpush(keys.queue_keys(queue).pending, orjson.dumps(foreign))
+            await eventually(lambda: _pending_is(client, queue, 0), what="the foreign duplicate dropped")
+            assert await r.hgetall(count_key) == {b"webhook-1": b"1"}
+            assert (await client.job("webhook-1", queue)).payload == body(1)
+            # Without once, the finished job's id is free: it runs again.
+            await client.enqueue("t.count", body(5), queue=queue, job_id="webhook-1")
+            await client.wait("webhook-1", timeout=30, queue=queue)
+            assert await r.hgetall(count_key) == {b"webhook-1": b"2"}
+            # A dead job's record is kept until purged; then the id is free for `once` too.
+            await client.enqueue("t.reject", {}, queue=queue, job_id="webhook-2", once=True)
+            assert (await client.wait("webhook-2", timeout=30, queue=queue)).status is JobStatus.DEAD
+            await client.enqueue("t.echo", "again", queue=queue, job_id="webhook-2", once=True)
+            assert (await client.job("webhook-2", queue)).status is JobStatus.DEAD
+            assert await client.purge_dead(queue, ["webhook-2"]) == 1
+            await client.enqueue("t.echo", "again", queue=queue, job_id="webhook-2", once=True)
+            assert (await client.wait("webhook-2", timeout=30, queue=queue)).result["echo"] == "again"
+
+
+async def _pending_is(client: Client, queue: str, count: int) -> bool:
+    return (await client.depth(queue))["pending"] == count
+
+
 async def test_a_batch_enqueue_runs_every_job_once_and_refuses_a_bad_one_before_sending(
     redis_server: RedisServer, client: Client, queue: str
 ) -> None:

@@ -170,6 +170,11 @@ def build_parser() -> Parser:
     enqueue.add_argument(
         "--job-id", type=_checked(validate_job_id), help="your own id (makes the enqueue idempotent)"
     )
+    enqueue.add_argument(
+        "--once",
+        action="store_true",
+        help="do nothing while any job with --job-id is on record, a finished one included",
+    )
     enqueue.add_argument("--wait", action="store_true", help="wait for the job and print it")
     enqueue.add_argument("--wait-timeout", type=_seconds, default=60.0)
 
@@ -243,6 +248,7 @@ async def _enqueue(client: Client, args: argparse.Namespace) -> int:
             max_retries=args.max_retries,
             timeout=args.timeout,
             job_id=job_id,
+            once=args.once,
         )
     except ForeignWrite:
         raise  # refused before any write: main() names the damaged key

@@ -88,7 +88,9 @@ local function claim_batch(k, prefix, queue, now, want, lease_ms, worker, max_by
         return nil
       end
       local status = state[1]
-      if status and status ~= 'completed' and status ~= 'dead' and status ~= 'cancelled' then
+      -- "once": a duplicate while any record has the id, a finished job's too (protocol.md).
+      local once = envelope['once'] == true
+      if status and (once or (status ~= 'completed' and status ~= 'dead' and status ~= 'cancelled')) then
         publish(k.events, 'duplicate', id, queue, now)
         return nil
       end

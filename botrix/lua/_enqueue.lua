@@ -1,11 +1,13 @@
 -- enqueue_job: write a job's record, then queue or schedule its id.
 -- Pulled into scripts by `--- @include "_enqueue.lua"` (needs _event.lua first).
 --
--- k: {pending, scheduled, record, events, dead} keys; delay in ms (0 = now).
--- Returns 1 when enqueued, 0 when a live job with this id already exists (idempotent enqueue).
-local function enqueue_job(k, id, envelope, delay, queue)
+-- k: {pending, scheduled, record, events, dead} keys; delay in ms (0 = now); once: true to
+-- do nothing while any record has this id, a finished job's too (kept for its TTL, the dead
+-- until purged), instead of only while a job with it is live.
+-- Returns 1 when enqueued, 0 when a job with this id already exists (idempotent enqueue).
+local function enqueue_job(k, id, envelope, delay, queue, once)
   local status = redis.call('HGET', k.record, 'status')
-  if status and status ~= 'completed' and status ~= 'dead' and status ~= 'cancelled' then
+  if status and (once or (status ~= 'completed' and status ~= 'dead' and status ~= 'cancelled')) then
     return 0
   end
   if status then
