@@ -67,6 +67,7 @@ class Attempts:
             correlation_id=job.correlation_id,
             queue_wait_ms=wait_ms,
         )
+        started = self._tracer.start(job) if self._tracer is not None else None
         ctx = JobContext(
             job.id,
             job.type,
@@ -77,8 +78,8 @@ class Attempts:
             self._log,
             self._progress,
             job.delivery,
+            self._tracer.log_ids(started) if self._tracer is not None and started is not None else {},
         )
-        started = self._tracer.start(job) if self._tracer is not None else None
         if started is None:
             return await self._attempt(job, handler.func, ctx, timeout, wait_ms)
         assert self._tracer is not None
@@ -88,6 +89,7 @@ class Attempts:
             self._tracer.end(started, "cancelled", None)  # shutdown (requeued) or a lost lease
             raise
         self._tracer.end(started, settlement.outcome, settlement.error, settlement.retry_asked)
+        settlement.trace_id = ctx.trace_id
         return settlement
 
     async def _attempt(

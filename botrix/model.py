@@ -257,6 +257,8 @@ class Settlement:
     retry_asked: bool = False
     #: Why a REQUEUE puts the job back, for its log line.
     requeue_reason: str = "shutdown"
+    #: The attempt's trace (``--tracing otel``), for its outcome line: a link to the trace.
+    trace_id: str = ""
     #: The submitter's own record of the attempt (the runner's in-flight entry), opaque here: two
     #: attempts can share (queue, id, delivery) after Redis lost writes, so it is not a key.
     owner: object = field(default=None, repr=False, compare=False)

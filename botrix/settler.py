@@ -65,6 +65,8 @@ class Settler:
                 "attempt": s.attempt,
                 "correlation_id": s.correlation_id,
             }
+            if s.trace_id:
+                job["trace_id"] = s.trace_id
             if s.job_id in refused:
                 counters.refused_acks += 1
                 self._metrics.ack_refused(s.queue)

@@ -141,6 +141,23 @@ class JobTracer:
             self._failed_once(exc)
             return None
 
+    def log_ids(self, started: tuple[Span, object]) -> dict[str, str]:
+        """The attempt span's ``trace_id`` and ``span_id`` (hex), for the job's log lines.
+
+        The trace id is the producer's, so a log line leads to the trace (Jaeger, Tempo), and
+        back. Empty for a context that is not valid (no producer trace, no SDK); never raises.
+        """
+        try:
+            context = started[0].get_span_context()
+            if context.is_valid:
+                return {
+                    "trace_id": format(context.trace_id, "032x"),
+                    "span_id": format(context.span_id, "016x"),
+                }
+        except Exception as exc:
+            self._failed_once(exc)
+        return {}
+
     def end(
         self,
         started: tuple[Span, object],

@@ -158,6 +158,13 @@ async def ignores_cancel(ctx: JobContext, payload: Any) -> str:
             await asyncio.sleep(1)
 
 
+@handler("t.logs")
+async def logs(ctx: JobContext, payload: Any) -> str:
+    """Writes a line of its own and returns the attempt's trace id."""
+    ctx.log.info("handled")
+    return ctx.trace_id
+
+
 @handler("t.undecodable")
 async def undecodable(ctx: JobContext, payload: Any) -> None:
     """Logs and fails with text holding bytes that were never text (os.fsdecode of a file name)."""

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import signal
+from collections.abc import Callable, Iterator
 
 import orjson
 import pytest
+import redis.asyncio as aredis
 from opentelemetry import propagate, trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
@@ -16,7 +18,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from botrix import keys
 from botrix.client import Client
 from botrix.model import JobStatus
-from tests.conftest import eventually, running_worker
+from tests.conftest import WorkerProcess, eventually, running_worker
 from tests.redisproc import RedisServer
 
 _EXPORTER = InMemorySpanExporter()
@@ -222,3 +224,34 @@ async def test_an_attempt_cut_short_by_the_shutdown_says_so(
 
 async def _running(client: Client, job_id: str) -> bool:
     return (await client.job(job_id)).status is JobStatus.RUNNING
+
+
+async def test_the_jobs_log_lines_carry_its_trace_id(
+    redis_server: RedisServer, client: Client, queue: str, spawn: Callable[..., WorkerProcess]
+) -> None:
+    """With --tracing otel, the handler's own lines and the job's outcome line name the trace
+    (the producer's, from the envelope) and the attempt's span: from a log line to the trace.
+    A worker with no SDK configured still continues the producer's trace id."""
+    trace_id, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    envelope = {"type": "t.logs", "traceparent": f"00-{trace_id}-{parent}-01"}
+    async with aredis.Redis.from_url(redis_server.url) as r:
+        await r.rpush(keys.queue_keys(queue).pending, orjson.dumps({**envelope, "id": f"traced-{queue}"}))
+        await r.rpush(
+            keys.queue_keys(queue).pending, orjson.dumps({"type": "t.logs", "id": f"plain-{queue}"})
+        )
+    worker = spawn(redis_server.url, queue, "--tracing", "otel")
+    assert (await client.wait(f"traced-{queue}", timeout=30, queue=queue)).result == trace_id
+    assert (await client.wait(f"plain-{queue}", timeout=30, queue=queue)).result == ""
+    await worker.wait_for("job.succeeded", count=2)
+    lines = {
+        (e["event"], e["job_id"]): e
+        for e in worker.events()
+        if e.get("event") in ("handled", "job.succeeded")
+    }
+    assert lines[("handled", f"traced-{queue}")]["trace_id"] == trace_id
+    assert len(lines[("handled", f"traced-{queue}")]["span_id"]) == 16
+    assert lines[("job.succeeded", f"traced-{queue}")]["trace_id"] == trace_id
+    assert "trace_id" not in lines[("handled", f"plain-{queue}")]
+    assert "trace_id" not in lines[("job.succeeded", f"plain-{queue}")]
+    worker.signal(signal.SIGTERM)
+    assert await worker.wait() == 0
