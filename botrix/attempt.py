@@ -78,7 +78,7 @@ class Attempts:
             self._log,
             self._progress,
             job.delivery,
-            self._tracer.log_ids(started) if self._tracer is not None and started is not None else {},
+            self._tracer.log_ids(started) if self._tracer is not None and started is not None else (),
         )
         if started is None:
             return await self._attempt(job, handler.func, ctx, timeout, wait_ms)

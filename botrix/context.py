@@ -28,7 +28,7 @@ class JobContext:
     _progress: ProgressSink = field(repr=False)
     _delivery: int = field(repr=False)
     #: The attempt span's trace_id and span_id with ``--tracing otel``, bound into ``log``.
-    _trace: dict[str, str] = field(default_factory=dict, repr=False)
+    _trace: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     _log: Any = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -41,14 +41,14 @@ class JobContext:
                 type=self.type,
                 attempt=self.attempt,
                 correlation_id=self.correlation_id,
-                **self._trace,
+                **dict(self._trace),
             )
         return self._log
 
     @property
     def trace_id(self) -> str:
         """The attempt's OpenTelemetry trace id (hex) with ``--tracing otel``, else empty."""
-        return self._trace.get("trace_id", "")
+        return dict(self._trace).get("trace_id", "")
 
     async def progress(self, value: JSON) -> None:
         """Publish a progress event (any JSON value) and keep it in the job's record.

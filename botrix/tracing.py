@@ -141,7 +141,7 @@ class JobTracer:
             self._failed_once(exc)
             return None
 
-    def log_ids(self, started: tuple[Span, object]) -> dict[str, str]:
+    def log_ids(self, started: tuple[Span, object]) -> tuple[tuple[str, str], ...]:
         """The attempt span's ``trace_id`` and ``span_id`` (hex), for the job's log lines.
 
         The trace id is the producer's, so a log line leads to the trace (Jaeger, Tempo), and
@@ -150,13 +150,13 @@ class JobTracer:
         try:
             context = started[0].get_span_context()
             if context.is_valid:
-                return {
-                    "trace_id": format(context.trace_id, "032x"),
-                    "span_id": format(context.span_id, "016x"),
-                }
+                return (
+                    ("trace_id", format(context.trace_id, "032x")),
+                    ("span_id", format(context.span_id, "016x")),
+                )
         except Exception as exc:
             self._failed_once(exc)
-        return {}
+        return ()
 
     def end(
         self,
