@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -114,6 +115,8 @@ class WorkerState:
     paused: set[str] = field(default_factory=set)
     #: Served queues whose rate limit (botrix limit) cut the last claim short.
     limited: set[str] = field(default_factory=set)
+    #: This process, among any that share its worker id by mistake (the health record says).
+    instance: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def held(self) -> dict[str, list[tuple[str, int]]]:
         """Leases held now, by queue: what the heartbeat renews."""
@@ -142,4 +145,5 @@ class WorkerState:
             "uptime_seconds": int(self.uptime()),
             "queues": list(self.queues),
             "concurrency": self.concurrency,
+            "instance": self.instance,
         }

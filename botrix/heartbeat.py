@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import Any
 
 from botrix import keys
 from botrix.aio import sleep_or_stop
@@ -44,6 +45,7 @@ class Heartbeat:
         self._health_ttl = max(int(settings.health_check_interval * 3), 3)
         self._recorded: Phase | None = None  # the phase the record in Redis shows
         self._legacy = 0  # entries last seen on the original daemon's job list
+        self._shared_id = False  # another process writes this worker's health record too
 
     async def run(self, stop: asyncio.Event) -> None:
         """Beat until ``stop``; then remove the health record."""
@@ -102,11 +104,29 @@ class Heartbeat:
         if write_record:
             phase = self._state.phase
             await self._store.register_queues(self._settings.queues)
-            await self._store.write_health(
+            replaced = await self._store.write_health(
                 self._settings.worker_id, self._state.health_record(), self._health_ttl
             )
+            self._check_id(replaced)
             self._recorded = phase
             await self._look_for_legacy_jobs()
+
+    def _check_id(self, replaced: Any) -> None:
+        # The record this write replaced was another process's: not a predecessor's left behind
+        # (only the first write can meet one), since this process wrote the record before. Two
+        # workers under one id can settle and renew each other's jobs: the fencing tells leases
+        # apart by worker id.
+        if self._recorded is None or self._shared_id or not isinstance(replaced, dict):
+            return
+        other = replaced.get("instance")
+        if other is not None and other != self._state.instance:
+            self._shared_id = True
+            self._log.error(
+                "worker.id_shared",
+                worker_id=self._settings.worker_id,
+                reason="another running process uses this worker id (its health record was written "
+                "in between): give each worker its own WORKER_ID, or leave it unset",
+            )
 
     async def _look_for_legacy_jobs(self) -> None:
         # A producer still pushing where the original daemon read: those jobs would wait there

@@ -598,13 +598,20 @@ class Store:
 
     # -- workers ---------------------------------------------------------------------------
 
-    async def write_health(self, worker_id: str, record: Mapping[str, Any], ttl_s: int) -> None:
-        """Publish the worker's health record with a TTL, and index it for listing."""
+    async def write_health(self, worker_id: str, record: Mapping[str, Any], ttl_s: int) -> Any:
+        """Publish the worker's health record with a TTL, and index it for listing.
+
+        Returns the record it replaced (None if there was none, or it was not JSON).
+        """
         expires_ms = int((time.time() + ttl_s) * 1000)
         pipe = self._redis.pipeline(transaction=False)
-        pipe.set(keys.worker_health(worker_id), orjson.dumps(record), ex=ttl_s)
+        pipe.set(keys.worker_health(worker_id), orjson.dumps(record), ex=ttl_s, get=True)
         pipe.zadd(keys.WORKERS, {worker_id: expires_ms})
-        await self._call(pipe.execute())
+        previous, _ = await self._call(pipe.execute())
+        try:
+            return orjson.loads(previous) if previous is not None else None
+        except orjson.JSONDecodeError:
+            return None
 
     async def delete_health(self, worker_id: str) -> None:
         """Remove the worker's health record on a clean exit."""

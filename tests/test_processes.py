@@ -156,6 +156,25 @@ async def test_a_handler_that_turns_the_shutdowns_cancel_into_an_error_is_requeu
     assert "job.failed" not in worker.names()
 
 
+async def test_two_workers_sharing_a_worker_id_are_told(
+    redis_server: RedisServer, queue: str, spawn: Spawn
+) -> None:
+    """A worker id names the lease holder the fencing checks: two running processes under one
+    id could settle each other's jobs. The second one's health writes replace the first's, and
+    one of them says so (an ERROR line), while a worker alone never does."""
+    alone = spawn(redis_server.url, queue, "--worker-id", f"alone-{queue}")
+    first = spawn(redis_server.url, queue, "--worker-id", f"twin-{queue}")
+    second = spawn(redis_server.url, queue, "--worker-id", f"twin-{queue}")
+    deadline = asyncio.get_running_loop().time() + 60  # a guard against a hang only
+    while "worker.id_shared" not in first.names() + second.names():
+        assert asyncio.get_running_loop().time() < deadline, "neither twin noticed the other"
+        await asyncio.sleep(0.1)
+    told = next(e for w in (first, second) for e in w.events() if e.get("event") == "worker.id_shared")
+    assert (told["worker_id"], told["level"]) == (f"twin-{queue}", "error")
+    await stop_all(first, second, alone)
+    assert "worker.id_shared" not in alone.names()
+
+
 async def test_second_signal_skips_the_drain_wait(
     redis_server: RedisServer, client: Client, queue: str, spawn: Spawn
 ) -> None:
