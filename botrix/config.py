@@ -386,6 +386,7 @@ OPTIONS: tuple[Option, ...] = (
         "10000",
         _int(1, 10_000_000),
         "dead jobs kept per queue (oldest go)",
+        "REMOVE_ON_FAIL",
         metavar="N",
     ),
     _opt(

@@ -46,6 +46,7 @@ class Heartbeat:
         self._recorded: Phase | None = None  # the phase the record in Redis shows
         self._legacy = 0  # entries last seen on the original daemon's job list
         self._shared_id = False  # another process writes this worker's health record too
+        self._evicting: set[str] = set()  # the eviction policies last reported
 
     async def run(self, stop: asyncio.Event) -> None:
         """Beat until ``stop``; then remove the health record."""
@@ -110,6 +111,7 @@ class Heartbeat:
             self._check_id(replaced)
             self._recorded = phase
             await self._look_for_legacy_jobs()
+            await self._check_eviction()
 
     def _check_id(self, replaced: Any) -> None:
         # The record this write replaced was another process's: not a predecessor's left behind
@@ -127,6 +129,20 @@ class Heartbeat:
                 reason="another running process uses this worker id (its health record was written "
                 "in between): give each worker its own WORKER_ID, or leave it unset",
             )
+
+    async def _check_eviction(self) -> None:
+        # Under any policy but noeviction a full Redis deletes keys to make room: job records,
+        # queues, leases, silently. Nothing botrix does can bring those jobs back, so the one
+        # thing to do is say so, loudly, again whenever the setting changes.
+        evicting = await self._store.eviction_policies() - {"noeviction"}
+        if evicting and evicting != self._evicting:
+            self._log.error(
+                "redis.evicts_keys",
+                maxmemory_policy=sorted(evicting),
+                reason="with this maxmemory-policy a full Redis deletes keys, and jobs with them: "
+                "set maxmemory-policy noeviction (docs/operations.md)",
+            )
+        self._evicting = evicting
 
     async def _look_for_legacy_jobs(self) -> None:
         # A producer still pushing where the original daemon read: those jobs would wait there

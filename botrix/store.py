@@ -363,6 +363,13 @@ class Store:
         """Remember queue names so that admin tools can find their jobs."""
         await self._call(self._redis.sadd(keys.QUEUES, *queues))
 
+    async def eviction_policies(self) -> set[str]:
+        """The ``maxmemory-policy`` of the server (of each node answering, on a cluster)."""
+        info = await self._call(self._redis.info("memory"))
+        # A cluster client answers per node ({node: {...}}), a server with its own fields.
+        sections = [info] if "maxmemory_policy" in info else [v for v in info.values() if isinstance(v, dict)]
+        return {str(s["maxmemory_policy"]) for s in sections if "maxmemory_policy" in s}
+
     async def legacy_backlog(self) -> int:
         """Entries on the original daemon's job list (keys.LEGACY_QUEUE), which nothing runs."""
         return int(await self._call(self._redis.llen(keys.LEGACY_QUEUE)))

@@ -23,9 +23,14 @@ def test_flags_beat_prefixed_env_beat_seed_env_beat_defaults() -> None:
 
 def test_the_bull_workers_variables_and_log_levels_are_read() -> None:
     """The BullMQ and Bull workers' environment files keep working (docs/configuration.md)."""
-    env = {"WORKER_CONCURRENCY": "3", "HEALTH_CHECK_PORT": "9091", "LOG_LEVEL": "warn"}
+    env = {
+        "WORKER_CONCURRENCY": "3",
+        "HEALTH_CHECK_PORT": "9091",
+        "LOG_LEVEL": "warn",
+        "REMOVE_ON_FAIL": "25",
+    }
     s = resolve({}, env)
-    assert (s.concurrency, s.http_port, s.log_level) == (3, 9091, "warning")
+    assert (s.concurrency, s.http_port, s.log_level, s.dead_letter_max) == (3, 9091, "warning", 25)
     assert resolve({}, {"WORKER_HEALTH_PORT": "3003", "LOG_LEVEL": "FATAL"}).http_port == 3003
     assert [resolve({}, {"LOG_LEVEL": level}).log_level for level in ("trace", "fatal", "Info")] == [
         "debug",

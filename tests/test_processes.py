@@ -173,6 +173,25 @@ async def test_two_workers_sharing_a_worker_id_are_told(
     assert (told["worker_id"], told["level"]) == (f"twin-{queue}", "error")
     await stop_all(first, second, alone)
     assert "worker.id_shared" not in alone.names()
+    assert "redis.evicts_keys" not in alone.names()  # the test servers run noeviction
+
+
+async def test_a_redis_that_would_evict_keys_is_reported(
+    own_redis: RedisServer, queue: str, spawn: Spawn
+) -> None:
+    """Under any maxmemory-policy but noeviction a full Redis deletes keys, jobs with them: a
+    worker says so (an ERROR line naming the policy), at start or when the setting changes
+    under it (a worker under noeviction says nothing: see the test above's lone worker)."""
+    running = spawn(own_redis.url, queue)
+    await running.wait_for("worker.started")
+    with own_redis.client() as r:
+        r.config_set("maxmemory-policy", "allkeys-lru")
+    starting = spawn(own_redis.url, queue)
+    for worker in (running, starting):
+        await worker.wait_for("redis.evicts_keys")
+        [line] = [e for e in worker.events() if e.get("event") == "redis.evicts_keys"]
+        assert (line["maxmemory_policy"], line["level"]) == (["allkeys-lru"], "error")
+    await stop_all(running, starting)
 
 
 async def test_second_signal_skips_the_drain_wait(
