@@ -6,11 +6,14 @@ Every YAML file must parse, and the numbers that must agree do: each stop grace 
 ``TimeoutStopSec``, compose ``stop_grace_period``, Kubernetes ``terminationGracePeriodSeconds``,
 the image test's ``podman stop -t``) stays above the shutdown timeout it wraps; probes point at
 /live and /ready; selectors match the pod labels; KEDA watches the pending list of a queue the
-workers serve; Redis runs with ``noeviction``. Needs PyYAML. Prints one line per problem.
+workers serve; Redis runs with ``noeviction``; the Grafana dashboard and the alert rules ask
+only for metrics a worker exposes (read from botrix's own registry). Needs PyYAML and botrix.
+Prints one line per problem.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -189,9 +192,42 @@ def image_test() -> None:
     )
 
 
+def metric_names() -> set[str]:
+    """Every sample name a worker exposes: its registry's families and their suffixes."""
+    from botrix.health import WorkerState
+    from botrix.metrics import Metrics
+
+    registry = Metrics(WorkerState("check", ("default",), 1), [], "0").registry
+    suffixes = ("", "_total", "_created", "_bucket", "_sum", "_count")
+    return {family.name + suffix for family in registry.collect() for suffix in suffixes}
+
+
+def queries() -> None:
+    """The dashboard and the alert rules ask only for metrics a worker exposes.
+
+    A typo in a name is no error to Prometheus or Grafana: the panel stays empty, the alert
+    never fires. And the dashboard's datasource is the one Compose provisions.
+    """
+    known = metric_names() | {"up"}
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "dashboards" / "botrix.json").read_text())
+    (datasources,) = load_all(ROOT / "deploy" / "grafana" / "provisioning" / "datasources" / "prometheus.yml")
+    uids = {d["uid"] for d in datasources["datasources"]}
+    exprs = []
+    for panel in dashboard["panels"]:
+        check(panel["datasource"]["uid"] in uids, f"dashboard panel {panel['title']!r}: unknown datasource")
+        exprs += [(f"dashboard panel {panel['title']!r}", t["expr"]) for t in panel["targets"]]
+    (rules,) = load_all(ROOT / "deploy" / "prometheus" / "alerts.yml")
+    exprs += [(f"alert {r['alert']}", r["expr"]) for g in rules["groups"] for r in g["rules"]]
+    for where, expr in exprs:
+        # Metric names: identifiers not followed by "(" (functions) or inside a label matcher.
+        stripped = re.sub(r"\{[^}]*\}|\bby \([^)]*\)|\bon \([^)]*\)|\[[^]]*\]", " ", expr)
+        for name in re.findall(r"\b((?:botrix|process|python)_[a-z_]+)\b(?!\s*\()", stripped):
+            check(name in known, f"{where}: no worker exposes {name}")
+
+
 def main() -> int:
     """Run every check; print the problems; exit 1 when there is any."""
-    for part in (systemd_unit, compose, kubernetes, image_test):
+    for part in (systemd_unit, compose, kubernetes, image_test, queries):
         try:
             part()
         except (KeyError, ValueError, TypeError, IndexError) as exc:
@@ -199,7 +235,7 @@ def main() -> int:
     for problem in problems:
         print(f"check-deploy: {problem}")
     if not problems:
-        print("check-deploy: systemd, compose, prometheus and kubernetes files agree")
+        print("check-deploy: systemd, compose, prometheus, grafana and kubernetes files agree")
     return 1 if problems else 0
 
 
