@@ -52,6 +52,15 @@ class QueueKeys:
         """The hash holding one job's envelope and state."""
         return self.job_prefix + job_id
 
+    def claims(self, instance: str, lane: int) -> str:
+        """What one worker process's lane claimed last ("<id> <delivery>,..."; a lease's TTL).
+
+        Read only after a claim whose reply was lost, to find the jobs it leased (orphans.lua).
+        Per process (``instance``), not per worker id: two processes given one id by mistake
+        must not take each other's jobs for orphans.
+        """
+        return f"{PREFIX}:{{{self.queue}}}:claims:{instance}:{lane}"
+
 
 def queue_keys(queue: str) -> QueueKeys:
     """Build the key set of ``queue``."""

@@ -121,6 +121,7 @@ class Runner:
             settings.max_payload_bytes,
             settings.result_ttl,
             settings.dead_letter_max,
+            state.instance,
         )
         self._attempts = Attempts(store, registry, settings, log, metrics)
         self._lanes = split(settings.concurrency, len(settings.queues))
@@ -136,11 +137,9 @@ class Runner:
         # the latest one cannot tell the queues are empty, whatever its claims came back with.
         self._arrivals = 0
         self._failure: BaseException | None = None
-        # Redis time before this process's first claim, and the queues where a claim may have
-        # run without its reply reaching us: their jobs are leased to us, unknown (_reclaim).
-        self._since: int | None = None
-        self._unsure: set[str] = set()
-        self._unsure_since = 0.0  # loop time of the first claim of those that failed
+        # (queue, lane) whose last claim may have run without its reply reaching us: the jobs
+        # it leased are ours, unknown to us (_reclaim). Each with the loop time it failed at.
+        self._unsure: dict[tuple[str, int], float] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop``, then drain; returns once every claimed job is settled."""
@@ -205,14 +204,15 @@ class Runner:
                 self._wake.clear()
                 if self._failure is not None:
                     raise self._failure
-                # After a lost claim reply no new pass starts until the orphans are found: with
-                # no call in flight, every job leased to us that we do not know of is one.
                 ready = [
                     lane
                     for lane in self._lanes
                     if not lane.busy
-                    and not self._unsure
-                    and (self._settler.pending(lane.index) or (self._free(lane) > 0 and not self._dry))
+                    and (
+                        self._settler.pending(lane.index)
+                        or (self._free(lane) > 0 and not self._dry)
+                        or self._unsure_in(lane)
+                    )
                 ]
                 for lane in ready:
                     lane.busy = True
@@ -225,9 +225,6 @@ class Runner:
                     continue
                 if passes:
                     await self._wake.wait()  # a job or a pass finishing sets it
-                    continue
-                if self._unsure:
-                    await self._reclaim(stop)
                     continue
                 if any(self._free(lane) > 0 for lane in self._lanes):
                     self._waker.arm()
@@ -286,7 +283,12 @@ class Runner:
             )
             if want == 0 and not held_back:
                 claiming = False  # this queue was not looked at, so the ones below it wait too
-            if not items and want == 0 and (hold is None or hold.claims_only):
+            if (
+                not items
+                and want == 0
+                and (queue, lane.index) not in self._unsure
+                and (hold is None or hold.claims_only)
+            ):
                 continue  # (a held queue gets a call anyway, whose key checks tell if it is repaired)
             lane.reserved += want
             try:
@@ -335,71 +337,68 @@ class Runner:
         return dry
 
     async def _exchange(self, lane: Lane, queue: str, items: list[Settlement], want: int) -> Exchanged:
-        """The store's exchange, noting a claim that may have run without its reply reaching us."""
-        if want and self._since is None:
-            since = await self._store.clock_ms()
-            self._since = since if self._since is None else min(self._since, since)
+        """The store's exchange, noting a claim that may have run without its reply reaching us.
+
+        After such a claim, the lane's next call on the queue first requeues what it leased:
+        those requeues join ``items``.
+        """
+        if (queue, lane.index) in self._unsure:
+            items.extend(await self._reclaim(lane, queue))
         try:
             return await self._store.exchange(queue, items, want, self._consumer, lane=lane.index)
         except ForeignWrite:
             raise  # the script stopped at its key checks, before any claim
         except StoreUnavailable:
             if want:
-                if not self._unsure:
-                    self._unsure_since = asyncio.get_running_loop().time()
-                self._unsure.add(queue)  # Redis may have run the claim: its jobs are ours
+                # Redis may have run the claim: the jobs it leased are ours (_reclaim).
+                self._unsure.setdefault((queue, lane.index), asyncio.get_running_loop().time())
             raise
 
-    async def _reclaim(self, stop: asyncio.Event) -> None:
-        """Give back the jobs claims whose replies were lost leased to this worker.
+    def _unsure_in(self, lane: Lane) -> bool:
+        return any(index == lane.index for _, index in self._unsure)
+
+    async def _reclaim(self, lane: Lane, queue: str) -> list[Settlement]:
+        """Requeues, their attempts given back, for the jobs a lost claim of ``lane`` leased.
 
         Left alone, each would wait out its lease and then cost an attempt it never ran (a job
-        with ``max_retries=0`` would be dead-lettered). Runs with no pass in flight, so every
-        claim Redis ran for us has had its reply handled, or failed: a job leased to us since
-        this process's first claim, and not held, is an orphan. It is requeued with its attempt
-        given back, through the settler like any result.
+        with ``max_retries=0`` would be dead-lettered). Redis keeps what each lane of this
+        process last claimed (exchange.lua); as the lane has had no claim on ``queue`` since the
+        one that failed, a job in there still running under us and not held is an orphan. It is
+        held like a claimed job (its lease renewed) until the requeue is written.
         """
-        assert self._since is not None  # set before any claim that could leave a queue unsure
-        for queue in sorted(self._unsure):
-            try:
-                orphans = await self._store.orphans(queue, self._consumer.worker_id, self._since)
-            except ForeignWrite:
-                # Its active set is damaged: the queue's hold reports it, and recovery takes
-                # the jobs back once it is repaired, as for any lease.
-                self._unsure.discard(queue)
-                continue
-            except StoreUnavailable as exc:
-                if self._state.redis.down(str(exc)):
-                    self._log.warning("redis.unavailable", reason=str(exc), during="reclaim")
-                if asyncio.get_running_loop().time() - self._unsure_since > self._settings.lease_seconds:
-                    # By now recovery has the orphans (their leases ran out): claiming must not
-                    # wait any longer on a question that no longer matters.
-                    self._log.warning("job.orphans_unknown", queues=sorted(self._unsure), reason=str(exc))
-                    self._unsure.clear()
-                    return
-                await sleep_or_stop(stop, self._backoff.next())
-                return
-            self._unsure.discard(queue)
-            lane = self._lanes[0]
-            for claimed in orphans:
-                if (queue, claimed.job_id, claimed.delivery) in self._state.in_flight:
-                    continue
-                self._log.warning(
-                    "job.orphaned",
-                    queue=queue,
-                    job_id=claimed.job_id,
-                    reason="the reply of the call that claimed it was lost; it is requeued, "
-                    "its attempt given back",
-                )
-                # Held like a claimed job until the requeue is written (its lease renewed),
-                # but never run.
-                entry = InFlight(claimed.job_id, queue, claimed.delivery, claimed, granted=time.monotonic())
-                lane.held += 1
-                self._state.in_flight[(queue, claimed.job_id, claimed.delivery)] = entry
-                requeue = _requeue(entry)
-                requeue.requeue_reason = "orphaned"
-                requeue.owner = entry
-                self._settler.submit(requeue, lane.index)
+        failed_at = self._unsure[(queue, lane.index)]
+        try:
+            orphans = await self._store.orphans(queue, self._consumer, lane.index)
+        except ForeignWrite:
+            orphans = []  # the queue's hold reports it; recovery takes the jobs back, as before
+        except StoreUnavailable as exc:
+            if asyncio.get_running_loop().time() - failed_at <= self._settings.lease_seconds:
+                raise  # the pass backs off and asks again
+            # The record of the claim has expired with its leases: recovery has those jobs now.
+            self._log.warning("job.orphans_unknown", queue=queue, reason=str(exc))
+            orphans = []
+        del self._unsure[(queue, lane.index)]
+        requeues = []
+        for claimed in orphans:
+            key = (queue, claimed.job_id, claimed.delivery)
+            if key in self._state.in_flight:
+                continue  # the reply did arrive: a failed call after it claimed nothing
+            self._log.warning(
+                "job.orphaned",
+                queue=queue,
+                job_id=claimed.job_id,
+                reason="the reply of the call that claimed it was lost; it is requeued, "
+                "its attempt given back",
+            )
+            entry = InFlight(claimed.job_id, queue, claimed.delivery, claimed, lane=lane.index)
+            entry.granted = time.monotonic()
+            lane.held += 1
+            self._state.in_flight[key] = entry
+            requeue = _requeue(entry)
+            requeue.requeue_reason = "orphaned"
+            requeue.owner = entry
+            requeues.append(requeue)
+        return requeues
 
     def _hold(self, queue: str, lane: int, items: list[Settlement], exc: ForeignWrite) -> None:
         """Leave ``queue`` alone for a while: one of its keys holds what botrix never writes."""
@@ -612,11 +611,13 @@ class Runner:
 
     def _owed(self) -> bool:
         # Buffered outcomes count too: an attempt replaced under its key (after Redis lost
-        # writes) is no longer in flight, but its outcome may still be owed.
+        # writes) is no longer in flight, but its outcome may still be owed. So do the jobs of
+        # a claim whose reply was lost: requeued now, they cost no attempt.
         return (
             bool(self._state.in_flight)
             or len(self._settler) > 0
             or any(hold.parked for hold in self._holds.values())
+            or bool(self._unsure)
         )
 
     async def _settle_until_idle(self, timeout: float, unless: asyncio.Event | None) -> bool:
@@ -625,11 +626,11 @@ class Runner:
             async with asyncio.timeout(timeout):
                 while self._owed() and not (unless and unless.is_set()):
                     self._wake.clear()
-                    if len(self._settler):
+                    if len(self._settler) or self._unsure:
                         for lane in self._lanes:
                             # One backoff a round, not one a lane: Redis failing for one lane
                             # fails for all, and the requeue grace is short.
-                            if self._settler.pending(lane.index) and (
+                            if (self._settler.pending(lane.index) or self._unsure_in(lane)) and (
                                 await self._pass(lane, claiming=False, stop=unless) is None
                             ):
                                 break

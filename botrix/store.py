@@ -124,6 +124,8 @@ class Consumer:
     max_envelope_bytes: int
     result_ttl: int
     dead_cap: int
+    #: This process (WorkerState.instance): names the keys recording each lane's last claim.
+    instance: str = "-"
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,7 +411,18 @@ class Store:
         refused, flat, dead, paused, limited_ms = await self._run_direct(
             lane,
             "exchange",
-            [k.pending, k.active, k.scheduled, k.dead, k.events, k.seq, k.paused, k.rate, k.rate_log],
+            [
+                k.pending,
+                k.active,
+                k.scheduled,
+                k.dead,
+                k.events,
+                k.seq,
+                k.paused,
+                k.rate,
+                k.rate_log,
+                k.claims(consumer.instance, lane),
+            ],
             args,
         )
         claimed = _claimed(flat)
@@ -420,14 +433,18 @@ class Store:
             {_text(job_id) for job_id in refused}, claimed, rejected, paused == 1, limited_ms / 1000
         )
 
-    async def orphans(self, queue: str, worker_id: str, since_ms: int) -> list[Claimed]:
-        """The jobs leased to ``worker_id`` by claims run since ``since_ms`` (Redis time).
+    async def orphans(self, queue: str, consumer: Consumer, lane: int) -> list[Claimed]:
+        """The jobs the last claim of ``lane`` leased that are still running under it.
 
         After a claim whose reply was lost, those the worker does not know it holds are
         orphans: Redis leased them to it for that claim (orphans.lua).
         """
         k = keys.queue_keys(queue)
-        return _claimed(await self._run("orphans", [k.active, k.events], [k.job_prefix, worker_id, since_ms]))
+        return _claimed(
+            await self._run(
+                "orphans", [k.claims(consumer.instance, lane), k.events], [k.job_prefix, consumer.worker_id]
+            )
+        )
 
     async def wait_for_jobs(self, queue: str) -> bool:
         """Block until the queue has an entry (True) or the blocking timeout passes (False).

@@ -401,3 +401,26 @@ async def test_tokens_stay_above_those_an_older_botrix_counted_on_the_record(
     other = await client.enqueue("t.echo", {}, queue=queue)
     _, [next_one], _, _, _ = await store.exchange(queue, [], 1, _consumer("worker-a"), lane=0)
     assert next_one.job_id == other and next_one.delivery > 51
+
+
+async def test_the_orphans_of_a_lane_are_its_last_claims_jobs_still_running_under_it(
+    client: Client, store: Store, queue: str
+) -> None:
+    """What a lost claim reply leaves to find: the jobs the lane's last claim leased, only
+    while they still run under it, and only this process's, even beside a second process
+    given the same worker id by mistake (its jobs are not taken for orphans)."""
+    ids = [await client.enqueue("t.echo", i, queue=queue) for i in range(4)]
+    me = Consumer("w-same", 30_000, 1 << 20, 60, 10, instance="process-a")
+    twin = Consumer("w-same", 30_000, 1 << 20, 60, 10, instance="process-b")
+    _, first, _, _, _ = await store.exchange(queue, [], 1, me, lane=0)
+    _, last, _, _, _ = await store.exchange(queue, [], 2, me, lane=0)
+    _, theirs, _, _, _ = await store.exchange(queue, [], 1, twin, lane=0)
+    assert [c.job_id for c in first + last + theirs] == ids[:4]
+    assert [(c.job_id, c.delivery, c.attempt) for c in await store.orphans(queue, me, 0)] == [
+        (c.job_id, c.delivery, 1) for c in last
+    ]
+    assert await store.orphans(queue, me, 1) == []  # another lane claimed nothing
+    done = [_completed(last[0], queue, b"1")]
+    assert (await store.exchange(queue, done, 0, me, lane=0))[0] == set()  # a pure settle
+    assert [c.job_id for c in await store.orphans(queue, me, 0)] == [last[1].job_id]
+    assert [c.job_id for c in await store.orphans(queue, twin, 0)] == [theirs[0].job_id]

@@ -556,3 +556,38 @@ async def test_progress_while_redis_is_unreachable_is_dropped_not_a_failure(
     assert "job.failed" not in worker.names()
     assert_no_crash(worker)
     await stop(worker)
+
+
+async def test_a_claim_whose_reply_was_lost_just_before_a_shutdown_is_given_back_by_the_drain(
+    redis_server: RedisServer, proxy: FaultProxy, client: Client, queue: str, spawn: Spawn
+) -> None:
+    """As above, but Redis stays unreachable until the worker has been told to stop: the drain
+    still asks for the lost claim's jobs once Redis answers, and requeues them uncounted,
+    rather than leaving them to cost an attempt when their lease runs out."""
+    url = redis_server.url
+    exchange_sha = hashlib.sha1(_load_script("exchange.lua").encode()).hexdigest().encode()
+    worker = spawn(
+        proxy.url(), queue, "--lease-seconds", "300", "--max-retries", "0", "--shutdown-timeout", "60"
+    )
+    [warm_up] = await enqueue_counted(client, url, queue, 1)
+    await completed(client, worker, warm_up, queue)
+    async with aredis.Redis(port=redis_server.port, decode_responses=True) as admin:
+        await eventually(lambda: _idle(admin), what="an idle worker")
+        stalled = proxy.stall_after(exchange_sha)
+        [job_id] = await enqueue_counted(client, url, queue, 1)
+        await asyncio.wait_for(stalled.wait(), timeout=30)
+
+        async def leased() -> bool:
+            return (await client.job(job_id, queue)).status is JobStatus.RUNNING
+
+        await eventually(leased, what="Redis running the claim whose reply is held")
+    proxy.refuse()
+    await proxy.cut()
+    worker.signal(signal.SIGTERM)
+    await wait_event(worker, "worker.stopping")
+    await proxy.resume()
+    assert await worker.wait(timeout=60) == 0
+    info = await client.job(job_id, queue)
+    assert (info.status, info.attempts) == (JobStatus.QUEUED, 0)
+    assert "job.orphaned" in worker.names()
+    assert (await run_counts(url, f"runs:{queue}")).get(job_id) is None  # it never ran

@@ -8,6 +8,7 @@
 -- KEYS[5] events channel KEYS[6] sequence (generated ids, delivery tokens)
 -- KEYS[7] paused flag (botrix pause): while it exists, nothing is claimed
 -- KEYS[8] rate limit hash (botrix limit)   KEYS[9] its log of recent claims (_rate.lua)
+-- KEYS[10] this worker process's lane's last claim (orphans.lua)
 -- ARGV[1] job record key prefix   ARGV[2] finished record TTL s   ARGV[3] dead set cap
 -- ARGV[4] queue name   ARGV[5] how many to claim   ARGV[6] lease ms   ARGV[7] worker id
 -- ARGV[8] max envelope bytes
@@ -48,6 +49,15 @@ if want > 0 then
     if room > 0 then
       claimed, rejected = claim_batch(k, prefix, queue, now, room, tonumber(ARGV[6]), worker,
         tonumber(ARGV[8]), dead_cap)
+    end
+    if #claimed > 0 then
+      -- What this call leased, for the worker to find should the reply never reach it: one
+      -- write a call, not a job; it outlives no lease.
+      local leased = {}
+      for i = 1, #claimed, 5 do
+        leased[#leased + 1] = claimed[i] .. ' ' .. claimed[i + 3]
+      end
+      redis.call('SET', KEYS[10], table.concat(leased, ','), 'PX', ARGV[6])
     end
     limited = rate_spend(KEYS[8], KEYS[9], limit, now, #claimed / 5, want)
   end
