@@ -23,6 +23,9 @@ from botrix.registry import Registry
 from botrix.store import Store, StoreUnavailable
 from botrix.tracing import JobTracer
 
+#: A handler's progress updates that Redis cannot take are logged at most this often.
+PROGRESS_LOG_EVERY_S = 10.0
+
 
 class Attempts:
     """Runs attempts of claimed jobs with the worker's registry and defaults."""
@@ -36,6 +39,8 @@ class Attempts:
         self._log = log
         self._metrics = metrics
         self._tracer = JobTracer(settings.worker_id, log) if settings.tracing == "otel" else None
+        self._progress_dropped = 0  # updates dropped since the last job.progress_dropped line
+        self._progress_logged = -PROGRESS_LOG_EVERY_S
 
     async def run(self, queue: str, claimed: Claimed) -> Settlement:
         """Run one attempt to its settlement (cancellation propagates to the caller)."""
@@ -121,7 +126,18 @@ class Attempts:
                 queue, job_id, delivery, self._settings.worker_id, orjson.dumps(value)
             )
         except StoreUnavailable as exc:
-            self._log.warning("job.progress_dropped", queue=queue, job_id=job_id, reason=str(exc))
+            # One line per 10 s at most: a handler reporting in a loop through an outage would
+            # otherwise write one per call.
+            self._progress_dropped += 1
+            if time.monotonic() >= self._progress_logged + PROGRESS_LOG_EVERY_S:
+                self._log.warning(
+                    "job.progress_dropped",
+                    queue=queue,
+                    job_id=job_id,
+                    dropped=self._progress_dropped,
+                    reason=str(exc),
+                )
+                self._progress_logged, self._progress_dropped = time.monotonic(), 0
 
 
 def _settlement(job: Job, outcome: Outcome, data: bytes, duration: float, wait_ms: int) -> Settlement:
