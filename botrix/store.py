@@ -366,9 +366,10 @@ class Store:
         await self._call(self._redis.sadd(keys.QUEUES, *queues))
 
     async def eviction_policies(self) -> set[str]:
-        """The ``maxmemory-policy`` of the server (of each node answering, on a cluster)."""
+        """The ``maxmemory-policy`` of the server (on a cluster, of the node the client asks)."""
         info = await self._call(self._redis.info("memory"))
-        # A cluster client answers per node ({node: {...}}), a server with its own fields.
+        # redis-py's cluster client asks its default node, as for the heartbeat's ping; asked
+        # for several, it would answer per node ({node: {...}}).
         sections = [info] if "maxmemory_policy" in info else [v for v in info.values() if isinstance(v, dict)]
         return {str(s["maxmemory_policy"]) for s in sections if "maxmemory_policy" in s}
 

@@ -249,7 +249,7 @@ def test_enqueue_names_the_job_when_redis_fails(own_redis: RedisServer, queue: s
     assert gone.returncode == 3 and "Traceback" not in gone.stderr
     chosen = re.search(r"job '([0-9a-f]{32})' in queue", gone.stderr)
     assert chosen is not None, gone.stderr
-    assert f"enqueueing again with --job-id {chosen.group(1)} does nothing if it is" in gone.stderr
+    assert f"enqueueing again with --job-id {chosen.group(1)} --once does nothing if it is" in gone.stderr
 
 
 def test_redis_host_port_and_password_of_the_original_daemon(own_redis: RedisServer, queue: str) -> None:

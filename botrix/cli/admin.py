@@ -257,7 +257,7 @@ async def _enqueue(client: Client, args: argparse.Namespace) -> int:
             PROG,
             f"{redis} is unreachable or refused ({exc}); {where} may or may not be enqueued: "
             f"'botrix job {job_id} --queue {args.queue}' tells, and enqueueing again with "
-            f"--job-id {job_id} does nothing if it is",
+            f"--job-id {job_id} --once does nothing if it is",
             3,
         )
     await _warn_if_unserved(client, args.queue)
