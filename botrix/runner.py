@@ -46,6 +46,9 @@ REQUEUE_GRACE_S = 5.0
 #: How long the requeue of jobs whose handlers outlast that grace may take (one call, normally
 #: milliseconds); short, so that the worst-case shutdown stays inside the units' 40 s grace.
 STUCK_REQUEUE_S = 2.0
+#: How long a drain that owes nothing but the search for a lost claim's jobs keeps asking:
+#: Redis is likely away, and an idle worker should not wait out the whole shutdown timeout.
+ORPHANS_DRAIN_S = 10.0
 
 
 @dataclass(slots=True)
@@ -355,7 +358,15 @@ class Runner:
             raise
 
     def _unsure_in(self, lane: Lane) -> bool:
-        return any(index == lane.index for _, index in self._unsure)
+        """Whether ``lane`` has a lost claim's jobs to look for, on a queue it may call now."""
+        if not self._unsure:
+            return False
+        now = asyncio.get_running_loop().time()
+        for queue, index in self._unsure:
+            hold = self._holds.get(queue)
+            if index == lane.index and (hold is None or hold.until <= now):
+                return True  # (a held queue's turn comes when its hold ends: _retry_held)
+        return False
 
     async def _reclaim(self, lane: Lane, queue: str) -> list[Settlement]:
         """Requeues, their attempts given back, for the jobs a lost claim of ``lane`` leased.
@@ -383,6 +394,11 @@ class Runner:
             key = (queue, claimed.job_id, claimed.delivery)
             if key in self._state.in_flight:
                 continue  # the reply did arrive: a failed call after it claimed nothing
+            if (queue, claimed.job_id) in self._latest:
+                # This process runs another attempt of the job: Redis went back to an older
+                # snapshot. Renewal stops that attempt and recovery returns the job, as before;
+                # requeued here, it could start elsewhere while that attempt still runs.
+                continue
             self._log.warning(
                 "job.orphaned",
                 queue=queue,
@@ -548,13 +564,16 @@ class Runner:
 
     async def _drain(self) -> None:
         self._state.phase = Phase.DRAINING
-        if self._owed():
+        if self._owed(orphans=True):
             self._log.info(
                 "worker.draining",
                 in_flight=len(self._state.in_flight),
                 timeout_s=self._settings.shutdown_timeout,
             )
-            await self._settle_until_idle(self._settings.shutdown_timeout, self._force)
+            timeout = self._settings.shutdown_timeout
+            if not self._owed():
+                timeout = min(timeout, ORPHANS_DRAIN_S)
+            await self._settle_until_idle(timeout, self._force, orphans=True)
         running = [e for e in self._state.in_flight.values() if e.task and not e.task.done()]
         for entry in running:
             entry.cancel_reason = entry.cancel_reason or "shutdown"  # a lost lease stays lost
@@ -609,36 +628,43 @@ class Runner:
             )
         return len(stuck)
 
-    def _owed(self) -> bool:
+    def _owed(self, orphans: bool = False) -> bool:
         # Buffered outcomes count too: an attempt replaced under its key (after Redis lost
-        # writes) is no longer in flight, but its outcome may still be owed. So do the jobs of
-        # a claim whose reply was lost: requeued now, they cost no attempt.
+        # writes) is no longer in flight, but its outcome may still be owed. With ``orphans``,
+        # so do the jobs of a claim whose reply was lost: requeued now, they cost no attempt.
         return (
             bool(self._state.in_flight)
             or len(self._settler) > 0
             or any(hold.parked for hold in self._holds.values())
-            or bool(self._unsure)
+            or (orphans and bool(self._unsure))
         )
 
-    async def _settle_until_idle(self, timeout: float, unless: asyncio.Event | None) -> bool:
-        """Keep writing finished jobs back until none is held; False on timeout or ``unless``."""
+    async def _settle_until_idle(
+        self, timeout: float, unless: asyncio.Event | None, orphans: bool = False
+    ) -> bool:
+        """Keep writing finished jobs back until none is held; False on timeout or ``unless``.
+
+        With ``orphans``, also the requeues of a lost claim's jobs (``_reclaim``).
+        """
         try:
             async with asyncio.timeout(timeout):
-                while self._owed() and not (unless and unless.is_set()):
+                while self._owed(orphans) and not (unless and unless.is_set()):
                     self._wake.clear()
-                    if len(self._settler) or self._unsure:
-                        for lane in self._lanes:
-                            # One backoff a round, not one a lane: Redis failing for one lane
-                            # fails for all, and the requeue grace is short.
-                            if (self._settler.pending(lane.index) or self._unsure_in(lane)) and (
-                                await self._pass(lane, claiming=False, stop=unless) is None
-                            ):
-                                break
-                        continue
-                    await self._wait_for(self._wake, unless)
+                    due = [
+                        lane
+                        for lane in self._lanes
+                        if self._settler.pending(lane.index) or (orphans and self._unsure_in(lane))
+                    ]
+                    for lane in due:
+                        # One backoff a round, not one a lane: Redis failing for one lane fails
+                        # for all, and the requeue grace is short.
+                        if await self._pass(lane, claiming=False, stop=unless) is None:
+                            break
+                    if not due:
+                        await self._wait_for(self._wake, unless)
         except TimeoutError:
             return False
-        return not self._owed()
+        return not self._owed(orphans)
 
     @staticmethod
     async def _wait_for(event: asyncio.Event, unless: asyncio.Event | None) -> None:
