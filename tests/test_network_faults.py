@@ -498,17 +498,15 @@ async def _idle(admin: aredis.Redis) -> bool:
     return any(c.get("cmd") == "blmove" and "b" in c.get("flags", "") for c in await admin.client_list())
 
 
-async def test_a_claim_whose_reply_was_lost_gives_its_job_back_at_once(
-    redis_server: RedisServer, proxy: FaultProxy, client: Client, queue: str, spawn: Spawn
-) -> None:
-    """Redis ran the claim, then the connection died before the reply reached the worker: the
-    job is leased to a worker that does not know it holds it. After the failure the worker asks
-    Redis for such jobs and requeues them with their attempt given back, so the job runs now, on
-    its one attempt (--max-retries 0), instead of waiting out its lease (300 s here) and being
-    dead-lettered LeaseExpired without ever having run."""
+async def _claim_with_its_reply_held(
+    redis_server: RedisServer, proxy: FaultProxy, client: Client, queue: str, worker: WorkerProcess
+) -> str:
+    """Enqueue a job that ``worker`` (through ``proxy``) claims, its reply held by the proxy.
+
+    Returns once Redis has run the claim: the job is leased to a worker that does not know it.
+    """
     url = redis_server.url
     exchange_sha = hashlib.sha1(_load_script("exchange.lua").encode()).hexdigest().encode()
-    worker = spawn(proxy.url(), queue, "--lease-seconds", "300", "--max-retries", "0")
     [warm_up] = await enqueue_counted(client, url, queue, 1)
     await completed(client, worker, warm_up, queue)  # the exchange script is loaded now
     async with aredis.Redis(port=redis_server.port, decode_responses=True) as admin:
@@ -522,6 +520,20 @@ async def test_a_claim_whose_reply_was_lost_gives_its_job_back_at_once(
             return (await client.job(job_id, queue)).status is JobStatus.RUNNING
 
         await eventually(leased, what="Redis running the claim whose reply is held")
+    return job_id
+
+
+async def test_a_claim_whose_reply_was_lost_gives_its_job_back_at_once(
+    redis_server: RedisServer, proxy: FaultProxy, client: Client, queue: str, spawn: Spawn
+) -> None:
+    """Redis ran the claim, then the connection died before the reply reached the worker: the
+    job is leased to a worker that does not know it holds it. After the failure the worker asks
+    Redis for such jobs and requeues them with their attempt given back, so the job runs now, on
+    its one attempt (--max-retries 0), instead of waiting out its lease (300 s here) and being
+    dead-lettered LeaseExpired without ever having run."""
+    url = redis_server.url
+    worker = spawn(proxy.url(), queue, "--lease-seconds", "300", "--max-retries", "0")
+    job_id = await _claim_with_its_reply_held(redis_server, proxy, client, queue, worker)
     await proxy.cut()
     await proxy.resume()
     await completed(client, worker, job_id, queue)
@@ -565,22 +577,10 @@ async def test_a_claim_whose_reply_was_lost_just_before_a_shutdown_is_given_back
     still asks for the lost claim's jobs once Redis answers, and requeues them uncounted,
     rather than leaving them to cost an attempt when their lease runs out."""
     url = redis_server.url
-    exchange_sha = hashlib.sha1(_load_script("exchange.lua").encode()).hexdigest().encode()
     worker = spawn(
         proxy.url(), queue, "--lease-seconds", "300", "--max-retries", "0", "--shutdown-timeout", "60"
     )
-    [warm_up] = await enqueue_counted(client, url, queue, 1)
-    await completed(client, worker, warm_up, queue)
-    async with aredis.Redis(port=redis_server.port, decode_responses=True) as admin:
-        await eventually(lambda: _idle(admin), what="an idle worker")
-        stalled = proxy.stall_after(exchange_sha)
-        [job_id] = await enqueue_counted(client, url, queue, 1)
-        await asyncio.wait_for(stalled.wait(), timeout=30)
-
-        async def leased() -> bool:
-            return (await client.job(job_id, queue)).status is JobStatus.RUNNING
-
-        await eventually(leased, what="Redis running the claim whose reply is held")
+    job_id = await _claim_with_its_reply_held(redis_server, proxy, client, queue, worker)
     proxy.refuse()
     await proxy.cut()
     worker.signal(signal.SIGTERM)
