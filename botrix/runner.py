@@ -394,10 +394,12 @@ class Runner:
             key = (queue, claimed.job_id, claimed.delivery)
             if key in self._state.in_flight:
                 continue  # the reply did arrive: a failed call after it claimed nothing
-            if (queue, claimed.job_id) in self._latest:
-                # This process runs another attempt of the job: Redis went back to an older
-                # snapshot. Renewal stops that attempt and recovery returns the job, as before;
-                # requeued here, it could start elsewhere while that attempt still runs.
+            older = self._latest.get((queue, claimed.job_id))
+            if older is not None and older.task is not None and not older.task.done():
+                # An older attempt of the job still runs here (its lease lost: recovered and
+                # claimed again, or Redis back at an older snapshot). Renewal stops it and
+                # recovery returns the job, as before; requeued now, the job could start
+                # elsewhere while that attempt still runs.
                 continue
             self._log.warning(
                 "job.orphaned",
@@ -565,14 +567,10 @@ class Runner:
     async def _drain(self) -> None:
         self._state.phase = Phase.DRAINING
         if self._owed(orphans=True):
-            self._log.info(
-                "worker.draining",
-                in_flight=len(self._state.in_flight),
-                timeout_s=self._settings.shutdown_timeout,
-            )
             timeout = self._settings.shutdown_timeout
             if not self._owed():
                 timeout = min(timeout, ORPHANS_DRAIN_S)
+            self._log.info("worker.draining", in_flight=len(self._state.in_flight), timeout_s=timeout)
             await self._settle_until_idle(timeout, self._force, orphans=True)
         running = [e for e in self._state.in_flight.values() if e.task and not e.task.done()]
         for entry in running:
@@ -587,6 +585,14 @@ class Runner:
         for hold in self._holds.values():
             if hold.timer is not None:
                 hold.timer.cancel()
+        for queue, lane in self._unsure:
+            self._log.warning(
+                "job.orphans_unknown",
+                queue=queue,
+                lane=lane,
+                reason="stopped before Redis could say what a lost claim leased; recovery returns "
+                "those jobs after their lease",
+            )
 
     def _abandon_parked(self) -> None:
         for queue, hold in self._holds.items():
