@@ -268,7 +268,7 @@ class Runner:
         for queue in self._settings.queues:
             items = batches.pop(queue, [])
             hold = self._holds.get(queue)
-            if hold is not None and hold.until > asyncio.get_running_loop().time():
+            if hold is not None and self._on_hold(queue):
                 # It cannot give jobs: for strict priority it ran dry, and the queues below go on.
                 self._park(hold, lane.index, items)
                 dry = dry or claiming
@@ -359,14 +359,13 @@ class Runner:
 
     def _unsure_in(self, lane: Lane) -> bool:
         """Whether ``lane`` has a lost claim's jobs to look for, on a queue it may call now."""
-        if not self._unsure:
-            return False
-        now = asyncio.get_running_loop().time()
-        for queue, index in self._unsure:
-            hold = self._holds.get(queue)
-            if index == lane.index and (hold is None or hold.until <= now):
-                return True  # (a held queue's turn comes when its hold ends: _retry_held)
-        return False
+        # (a held queue's turn comes when its hold ends: _retry_held)
+        return any(index == lane.index and not self._on_hold(queue) for queue, index in self._unsure)
+
+    def _on_hold(self, queue: str) -> bool:
+        """Whether ``queue`` is left alone now, after a foreign write (``_hold``)."""
+        hold = self._holds.get(queue)
+        return hold is not None and hold.until > asyncio.get_running_loop().time()
 
     async def _reclaim(self, lane: Lane, queue: str) -> list[Settlement]:
         """Requeues, their attempts given back, for the jobs a lost claim of ``lane`` leased.
@@ -408,10 +407,7 @@ class Runner:
                 reason="the reply of the call that claimed it was lost; it is requeued, "
                 "its attempt given back",
             )
-            entry = InFlight(claimed.job_id, queue, claimed.delivery, claimed, lane=lane.index)
-            entry.granted = time.monotonic()
-            lane.held += 1
-            self._state.in_flight[key] = entry
+            entry = self._book(lane, queue, claimed)  # never run: its slot until the requeue is written
             requeue = _requeue(entry)
             requeue.requeue_reason = "orphaned"
             requeue.owner = entry
@@ -501,6 +497,11 @@ class Runner:
         # This worker may still run an older attempt of the same job whose lease it lost (it
         # was recovered, and we claimed it again): that attempt must stop now.
         self._cancel_lost(self._latest.get((queue, claimed.job_id)))
+        entry = self._book(lane, queue, claimed)
+        entry.task = asyncio.create_task(self._run_job(queue, claimed, entry))
+
+    def _book(self, lane: Lane, queue: str, claimed: Claimed) -> InFlight:
+        """Hold ``claimed``'s lease in one of ``lane``'s slots, renewed until it is written back."""
         entry = InFlight(
             claimed.job_id,
             queue,
@@ -510,9 +511,9 @@ class Runner:
             granted=time.monotonic(),
         )
         lane.held += 1
-        self._state.in_flight[key] = entry
+        self._state.in_flight[(queue, claimed.job_id, claimed.delivery)] = entry
         self._latest[(queue, claimed.job_id)] = entry
-        entry.task = asyncio.create_task(self._run_job(queue, claimed, entry))
+        return entry
 
     async def _run_job(self, queue: str, claimed: Claimed, entry: InFlight) -> None:
         settlement: Settlement | None = None
