@@ -360,7 +360,9 @@ class Runner:
     def _unsure_in(self, lane: Lane) -> bool:
         """Whether ``lane`` has a lost claim's jobs to look for, on a queue it may call now."""
         # (a held queue's turn comes when its hold ends: _retry_held)
-        return any(index == lane.index and not self._on_hold(queue) for queue, index in self._unsure)
+        return bool(self._unsure) and any(
+            index == lane.index and not self._on_hold(queue) for queue, index in self._unsure
+        )
 
     def _on_hold(self, queue: str) -> bool:
         """Whether ``queue`` is left alone now, after a foreign write (``_hold``)."""
