@@ -29,6 +29,7 @@ from botrix import keys
 from botrix.client import Client
 from botrix.errors import JobNotFoundError
 from botrix.model import JobInfo, JobStatus, Outcome, Settlement
+from botrix.runner import ORPHANS_DRAIN_S
 from botrix.store import Connection, Consumer, Store, StoreUnavailable, _load_script
 from botrix.waits import Waits
 from tests.conftest import WorkerProcess, eventually
@@ -591,3 +592,49 @@ async def test_a_claim_whose_reply_was_lost_just_before_a_shutdown_is_given_back
     assert (info.status, info.attempts) == (JobStatus.QUEUED, 0)
     assert "job.orphaned" in worker.names()
     assert (await run_counts(url, f"runs:{queue}")).get(job_id) is None  # it never ran
+
+
+async def test_a_lost_claims_jobs_are_left_to_recovery_once_redis_has_been_away_for_a_lease(
+    redis_server: RedisServer, proxy: FaultProxy, client: Client, queue: str, spawn: Spawn
+) -> None:
+    """As above, but Redis stays unreachable for longer than a lease: the record of what the
+    lost claim leased has expired with its leases, so the worker stops asking (and says so), and
+    recovery returns the job as it returns a dead worker's, its attempt counted. The job runs
+    once and completes; the lane does not keep asking for ever."""
+    url = redis_server.url
+    worker = spawn(proxy.url(), queue, "--lease-seconds", "1", "--max-retries", "1")
+    job_id = await _claim_with_its_reply_held(redis_server, proxy, client, queue, worker)
+    proxy.refuse()
+    await proxy.cut()
+    await wait_event(worker, "job.orphans_unknown")
+    await proxy.resume()
+    await completed(client, worker, job_id, queue)
+    assert (await client.job(job_id, queue)).attempts == 2  # the lost claim's, then the run
+    assert (await run_counts(url, f"runs:{queue}"))[job_id] == 1
+    assert "job.orphaned" not in worker.names()
+    assert_no_crash(worker)
+    await stop(worker)
+
+
+async def test_a_drain_owing_only_a_lost_claims_answer_stops_asking_after_a_while(
+    redis_server: RedisServer, proxy: FaultProxy, client: Client, queue: str, spawn: Spawn
+) -> None:
+    """The worker is told to stop while Redis is away and a lost claim is all it owes: an idle
+    worker should not wait out a long --shutdown-timeout (600 s here) for Redis to say what that
+    claim leased. The drain asks for ORPHANS_DRAIN_S, then the worker exits and says the jobs
+    are left to recovery, which returns them after their lease. (The guard below is far under
+    600 s: a worker that waits out the shutdown timeout fails it.)"""
+    worker = spawn(
+        proxy.url(), queue, "--lease-seconds", "300", "--max-retries", "0", "--shutdown-timeout", "600"
+    )
+    job_id = await _claim_with_its_reply_held(redis_server, proxy, client, queue, worker)
+    proxy.refuse()
+    await proxy.cut()
+    worker.signal(signal.SIGTERM)
+    assert await worker.wait(timeout=120) == 0
+    [draining] = [e for e in worker.events() if e.get("event") == "worker.draining"]
+    assert (draining["in_flight"], draining["timeout_s"]) == (0, ORPHANS_DRAIN_S)
+    assert "job.orphans_unknown" in worker.names()
+    await proxy.resume()
+    info = await client.job(job_id, queue)
+    assert (info.status, info.attempts) == (JobStatus.RUNNING, 1)  # its lease will return it
