@@ -394,18 +394,32 @@ class Client:
     async def queue_info(self, queue: str = "default") -> dict[str, Any]:
         """What ``botrix queues`` shows of a queue: depth by state, paused, rate limit.
 
-        A key of the queue that something else overwrote is reported as ``{"damaged": reason}``
-        rather than raised: a listing of every queue is where an operator looks for that one.
+        A key of the queue that something else overwrote is reported under ``"damaged"`` (the
+        reasons) rather than raised: a listing of every queue is where an operator looks for
+        that one. Each part is read on its own, so one damaged key does not hide the rest (a
+        paused queue with a garbled rate limit still shows paused); a part that cannot be read
+        is None.
         """
+        info: dict[str, Any] = {"pending": None, "active": None, "scheduled": None, "dead": None}
+        damaged = []
+        try:
+            info.update(await self.depth(queue))
+        except ForeignWrite as exc:
+            damaged.append(str(exc))
+        try:
+            info["paused"] = await self.is_paused(queue)
+        except ForeignWrite as exc:
+            info["paused"] = None
+            damaged.append(str(exc))
         try:
             limit = await self.rate_limit(queue)
-            return {
-                **await self.depth(queue),
-                "paused": await self.is_paused(queue),
-                "rate_limit": None if limit is None else limit.to_dict(),
-            }
+            info["rate_limit"] = None if limit is None else limit.to_dict()
         except ForeignWrite as exc:
-            return {"damaged": str(exc)}
+            info["rate_limit"] = None
+            damaged.append(str(exc))
+        if damaged:
+            info["damaged"] = "; ".join(damaged)
+        return info
 
     async def queues(self) -> list[str]:
         """Every queue name known to botrix in this Redis."""

@@ -162,9 +162,20 @@ async def test_records_botrix_never_wrote_are_answered_not_dropped(
         r.sadd(keys.QUEUES, b"\xff\xfe not a queue")
         r.sadd(keys.QUEUES, "broken")
         r.set(keys.queue_keys("broken").rate, "not a hash")
+        r.set(keys.queue_keys("broken").paused, "1")
+        r.rpush(keys.queue_keys("broken").pending, "a", "b")
         status, listed = await call(base, "GET", "/queues")
         assert status == 200 and queue in listed  # the broken queue does not hide the others
-        assert "is not a rate limit" in listed["broken"]["damaged"]
+        broken = listed["broken"]
+        assert "is not a rate limit" in broken["damaged"]
+        # nor does its damaged key hide what can be read of it
+        assert (broken["paused"], broken["pending"], broken["rate_limit"]) == (True, 2, None)
+        r.delete(keys.queue_keys("broken").rate, keys.queue_keys("broken").paused)
+        r.sadd(keys.queue_keys("broken").paused, "a set")
+        status, listed = await call(base, "GET", "/queues")
+        broken = listed["broken"]
+        assert "is not a pause flag" in broken["damaged"]
+        assert (broken["paused"], broken["pending"], broken["rate_limit"]) == (None, 2, None)
 
 
 def _nested(depth: int) -> bytes:
