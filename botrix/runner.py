@@ -580,7 +580,11 @@ class Runner:
             entry.cancel_reason = entry.cancel_reason or "shutdown"  # a lost lease stays lost
             assert entry.task is not None
             entry.task.cancel()
-        if self._owed() and not await self._settle_until_idle(REQUEUE_GRACE_S, None):
+        # The search for a lost claim's jobs too: the first phase may not have asked at all (a
+        # second signal, or --shutdown-timeout 0), and requeued now they cost no attempt.
+        if self._owed(orphans=True) and not await self._settle_until_idle(
+            REQUEUE_GRACE_S, None, orphans=True
+        ):
             stuck = self._requeue_stuck()
             if not (stuck and await self._settle_until_idle(STUCK_REQUEUE_S, None)):
                 self._abandon_parked()
