@@ -61,6 +61,15 @@ class QueueKeys:
         """
         return f"{PREFIX}:{{{self.queue}}}:claims:{instance}:{lane}"
 
+    def claims_fence(self, instance: str, lane: int) -> str:
+        """The lowest call number of that lane still allowed to claim (a day's TTL).
+
+        Set when the lane asks what a lost claim leased (orphans.lua): a claiming call of that
+        lane whose request reaches Redis only afterwards (held in a stalled network, then
+        resent by the kernel of a connection the worker has closed) claims nothing.
+        """
+        return f"{PREFIX}:{{{self.queue}}}:claims:{instance}:{lane}:fence"
+
 
 def queue_keys(queue: str) -> QueueKeys:
     """Build the key set of ``queue``."""

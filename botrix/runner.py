@@ -60,6 +60,7 @@ class Lane:
     held: int = 0  # its jobs in flight: running, or finished and not yet written
     reserved: int = 0  # slots its pass in flight may fill
     busy: bool = False  # a pass is in flight
+    calls: int = 0  # its exchange calls so far: each is numbered, for the fence (_reclaim)
 
 
 #: A queue with a foreign-written key is tried again after a delay doubling from HOLD_BASE_S to
@@ -347,8 +348,11 @@ class Runner:
         """
         if (queue, lane.index) in self._unsure:
             items.extend(await self._reclaim(lane, queue))
+        lane.calls += 1
         try:
-            return await self._store.exchange(queue, items, want, self._consumer, lane=lane.index)
+            return await self._store.exchange(
+                queue, items, want, self._consumer, lane=lane.index, call=lane.calls
+            )
         except ForeignWrite:
             raise  # the script stopped at its key checks, before any claim
         except StoreUnavailable:
@@ -380,7 +384,8 @@ class Runner:
         """
         failed_at = self._unsure[(queue, lane.index)]
         try:
-            orphans = await self._store.orphans(queue, self._consumer, lane.index)
+            # Fences the calls so far: the lost one's request may still be on its way.
+            orphans = await self._store.orphans(queue, self._consumer, lane.index, upto=lane.calls)
         except ForeignWrite:
             orphans = []  # the queue's hold reports it; recovery takes the jobs back, as before
         except StoreUnavailable as exc:

@@ -387,14 +387,22 @@ class Store:
     # -- consuming -------------------------------------------------------------------------
 
     async def exchange(
-        self, queue: str, settlements: Sequence[Settlement], want: int, consumer: Consumer, *, lane: int
+        self,
+        queue: str,
+        settlements: Sequence[Settlement],
+        want: int,
+        consumer: Consumer,
+        *,
+        lane: int,
+        call: int = 0,
     ) -> Exchanged:
         """Settle finished attempts, then claim up to ``want`` jobs, in one round trip.
 
         Returns the ids whose ack was refused (their lease was lost), the claimed jobs, and the
         entries the claim dead-lettered instead (oversized, or their record overwritten).
         ``lane`` names the caller's own connection: the caller never has two calls in flight
-        on one lane (the runner's lanes, runner.py).
+        on one lane (the runner's lanes, runner.py). ``call`` numbers the lane's calls, rising:
+        one at or below the number :meth:`orphans` was given claims nothing.
         """
         k = keys.queue_keys(queue)
         args: list[Any] = [
@@ -406,6 +414,7 @@ class Store:
             consumer.lease_ms,
             consumer.worker_id,
             consumer.max_envelope_bytes,
+            call,
         ]
         for s in settlements:
             args += [s.job_id, s.delivery, s.outcome.value, s.data, s.delay_ms]
@@ -423,6 +432,7 @@ class Store:
                 k.rate,
                 k.rate_log,
                 k.claims(consumer.instance, lane),
+                k.claims_fence(consumer.instance, lane),
             ],
             args,
         )
@@ -434,16 +444,20 @@ class Store:
             {_text(job_id) for job_id in refused}, claimed, rejected, paused == 1, limited_ms / 1000
         )
 
-    async def orphans(self, queue: str, consumer: Consumer, lane: int) -> list[Claimed]:
+    async def orphans(self, queue: str, consumer: Consumer, lane: int, upto: int = 0) -> list[Claimed]:
         """The jobs the last claim of ``lane`` leased that are still running under it.
 
         After a claim whose reply was lost, those the worker does not know it holds are
-        orphans: Redis leased them to it for that claim (orphans.lua).
+        orphans: Redis leased them to it for that claim (orphans.lua). The lane's calls
+        numbered up to ``upto`` (see :meth:`exchange`) claim nothing from now on, should
+        their requests reach Redis only now.
         """
         k = keys.queue_keys(queue)
         return _claimed(
             await self._run(
-                "orphans", [k.claims(consumer.instance, lane), k.events], [k.job_prefix, consumer.worker_id]
+                "orphans",
+                [k.claims(consumer.instance, lane), k.events, k.claims_fence(consumer.instance, lane)],
+                [k.job_prefix, consumer.worker_id, upto],
             )
         )
 

@@ -67,6 +67,14 @@ local function record_fields(record, ...)
   return reply
 end
 
+-- A lane's claim fence (orphans.lua), 0 when unset; anything else written there counts as unset
+-- rather than failing the call: the key is a worker process's own, and a claim it lets through
+-- is only what happened before fences existed.
+local function fence_of(key)
+  local value = redis.pcall('GET', key)
+  return type(value) == 'string' and tonumber(value) or 0
+end
+
 -- Publishes one transition on the queue's event channel.
 local function publish(channel, event, job_id, queue, now, extra)
   local e = extra or {}

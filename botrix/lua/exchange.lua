@@ -9,10 +9,11 @@
 -- KEYS[7] paused flag (botrix pause): while it exists, nothing is claimed
 -- KEYS[8] rate limit hash (botrix limit)   KEYS[9] its log of recent claims (_rate.lua)
 -- KEYS[10] this worker process's lane's last claim (orphans.lua)
+-- KEYS[11] that lane's fence: the lowest call number still allowed to claim (orphans.lua)
 -- ARGV[1] job record key prefix   ARGV[2] finished record TTL s   ARGV[3] dead set cap
 -- ARGV[4] queue name   ARGV[5] how many to claim   ARGV[6] lease ms   ARGV[7] worker id
--- ARGV[8] max envelope bytes
--- ARGV[9..] five entries per settled job: id, delivery, outcome, data, delay ms
+-- ARGV[8] max envelope bytes   ARGV[9] this call's number on its lane (rising; 0: none)
+-- ARGV[10..] five entries per settled job: id, delivery, outcome, data, delay ms
 -- Returns {refused ids, claimed jobs (five entries a job: id, envelope, attempt, delivery,
 -- ready_at: when it could last run), entries dead-lettered by the claim (three a job: id,
 -- error type, reason), 1 if the claim was skipped because the queue is paused else 0,
@@ -29,9 +30,15 @@ local prefix, queue = ARGV[1], ARGV[4]
 local dead_cap = tonumber(ARGV[3])
 local now = now_ms()
 local worker = ARGV[7]
-local refused = settle_batch(k, prefix, tonumber(ARGV[2]), dead_cap, queue, now, 9, worker)
+local refused = settle_batch(k, prefix, tonumber(ARGV[2]), dead_cap, queue, now, 10, worker)
 local claimed, rejected = {}, {}
 local want = tonumber(ARGV[5])
+if want > 0 and tonumber(ARGV[9]) < fence_of(KEYS[11]) then
+  -- A call the lane has already asked about as lost (its request held up in the network until
+  -- after the question): its claim would lease jobs nobody looks for. Its settle half stands,
+  -- as written again by a later call it is a no-op.
+  want = 0
+end
 local paused, limited = 0, 0
 if want > 0 then
   -- Here, not at the top: a bad sequence or pause flag must not stop results from being

@@ -4,13 +4,22 @@
 -- once instead of leaving them to expire: each would otherwise cost an attempt it never ran,
 -- and wait out its lease.
 --
+-- Asking also fences the lane: its calls numbered up to ARGV[3] (the lost one and any before it)
+-- claim nothing should their requests reach Redis only now. A request held up in a stalled
+-- network outlives the connection the worker closed on it (the kernel keeps resending it), and
+-- a claim it ran after this question would lease jobs that nobody looks for.
+--
 -- KEYS[1] the lane's last claim (exchange.lua): "<id> <delivery>,...", expiring with the lease
 -- KEYS[2] events channel (never a key: see _event.lua, "slot in migration")
--- ARGV[1] job record key prefix   ARGV[2] worker id
+-- KEYS[3] the lane's fence (exchange.lua): the lowest call number still allowed to claim
+-- ARGV[1] job record key prefix   ARGV[2] worker id   ARGV[3] the lane's last call number
 -- Returns five entries a job, as a claim does: id, envelope, attempt, delivery, ready_at. The
 -- worker skips those it holds (the last claim's reply arrived, and the lost call ran nothing).
 --- @include "_event.lua"
 
+-- Never lowered (a question that itself arrives late); a day outlives any resent request.
+local fence = math.max(tonumber(ARGV[3]) + 1, fence_of(KEYS[3]))
+redis.call('SET', KEYS[3], fence, 'EX', 86400)
 local last = redis.call('GET', KEYS[1])
 local out = {}
 if not last then
