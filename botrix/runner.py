@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import time
 from dataclasses import dataclass, field
 
@@ -60,8 +61,12 @@ class Lane:
     held: int = 0  # its jobs in flight: running, or finished and not yet written
     reserved: int = 0  # slots its pass in flight may fill
     busy: bool = False  # a pass is in flight
-    calls: int = 0  # its exchange calls so far: each is numbered, for the fence (_reclaim)
+    call: int = 0  # the number of its last exchange call, for the fence (_reclaim)
 
+
+#: Numbers every exchange call of the process, rising: a lane's calls must stay above its fence
+#: (orphans.lua), which outlives a Runner (a Worker run again keeps its process instance).
+_CALLS = itertools.count(1)
 
 #: A queue with a foreign-written key is tried again after a delay doubling from HOLD_BASE_S to
 #: HOLD_CAP_S: a person has to repair the key, and each try logs a warning.
@@ -348,10 +353,10 @@ class Runner:
         """
         if (queue, lane.index) in self._unsure:
             items.extend(await self._reclaim(lane, queue))
-        lane.calls += 1
+        lane.call = next(_CALLS)
         try:
             return await self._store.exchange(
-                queue, items, want, self._consumer, lane=lane.index, call=lane.calls
+                queue, items, want, self._consumer, lane=lane.index, call=lane.call
             )
         except ForeignWrite:
             raise  # the script stopped at its key checks, before any claim
@@ -385,7 +390,7 @@ class Runner:
         failed_at = self._unsure[(queue, lane.index)]
         try:
             # Fences the calls so far: the lost one's request may still be on its way.
-            orphans = await self._store.orphans(queue, self._consumer, lane.index, upto=lane.calls)
+            orphans = await self._store.orphans(queue, self._consumer, lane.index, upto=lane.call)
         except ForeignWrite:
             orphans = []  # the queue's hold reports it; recovery takes the jobs back, as before
         except StoreUnavailable as exc:
@@ -574,22 +579,23 @@ class Runner:
 
     async def _drain(self) -> None:
         self._state.phase = Phase.DRAINING
+        searched = False  # whether this phase had its full time to ask for a lost claim's jobs
         if self._owed(orphans=True):
             timeout = self._settings.shutdown_timeout
             if not self._owed():
                 timeout = min(timeout, ORPHANS_DRAIN_S)
             self._log.info("worker.draining", in_flight=len(self._state.in_flight), timeout_s=timeout)
             await self._settle_until_idle(timeout, self._force, orphans=True)
+            searched = timeout > 0 and not self._force.is_set()
         running = [e for e in self._state.in_flight.values() if e.task and not e.task.done()]
         for entry in running:
             entry.cancel_reason = entry.cancel_reason or "shutdown"  # a lost lease stays lost
             assert entry.task is not None
             entry.task.cancel()
-        # The search for a lost claim's jobs too: the first phase may not have asked at all (a
-        # second signal, or --shutdown-timeout 0), and requeued now they cost no attempt.
-        if self._owed(orphans=True) and not await self._settle_until_idle(
-            REQUEUE_GRACE_S, None, orphans=True
-        ):
+        # Also the search for a lost claim's jobs, when the first phase may not have asked (a
+        # second signal, or --shutdown-timeout 0): requeued now, they cost no attempt.
+        orphans = not searched
+        if self._owed(orphans) and not await self._settle_until_idle(REQUEUE_GRACE_S, None, orphans):
             stuck = self._requeue_stuck()
             if not (stuck and await self._settle_until_idle(STUCK_REQUEUE_S, None)):
                 self._abandon_parked()
@@ -649,12 +655,13 @@ class Runner:
     def _owed(self, orphans: bool = False) -> bool:
         # Buffered outcomes count too: an attempt replaced under its key (after Redis lost
         # writes) is no longer in flight, but its outcome may still be owed. With ``orphans``,
-        # so do the jobs of a claim whose reply was lost: requeued now, they cost no attempt.
+        # so do the jobs of a claim whose reply was lost: requeued now, they cost no attempt
+        # (not on a queue on hold, which cannot be asked now: recovery returns those).
         return (
             bool(self._state.in_flight)
             or len(self._settler) > 0
             or any(hold.parked for hold in self._holds.values())
-            or (orphans and bool(self._unsure))
+            or (orphans and any(not self._on_hold(queue) for queue, _ in self._unsure))
         )
 
     async def _settle_until_idle(

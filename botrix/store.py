@@ -394,7 +394,7 @@ class Store:
         consumer: Consumer,
         *,
         lane: int,
-        call: int = 0,
+        call: int | None = None,
     ) -> Exchanged:
         """Settle finished attempts, then claim up to ``want`` jobs, in one round trip.
 
@@ -402,7 +402,8 @@ class Store:
         entries the claim dead-lettered instead (oversized, or their record overwritten).
         ``lane`` names the caller's own connection: the caller never has two calls in flight
         on one lane (the runner's lanes, runner.py). ``call`` numbers the lane's calls, rising:
-        one at or below the number :meth:`orphans` was given claims nothing.
+        one at or below the number :meth:`orphans` was given claims nothing (None: a call that
+        is never fenced, for callers that do not ask :meth:`orphans`).
         """
         k = keys.queue_keys(queue)
         args: list[Any] = [
@@ -414,7 +415,7 @@ class Store:
             consumer.lease_ms,
             consumer.worker_id,
             consumer.max_envelope_bytes,
-            call,
+            "" if call is None else call,
         ]
         for s in settlements:
             args += [s.job_id, s.delivery, s.outcome.value, s.data, s.delay_ms]
@@ -444,20 +445,22 @@ class Store:
             {_text(job_id) for job_id in refused}, claimed, rejected, paused == 1, limited_ms / 1000
         )
 
-    async def orphans(self, queue: str, consumer: Consumer, lane: int, upto: int = 0) -> list[Claimed]:
+    async def orphans(
+        self, queue: str, consumer: Consumer, lane: int, upto: int | None = None
+    ) -> list[Claimed]:
         """The jobs the last claim of ``lane`` leased that are still running under it.
 
         After a claim whose reply was lost, those the worker does not know it holds are
         orphans: Redis leased them to it for that claim (orphans.lua). The lane's calls
         numbered up to ``upto`` (see :meth:`exchange`) claim nothing from now on, should
-        their requests reach Redis only now.
+        their requests reach Redis only now (None: no fence).
         """
         k = keys.queue_keys(queue)
         return _claimed(
             await self._run(
                 "orphans",
                 [k.claims(consumer.instance, lane), k.events, k.claims_fence(consumer.instance, lane)],
-                [k.job_prefix, consumer.worker_id, upto],
+                [k.job_prefix, consumer.worker_id, "" if upto is None else upto],
             )
         )
 

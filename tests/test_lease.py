@@ -427,15 +427,16 @@ async def test_the_orphans_of_a_lane_are_its_last_claims_jobs_still_running_unde
 
 
 async def test_a_claim_reaching_redis_after_its_lane_asked_about_it_claims_nothing(
-    client: Client, store: Store, queue: str
+    redis_server: RedisServer, client: Client, store: Store, queue: str
 ) -> None:
     """The lost claim's request itself was held up (a stalled network: the kernel resends it on
     the connection the worker closed) and reaches Redis only after the lane asked what it
     leased. Asking fences the lane's calls so far: that late call claims nothing, so no job is
     leased to a worker that no longer looks for it; its settle half still applies. The lane's
     next calls claim as usual, a question that itself comes late lowers no fence, and the
-    process's other lanes are not fenced."""
-    ids = [await client.enqueue("t.echo", i, queue=queue) for i in range(4)]
+    process's other lanes are not fenced. A fence holding anything but its digits counts as
+    unset, and a call without a number is never fenced."""
+    ids = [await client.enqueue("t.echo", i, queue=queue) for i in range(6)]
     me = Consumer("w-fenced", 30_000, 1 << 20, 60, 10, instance="process-f")
     _, [held], _, _, _ = await store.exchange(queue, [], 1, me, lane=0, call=1)
     # Call 2 claims; its request is lost on the way, and the lane asks (its calls so far: 2).
@@ -445,10 +446,16 @@ async def test_a_claim_reaching_redis_after_its_lane_asked_about_it_claims_nothi
     refused, late, _, _, _ = await store.exchange(queue, done, 2, me, lane=0, call=2)  # call 2 arrives
     assert (refused, late) == (set(), [])
     assert (await client.job(held.job_id, queue)).status is JobStatus.COMPLETED
-    assert (await client.depth(queue))["pending"] == 3
+    assert (await client.depth(queue))["pending"] == 5
     assert await store.orphans(queue, me, 0, upto=1) == []  # a late question (held is settled)
     assert (await store.exchange(queue, [], 2, me, lane=0, call=2))[1] == []
     _, claimed, _, _, _ = await store.exchange(queue, [], 2, me, lane=0, call=3)
     assert [c.job_id for c in claimed] == ids[1:3]
     _, [theirs], _, _, _ = await store.exchange(queue, [], 1, me, lane=1, call=1)  # another lane's
     assert theirs.job_id == ids[3]
+    _, [unnumbered], _, _, _ = await store.exchange(queue, [], 1, me, lane=0)
+    assert unnumbered.job_id == ids[4]
+    async with aredis.Redis.from_url(redis_server.url) as r:
+        await r.set(keys.queue_keys(queue).claims_fence("process-f", 0), "inf")
+    _, [last], _, _, _ = await store.exchange(queue, [], 1, me, lane=0, call=1)
+    assert last.job_id == ids[5]

@@ -67,12 +67,16 @@ local function record_fields(record, ...)
   return reply
 end
 
--- A lane's claim fence (orphans.lua), 0 when unset; anything else written there counts as unset
--- rather than failing the call: the key is a worker process's own, and a claim it lets through
--- is only what happened before fences existed.
+-- A lane's claim fence (orphans.lua), 0 when unset. Anything but the digits orphans.lua writes
+-- counts as unset rather than failing the call (Lua would read "inf" or "0x10" as numbers): the
+-- key is a worker process's own, and a claim it lets through is only what happened before
+-- fences existed.
 local function fence_of(key)
   local value = redis.pcall('GET', key)
-  return type(value) == 'string' and tonumber(value) or 0
+  if type(value) == 'string' and #value <= 15 and string.match(value, '^%d+$') then
+    return tonumber(value)
+  end
+  return 0
 end
 
 -- Publishes one transition on the queue's event channel.

@@ -12,7 +12,7 @@
 -- KEYS[11] that lane's fence: the lowest call number still allowed to claim (orphans.lua)
 -- ARGV[1] job record key prefix   ARGV[2] finished record TTL s   ARGV[3] dead set cap
 -- ARGV[4] queue name   ARGV[5] how many to claim   ARGV[6] lease ms   ARGV[7] worker id
--- ARGV[8] max envelope bytes   ARGV[9] this call's number on its lane (rising; 0: none)
+-- ARGV[8] max envelope bytes   ARGV[9] this call's number on its lane (rising), or '': never fenced
 -- ARGV[10..] five entries per settled job: id, delivery, outcome, data, delay ms
 -- Returns {refused ids, claimed jobs (five entries a job: id, envelope, attempt, delivery,
 -- ready_at: when it could last run), entries dead-lettered by the claim (three a job: id,
@@ -33,7 +33,8 @@ local worker = ARGV[7]
 local refused = settle_batch(k, prefix, tonumber(ARGV[2]), dead_cap, queue, now, 10, worker)
 local claimed, rejected = {}, {}
 local want = tonumber(ARGV[5])
-if want > 0 and tonumber(ARGV[9]) < fence_of(KEYS[11]) then
+local call = tonumber(ARGV[9])
+if want > 0 and call and call < fence_of(KEYS[11]) then
   -- A call the lane has already asked about as lost (its request held up in the network until
   -- after the question): its claim would lease jobs nobody looks for. Its settle half stands,
   -- as written again by a later call it is a no-op.

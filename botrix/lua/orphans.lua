@@ -12,14 +12,17 @@
 -- KEYS[1] the lane's last claim (exchange.lua): "<id> <delivery>,...", expiring with the lease
 -- KEYS[2] events channel (never a key: see _event.lua, "slot in migration")
 -- KEYS[3] the lane's fence (exchange.lua): the lowest call number still allowed to claim
--- ARGV[1] job record key prefix   ARGV[2] worker id   ARGV[3] the lane's last call number
+-- ARGV[1] job record key prefix   ARGV[2] worker id   ARGV[3] the lane's last call number, or '':
+-- no fence (a caller that does not number its calls)
 -- Returns five entries a job, as a claim does: id, envelope, attempt, delivery, ready_at. The
 -- worker skips those it holds (the last claim's reply arrived, and the lost call ran nothing).
 --- @include "_event.lua"
 
 -- Never lowered (a question that itself arrives late); a day outlives any resent request.
-local fence = math.max(tonumber(ARGV[3]) + 1, fence_of(KEYS[3]))
-redis.call('SET', KEYS[3], fence, 'EX', 86400)
+local upto = tonumber(ARGV[3])
+if upto then
+  redis.call('SET', KEYS[3], math.max(upto + 1, fence_of(KEYS[3])), 'EX', 86400)
+end
 local last = redis.call('GET', KEYS[1])
 local out = {}
 if not last then
