@@ -199,9 +199,9 @@ class Report:
             for system, name in (("limit", "bare loop"), ("limitpy", "on redis-py")):
                 b1, b2 = (median(self.get("scale", system, pc, p), "jobs_per_s") for p in (1, 2))
                 if b1 and b2:
-                    gains.append(f"{name} +{100 * (b2 / b1 - 1):.0f}%")
+                    gains.append(f"{name} {100 * (b2 / b1 - 1):+.0f}%")
             beside = f" ({', '.join(gains)})" if gains else ""
-            out.append(("2nd process adds ≥ 60%", f"+{100 * (two / one - 1):.0f}%{beside}",
+            out.append(("2nd process adds ≥ 60%", f"{100 * (two / one - 1):+.0f}%{beside}",
                         two >= 1.6 * one))  # fmt: skip
         return out
 
