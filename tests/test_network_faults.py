@@ -571,26 +571,33 @@ async def test_progress_while_redis_is_unreachable_is_dropped_not_a_failure(
     await stop(worker)
 
 
+@pytest.mark.parametrize("forced", [False, True], ids=["drain", "forced"])
 async def test_a_claim_whose_reply_was_lost_just_before_a_shutdown_is_given_back_by_the_drain(
-    redis_server: RedisServer, proxy: FaultProxy, client: Client, queue: str, spawn: Spawn
+    redis_server: RedisServer, proxy: FaultProxy, client: Client, queue: str, spawn: Spawn, forced: bool
 ) -> None:
     """As above, but Redis stays unreachable until the worker has been told to stop: the drain
     still asks for the lost claim's jobs once Redis answers, and requeues them uncounted,
-    rather than leaving them to cost an attempt when their lease runs out."""
+    rather than leaving them to cost an attempt (a dead letter here) when their lease runs out.
+    ``forced``: a second signal skips the drain's wait for running jobs, and with it the first
+    search; the second phase, which writes the shutdown's requeues within a few seconds'
+    grace, asks instead."""
     url = redis_server.url
     worker = spawn(
         proxy.url(), queue, "--lease-seconds", "300", "--max-retries", "0", "--shutdown-timeout", "60"
     )
     job_id = await _claim_with_its_reply_held(redis_server, proxy, client, queue, worker)
-    proxy.refuse()
+    proxy.refuse()  # so that neither the claim loop nor (forced) the first phase can ask
     await proxy.cut()
     worker.signal(signal.SIGTERM)
     await wait_event(worker, "worker.stopping")
+    if forced:
+        worker.signal(signal.SIGTERM)
+        await wait_event(worker, "worker.stop_forced")
     await proxy.resume()
     assert await worker.wait(timeout=60) == 0
     info = await client.job(job_id, queue)
     assert (info.status, info.attempts) == (JobStatus.QUEUED, 0)
-    assert "job.orphaned" in worker.names()
+    assert "job.orphaned" in worker.names() and "job.orphans_unknown" not in worker.names()
     assert (await run_counts(url, f"runs:{queue}")).get(job_id) is None  # it never ran
 
 
@@ -638,29 +645,3 @@ async def test_a_drain_owing_only_a_lost_claims_answer_stops_asking_after_a_whil
     await proxy.resume()
     info = await client.job(job_id, queue)
     assert (info.status, info.attempts) == (JobStatus.RUNNING, 1)  # its lease will return it
-
-
-async def test_a_forced_drain_still_asks_for_a_lost_claims_jobs(
-    redis_server: RedisServer, proxy: FaultProxy, client: Client, queue: str, spawn: Spawn
-) -> None:
-    """As above, but a second signal forces the stop: the drain skips its wait for running jobs,
-    and with it the first search. The second phase, which writes the shutdown's requeues within
-    a few seconds' grace, asks for the lost claim's jobs too and requeues them uncounted,
-    rather than leaving them to cost an attempt (a dead letter here) when their lease runs out."""
-    url = redis_server.url
-    worker = spawn(
-        proxy.url(), queue, "--lease-seconds", "300", "--max-retries", "0", "--shutdown-timeout", "60"
-    )
-    job_id = await _claim_with_its_reply_held(redis_server, proxy, client, queue, worker)
-    proxy.refuse()  # so that neither the claim loop nor the first phase can ask
-    await proxy.cut()
-    worker.signal(signal.SIGTERM)
-    await wait_event(worker, "worker.stopping")
-    worker.signal(signal.SIGTERM)
-    await wait_event(worker, "worker.stop_forced")
-    await proxy.resume()
-    assert await worker.wait(timeout=60) == 0
-    info = await client.job(job_id, queue)
-    assert (info.status, info.attempts) == (JobStatus.QUEUED, 0)
-    assert "job.orphaned" in worker.names() and "job.orphans_unknown" not in worker.names()
-    assert (await run_counts(url, f"runs:{queue}")).get(job_id) is None  # it never ran
