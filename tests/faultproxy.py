@@ -26,15 +26,13 @@ import socket
 import struct
 from dataclasses import dataclass, field
 
+from tests.redisproc import ephemeral_low
+
 CHUNK = 65536
 
 
 def _port_below_ephemeral_range() -> int:
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            low = int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
+    low = ephemeral_low()
     for _ in range(200):
         port = random.randint(max(1025, low - 12000), low - 1)
         with socket.socket() as probe:

@@ -23,10 +23,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def ephemeral_low() -> int:
+    """The first port the kernel hands out as a connection's local port."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_cluster_port() -> int:
-    """A free port whose cluster bus port (10,000 above it, at most 65,535) is free too."""
+    """A free port whose cluster bus port (10,000 above it) is free too, both below the
+    ephemeral range: a node restarted by a test must get both back, and a client's outgoing
+    connection made meanwhile could otherwise take either (seen once: the bus port)."""
+    low = ephemeral_low()
     for _ in range(200):
-        port = random.randint(20_000, 55_535)
+        port = random.randint(max(1025, low - 20_000), low - 10_001)
         try:
             with socket.socket() as a, socket.socket() as b:
                 a.bind(("127.0.0.1", port))
