@@ -21,28 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import socket
 import struct
 from dataclasses import dataclass, field
 
-from tests.redisproc import ephemeral_low
+from tests.redisproc import free_port
 
 CHUNK = 65536
-
-
-def _port_below_ephemeral_range() -> int:
-    low = ephemeral_low()
-    for _ in range(200):
-        port = random.randint(max(1025, low - 12000), low - 1)
-        with socket.socket() as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port for the fault proxy")
 
 
 def _reset(writer: asyncio.StreamWriter | None) -> None:
@@ -71,7 +56,7 @@ class FaultProxy:
 
     def __init__(self, upstream_port: int, upstream_host: str = "127.0.0.1") -> None:
         self.upstream = (upstream_host, upstream_port)
-        self.port = _port_below_ephemeral_range()
+        self.port = free_port()
         self._server: asyncio.Server | None = None
         self._links: set[_Link] = set()
         self._flowing = asyncio.Event()

@@ -17,12 +17,6 @@ def _text(value: bytes | str) -> str:
     return value if isinstance(value, str) else value.decode()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def ephemeral_low() -> int:
     """The first port the kernel hands out as a connection's local port."""
     try:
@@ -30,6 +24,21 @@ def ephemeral_low() -> int:
             return int(f.read().split()[0])
     except (OSError, ValueError, IndexError):
         return 32768
+
+
+def free_port() -> int:
+    """A free port below the ephemeral range: a server a test stops and starts again must get
+    its port back, and a client's outgoing connection made meanwhile could otherwise take it."""
+    low = ephemeral_low()
+    for _ in range(200):
+        port = random.randint(max(1025, low - 12_000), low - 1)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def free_cluster_port() -> int:
