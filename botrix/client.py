@@ -6,9 +6,9 @@ import asyncio
 import math
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -31,6 +31,8 @@ from botrix.model import (
 from botrix.store import Connection, ForeignWrite, Store, StoreUnavailable
 from botrix.tracing import sending
 from botrix.waits import Waits
+
+T = TypeVar("T")
 
 DEFAULT_MAX_PAYLOAD_BYTES = 1_048_576
 
@@ -400,23 +402,23 @@ class Client:
         paused queue with a garbled rate limit still shows paused); a part that cannot be read
         is None.
         """
-        info: dict[str, Any] = {"pending": None, "active": None, "scheduled": None, "dead": None}
-        damaged = []
-        try:
-            info.update(await self.depth(queue))
-        except ForeignWrite as exc:
-            damaged.append(str(exc))
-        try:
-            info["paused"] = await self.is_paused(queue)
-        except ForeignWrite as exc:
-            info["paused"] = None
-            damaged.append(str(exc))
-        try:
-            limit = await self.rate_limit(queue)
-            info["rate_limit"] = None if limit is None else limit.to_dict()
-        except ForeignWrite as exc:
-            info["rate_limit"] = None
-            damaged.append(str(exc))
+        damaged: list[str] = []
+
+        async def read(part: Awaitable[T]) -> T | None:
+            try:
+                return await part
+            except ForeignWrite as exc:
+                damaged.append(str(exc))
+                return None
+
+        depth = await read(self.depth(queue))
+        paused = await read(self.is_paused(queue))
+        limit = await read(self.rate_limit(queue))
+        info: dict[str, Any] = {
+            **(depth or dict.fromkeys(("pending", "active", "scheduled", "dead"))),
+            "paused": paused,
+            "rate_limit": None if limit is None else limit.to_dict(),
+        }
         if damaged:
             info["damaged"] = "; ".join(damaged)
         return info

@@ -661,7 +661,7 @@ class Runner:
             bool(self._state.in_flight)
             or len(self._settler) > 0
             or any(hold.parked for hold in self._holds.values())
-            or (orphans and any(not self._on_hold(queue) for queue, _ in self._unsure))
+            or (orphans and any(self._unsure_in(lane) for lane in self._lanes))
         )
 
     async def _settle_until_idle(
