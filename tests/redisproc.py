@@ -161,19 +161,38 @@ class RedisClusterServers:
             last = self.SLOTS - 1 if i == len(self.nodes) - 1 else (i + 1) * share - 1
             with node.client() as r:
                 r.execute_command("CLUSTER ADDSLOTS", *range(i * share, last + 1))
+        self._meet()
+        self.wait_ready(meet=True)
+
+    def _meet(self) -> None:
         with self.nodes[0].client() as first:
             for node in self.nodes[1:]:
                 first.execute_command("CLUSTER MEET", "127.0.0.1", node.port)
-        self.wait_ready()
 
-    def wait_ready(self) -> None:
-        """Until every node serves and knows every slot (also after a restart of the nodes)."""
-        deadline = time.monotonic() + 30
+    def wait_ready(self, *, meet: bool = False) -> None:
+        """Until every node serves and knows every slot (also after a restart of the nodes).
+
+        With ``meet``, the introductions are sent again every few seconds: a node forgets a
+        handshake that does not finish in time (a loaded machine), and never tries it again.
+        """
+        deadline = time.monotonic() + 45
+        next_meet = time.monotonic() + 5
         while time.monotonic() < deadline:
             if all(self._ready(node) for node in self.nodes):
                 return
+            if meet and time.monotonic() >= next_meet:
+                self._meet()
+                next_meet = time.monotonic() + 5
             time.sleep(0.1)
-        raise RuntimeError("the Redis Cluster did not come up")
+        states = []
+        for node in self.nodes:
+            with node.client() as r:
+                info = r.cluster("INFO")
+                states.append(
+                    (node.port, info.get("cluster_state"), info.get("cluster_known_nodes"),
+                     info.get("cluster_slots_assigned"))
+                )  # fmt: skip
+        raise RuntimeError(f"the Redis Cluster did not come up: (port, state, known, slots) {states}")
 
     def _ready(self, node: RedisServer) -> bool:
         with node.client() as r:
