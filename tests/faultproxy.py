@@ -8,6 +8,10 @@ meant to flow (nothing in the tests does: they await everything). Faults, all re
   Bytes that were sent before or during the stall are delivered after ``resume()``, as TCP
   would deliver them if the network came back (so a command whose sender gave up may still
   run on the server).
+- ``hold_next(marker)``: the next chunk a client sends that contains ``marker`` is kept back,
+  with every later byte of its connection, until ``deliver_held()`` sends it to Redis on a
+  connection of its own: a request lost in the network that arrives after its sender gave up
+  and closed the socket (a retransmitted segment, or one queued in a middlebox).
 - ``cut()``: every live connection is reset (``SO_LINGER 0``, so the peers see RST).
 - ``refuse()``: the listening socket is closed, so new connections get ECONNREFUSED; live
   ones are left alone (combine with ``cut()`` for an outage).
@@ -24,6 +28,8 @@ import contextlib
 import socket
 import struct
 from dataclasses import dataclass, field
+
+import hiredis
 
 from tests.redisproc import free_port
 
@@ -64,6 +70,9 @@ class FaultProxy:
         self._delay = 0.0
         self._stall_marker: bytes | None = None
         self._stalled = asyncio.Event()
+        self._hold_marker: bytes | None = None
+        self._held = bytearray()
+        self._holding = asyncio.Event()
         #: Connections accepted so far (a reconnecting client makes this grow).
         self.accepted = 0
         #: Connections reset by ``cut()`` so far.
@@ -128,6 +137,38 @@ class FaultProxy:
         self._stalled.clear()
         return self._stalled
 
+    def hold_next(self, marker: bytes) -> asyncio.Event:
+        """Keep back the next client chunk that contains ``marker`` (see the module's doc).
+
+        The returned event is set once a chunk is held: its sender waits, Redis has not seen it.
+        """
+        self._hold_marker = marker
+        self._held = bytearray()
+        self._holding.clear()
+        return self._holding
+
+    async def deliver_held(self) -> object:
+        """Send what ``hold_next`` kept back to Redis, on a new connection, and return the reply
+        (parsed by hiredis: a list, bytes, an int, or a ``hiredis.ReplyError``).
+
+        A new connection, because the one it came on may be long closed: Redis cannot tell."""
+        assert self._holding.is_set(), "nothing is held"
+        reader, writer = await asyncio.open_connection(*self.upstream)
+        try:
+            writer.write(bytes(self._held))
+            parser = hiredis.Reader()
+            reply = parser.gets()
+            while reply is False:
+                data = await reader.read(CHUNK)
+                if not data:
+                    raise ConnectionError("Redis closed the connection before it replied")
+                parser.feed(data)
+                reply = parser.gets()
+            return reply
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
     async def cut(self) -> int:
         """Reset every live connection; returns how many were reset."""
         links = list(self._links)
@@ -179,8 +220,8 @@ class FaultProxy:
                 return
             link.upstream = up_writer
             link.pumps = [
-                asyncio.create_task(self._pump(reader, up_writer)),
-                asyncio.create_task(self._pump(up_reader, writer)),
+                asyncio.create_task(self._pump(reader, up_writer, upstream=True)),
+                asyncio.create_task(self._pump(up_reader, writer, upstream=False)),
             ]
             # Ends when both directions reached EOF, or at once when either side broke.
             await asyncio.wait(link.pumps, return_when=asyncio.FIRST_EXCEPTION)
@@ -196,13 +237,21 @@ class FaultProxy:
             _reset(writer)
             _reset(link.upstream)
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Copy one direction, chunk by chunk, obeying stall and delay; half-close at EOF."""
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, upstream: bool) -> None:
+        """Copy one direction, chunk by chunk, obeying stall, delay and hold; half-close at EOF."""
+        holding = False
         while True:
             await self._flowing.wait()
             data = await reader.read(CHUNK)
             if not data:
                 break
+            if upstream and not holding and self._hold_marker is not None and self._hold_marker in data:
+                self._hold_marker = None
+                holding = True
+                self._holding.set()
+            if holding:
+                self._held += data
+                continue
             if self._delay > 0:
                 await asyncio.sleep(self._delay)
             await self._flowing.wait()

@@ -499,6 +499,21 @@ async def _idle(admin: aredis.Redis) -> bool:
     return any(c.get("cmd") == "blmove" and "b" in c.get("flags", "") for c in await admin.client_list())
 
 
+#: How an exchange call (settle and claim) starts on the wire: ``EVALSHA <this>``.
+_EXCHANGE_SHA = hashlib.sha1(_load_script("exchange.lua").encode()).hexdigest().encode()
+
+
+async def _idle_after_a_warm_up(
+    redis_server: RedisServer, client: Client, queue: str, worker: WorkerProcess
+) -> None:
+    """Run one job through ``worker`` (so its exchange script is loaded), then wait until it is
+    idle: the next exchange it sends is the one that claims the next job enqueued."""
+    [warm_up] = await enqueue_counted(client, redis_server.url, queue, 1)
+    await completed(client, worker, warm_up, queue)
+    async with aredis.Redis(port=redis_server.port, decode_responses=True) as admin:
+        await eventually(lambda: _idle(admin), what="an idle worker")
+
+
 async def _claim_with_its_reply_held(
     redis_server: RedisServer, proxy: FaultProxy, client: Client, queue: str, worker: WorkerProcess
 ) -> str:
@@ -507,20 +522,15 @@ async def _claim_with_its_reply_held(
     Returns once Redis has run the claim: the job is leased to a worker that does not know it.
     """
     url = redis_server.url
-    exchange_sha = hashlib.sha1(_load_script("exchange.lua").encode()).hexdigest().encode()
-    [warm_up] = await enqueue_counted(client, url, queue, 1)
-    await completed(client, worker, warm_up, queue)  # the exchange script is loaded now
-    async with aredis.Redis(port=redis_server.port, decode_responses=True) as admin:
-        # The next exchange the worker sends is the one that claims the job below.
-        await eventually(lambda: _idle(admin), what="an idle worker")
-        stalled = proxy.stall_after(exchange_sha)
-        [job_id] = await enqueue_counted(client, url, queue, 1)
-        await asyncio.wait_for(stalled.wait(), timeout=30)
+    await _idle_after_a_warm_up(redis_server, client, queue, worker)
+    stalled = proxy.stall_after(_EXCHANGE_SHA)
+    [job_id] = await enqueue_counted(client, url, queue, 1)
+    await asyncio.wait_for(stalled.wait(), timeout=30)
 
-        async def leased() -> bool:
-            return (await client.job(job_id, queue)).status is JobStatus.RUNNING
+    async def leased() -> bool:
+        return (await client.job(job_id, queue)).status is JobStatus.RUNNING
 
-        await eventually(leased, what="Redis running the claim whose reply is held")
+    await eventually(leased, what="Redis running the claim whose reply is held")
     return job_id
 
 
@@ -546,6 +556,35 @@ async def test_a_claim_whose_reply_was_lost_gives_its_job_back_at_once(
     assert [(e["job_id"], e["reason"]) for e in requeued] == [(job_id, "orphaned")]
     assert_no_crash(worker)
     await stop(worker)
+
+
+async def test_a_claim_reaching_redis_after_its_lane_gave_up_on_it_claims_nothing(
+    redis_server: RedisServer, proxy: FaultProxy, client: Client, queue: str, spawn: Spawn
+) -> None:
+    """Not the reply but the claim's request is held up in the network: the lane's deadline
+    passes, the worker asks Redis what the call leased (nothing yet) and claims again on a new
+    connection. When the old request reaches Redis at last (a retransmitted segment outlives
+    its socket), it must claim nothing: a job it leased would belong to a lane that has moved
+    on, and cost an attempt when its lease ran out (a dead letter here, --max-retries 0). The
+    worker is stopped before the late request arrives, so that nothing else claims the job
+    waiting for it."""
+    url = redis_server.url
+    worker = spawn(proxy.url(), queue, "--lease-seconds", "300", "--max-retries", "0")
+    await _idle_after_a_warm_up(redis_server, client, queue, worker)
+    held = proxy.hold_next(_EXCHANGE_SHA)
+    [first] = await enqueue_counted(client, url, queue, 1)
+    await asyncio.wait_for(held.wait(), timeout=30)
+    await completed(client, worker, first, queue)  # by a later call, once the deadline passed
+    assert_no_crash(worker)
+    await stop(worker)
+    [waiting] = await enqueue_counted(client, url, queue, 1)
+    reply = await proxy.deliver_held()
+    assert isinstance(reply, list), reply  # the late call ran (no NOSCRIPT, no error)
+    info = await client.job(waiting, queue)
+    assert (info.status, info.attempts) == (JobStatus.QUEUED, 0)
+    assert (await client.depth(queue))["pending"] == 1
+    assert (await client.job(first, queue)).attempts == 1
+    assert (await run_counts(url, f"runs:{queue}"))[first] == 1
 
 
 async def test_progress_while_redis_is_unreachable_is_dropped_not_a_failure(
