@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import time
 from typing import Any
@@ -38,6 +39,12 @@ async def _count(ctx: JobContext, payload: dict[str, Any]) -> None:
 @handler("t.echo")
 async def echo(ctx: JobContext, payload: Any) -> Any:
     return {"echo": payload, "attempt": ctx.attempt}
+
+
+@handler("t.gc_thresholds")
+async def gc_thresholds(ctx: JobContext, payload: Any) -> list[int]:
+    """The cyclic collector's thresholds in force in the worker process."""
+    return list(gc.get_threshold())
 
 
 @handler("t.count")

@@ -16,8 +16,10 @@ import pytest
 import redis.asyncio as aredis
 
 from botrix import keys
+from botrix.cli.worker import GC_THRESHOLDS
 from botrix.client import Client
 from botrix.model import JobStatus
+from tests import gc_app
 from tests.conftest import WorkerProcess, eventually
 from tests.redisproc import RedisServer, _text
 
@@ -51,6 +53,28 @@ async def test_several_workers_never_run_a_job_twice(
     await stop_all(*workers)
     counts = await run_counts(redis_server.url, f"runs:{queue}")
     assert counts == dict.fromkeys(ids, 1)
+
+
+@pytest.mark.parametrize(
+    ("apps", "expected"),
+    [((), GC_THRESHOLDS), (("--app", "tests.gc_app"), gc_app.THRESHOLDS)],
+    ids=["worker", "handlers-module"],
+)
+async def test_the_worker_tunes_the_collector_unless_a_handlers_module_does(
+    redis_server: RedisServer,
+    client: Client,
+    queue: str,
+    spawn: Spawn,
+    apps: tuple[str, ...],
+    expected: tuple[int, int, int],
+) -> None:
+    """The worker raises the cyclic collector's thresholds (docs/performance.md: jobs in flight
+    were promoted and rescanned collection after collection), before it imports the handler
+    modules, so that a module which sets its own keeps them."""
+    worker = spawn(redis_server.url, queue, *apps)
+    job_id = await client.enqueue("t.gc_thresholds", {}, queue=queue)
+    assert (await client.wait(job_id, timeout=30)).result == list(expected)
+    await stop_all(worker)
 
 
 async def test_lanes_never_hold_more_leases_than_the_concurrency(
