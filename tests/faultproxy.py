@@ -143,7 +143,7 @@ class FaultProxy:
         The returned event is set once a chunk is held: its sender waits, Redis has not seen it.
         """
         self._hold_marker = marker
-        self._held = bytearray()
+        self._held = bytearray()  # a new buffer: a pump still holding keeps filling the old one
         self._holding.clear()
         return self._holding
 
@@ -153,17 +153,19 @@ class FaultProxy:
 
         A new connection, because the one it came on may be long closed: Redis cannot tell."""
         assert self._holding.is_set(), "nothing is held"
+        self._holding.clear()  # delivered once
         reader, writer = await asyncio.open_connection(*self.upstream)
         try:
             writer.write(bytes(self._held))
             parser = hiredis.Reader()
             reply = parser.gets()
-            while reply is False:
-                data = await reader.read(CHUNK)
-                if not data:
-                    raise ConnectionError("Redis closed the connection before it replied")
-                parser.feed(data)
-                reply = parser.gets()
+            async with asyncio.timeout(30):  # a guard against a hang, not a timing check
+                while reply is False:
+                    data = await reader.read(CHUNK)
+                    if not data:
+                        raise ConnectionError("Redis closed the connection before it replied")
+                    parser.feed(data)
+                    reply = parser.gets()
             return reply
         finally:
             writer.close()
@@ -239,18 +241,18 @@ class FaultProxy:
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, upstream: bool) -> None:
         """Copy one direction, chunk by chunk, obeying stall, delay and hold; half-close at EOF."""
-        holding = False
+        held: bytearray | None = None  # this connection's held bytes, once it holds
         while True:
             await self._flowing.wait()
             data = await reader.read(CHUNK)
             if not data:
                 break
-            if upstream and not holding and self._hold_marker is not None and self._hold_marker in data:
+            if upstream and held is None and self._hold_marker is not None and self._hold_marker in data:
                 self._hold_marker = None
-                holding = True
+                held = self._held
                 self._holding.set()
-            if holding:
-                self._held += data
+            if held is not None:
+                held += data
                 continue
             if self._delay > 0:
                 await asyncio.sleep(self._delay)

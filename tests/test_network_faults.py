@@ -580,6 +580,7 @@ async def test_a_claim_reaching_redis_after_its_lane_gave_up_on_it_claims_nothin
     [waiting] = await enqueue_counted(client, url, queue, 1)
     reply = await proxy.deliver_held()
     assert isinstance(reply, list), reply  # the late call ran (no NOSCRIPT, no error)
+    assert (reply[1], reply[3]) == ([], 0)  # it claimed nothing, and not for a paused queue
     info = await client.job(waiting, queue)
     assert (info.status, info.attempts) == (JobStatus.QUEUED, 0)
     assert (await client.depth(queue))["pending"] == 1

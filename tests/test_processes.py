@@ -19,7 +19,6 @@ from botrix import keys
 from botrix.cli.worker import GC_THRESHOLDS
 from botrix.client import Client
 from botrix.model import JobStatus
-from tests import gc_app
 from tests.conftest import WorkerProcess, eventually
 from tests.redisproc import RedisServer, _text
 
@@ -57,7 +56,8 @@ async def test_several_workers_never_run_a_job_twice(
 
 @pytest.mark.parametrize(
     ("apps", "expected"),
-    [((), GC_THRESHOLDS), (("--app", "tests.gc_app"), gc_app.THRESHOLDS)],
+    # tests/gc_app.py's, spelt out: importing it here would retune the test process's collector
+    [((), GC_THRESHOLDS), (("--app", "tests.gc_app"), (1234, 5, 6))],
     ids=["worker", "handlers-module"],
 )
 async def test_the_worker_tunes_the_collector_unless_a_handlers_module_does(
@@ -73,7 +73,8 @@ async def test_the_worker_tunes_the_collector_unless_a_handlers_module_does(
     modules, so that a module which sets its own keeps them."""
     worker = spawn(redis_server.url, queue, *apps)
     job_id = await client.enqueue("t.gc_thresholds", {}, queue=queue)
-    assert (await client.wait(job_id, timeout=30)).result == list(expected)
+    # The first two: Python 3.14's incremental collector ignores (and reports 0 for) the third.
+    assert (await client.wait(job_id, timeout=30)).result[:2] == list(expected[:2])
     await stop_all(worker)
 
 

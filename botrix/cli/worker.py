@@ -33,8 +33,10 @@ TASKS_GRACE_S = 1.0
 #: dozen objects (its task, frames, timers) for as long as it runs. At 700, a young collection
 #: came every 40 jobs or so and promoted the jobs still running: with 1,000 jobs sleeping 50 ms
 #: each, the collector took 290 ms of a 20,000-job drain, against 22 ms at 10,000
-#: (docs/performance.md). What waits longer is cyclic garbage alone (reference counting frees
-#: the rest at once), at most this many objects.
+#: (docs/performance.md). Only cyclic garbage waits longer (reference counting frees the rest
+#: at once): up to this many young containers and what they hold, and in the older generations
+#: (a job that ran across a collection) ten and a hundred times as many. A handlers module that
+#: makes much of it can set its own thresholds.
 GC_THRESHOLDS = (10_000, 10, 10)
 
 
@@ -186,6 +188,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     # Everything imported so far lives as long as the process: freezing it keeps the cyclic
     # GC from rescanning ~50 MB of modules on every full collection (pauses of several ms).
+    # Collected first: garbage the imports left in a cycle would be frozen with it, for good.
+    gc.collect()
     gc.freeze()
 
     threads = _HandlerThreads()
