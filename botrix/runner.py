@@ -8,7 +8,7 @@ needs one round trip per batch. A lower-priority queue claims only in a pass whe
 queue above it came back short. When there is nothing to write and nothing pending, the loop
 arms the waker and sleeps until a job lands, a job finishes, or it is told to stop.
 
-A worker on one queue with 20 slots or more splits them into lanes, each with at most one pass
+A worker on one queue with 10 slots or more splits them into lanes, each with at most one pass
 in flight: while Redis runs one lane's exchange, the worker runs another lane's jobs. With one
 lane, short jobs all finish in the same loop iteration and worker and Redis take turns, each
 idle while the other works (docs/design.md). A worker on several queues keeps one lane, so
@@ -91,11 +91,11 @@ class Hold:
 
 
 #: A worker on one queue gets a lane per LANE_SLOTS slots, from two (at MIN_SPLIT slots or
-#: more) to MAX_LANES. Below MIN_SPLIT one lane: with lanes of a few slots the extra round trips
-#: cost more than the overlap gains (docs/design.md).
+#: more) to MAX_LANES. Below MIN_SPLIT one lane: lanes of 2 or 3 slots would pay a round trip
+#: for every 2 or 3 jobs (docs/design.md).
 LANE_SLOTS = 50
 MAX_LANES = 8
-MIN_SPLIT = 20
+MIN_SPLIT = 10
 
 
 def split(concurrency: int, queues: int) -> list[Lane]:

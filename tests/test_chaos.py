@@ -26,7 +26,7 @@ from tests.test_processes import run_counts
 
 pytestmark = pytest.mark.chaos
 Spawn = Callable[..., WorkerProcess]
-CONCURRENCY = 24  # 20 or more: the workers split their slots into lanes (runner.py)
+CONCURRENCY = 24  # 10 or more: the workers split their slots into lanes (runner.py)
 
 
 async def enqueue_work(
