@@ -35,7 +35,7 @@ from botrix.errors import EnvelopeError
 from botrix.health import InFlight, Phase, WorkerState
 from botrix.logs import Logger
 from botrix.metrics import Metrics
-from botrix.model import Claimed, ErrorInfo, Outcome, Settlement, parse_job
+from botrix.model import Claimed, ErrorInfo, Outcome, Rejected, Settlement, parse_job
 from botrix.pauses import Pauses
 from botrix.registry import Registry
 from botrix.settler import Settler
@@ -244,6 +244,8 @@ class Runner:
         finally:
             if passes:
                 await asyncio.wait(passes)
+        if self._failure is not None:
+            raise self._failure  # from a pass, or a report (_took), that ended after the stop
 
     def _work_arrived(self) -> None:
         self._arrivals += 1
@@ -330,20 +332,57 @@ class Runner:
                 self._log.info("redis.recovered")
             if hold is not None and (want or not hold.claims_only):
                 self._repaired(queue, hold)
-            for settlement in items:
-                if isinstance(settlement.owner, InFlight):
-                    self._forget(settlement.owner)
-            self._settler.written(items, refused)
-            if rejected:
-                self._settler.rejected(queue, rejected)
-            for job in claimed:
-                self._start(lane, queue, job)
+            self._took(lane, queue, items, refused, claimed, rejected)
             if want:
                 self._pauses.saw(queue, now_paused, limited_s)
                 dry = len(claimed) < want
                 # Strict priority: lower queues claim only in a pass where this one ran dry.
                 claiming = dry
         return dry
+
+    def _took(
+        self,
+        lane: Lane,
+        queue: str,
+        items: list[Settlement],
+        refused: set[str],
+        claimed: list[Claimed],
+        rejected: list[Rejected],
+    ) -> None:
+        """What a call wrote gives up its slots; what it claimed starts."""
+        for settlement in items:
+            if isinstance(settlement.owner, InFlight):
+                self._forget(settlement.owner)
+        for job in claimed:
+            self._start(lane, queue, job)
+        if claimed:
+            # The written batch's lines and counts come after the claimed jobs' first steps,
+            # not before: each job of a lane's batch starts that much sooner (I/O-bound jobs
+            # at concurrency 200: 94.1% -> 95.0% of the ideal, docs/performance.md).
+            asyncio.get_running_loop().call_soon(self._report, queue, items, refused, rejected, True)
+        else:
+            self._report(queue, items, refused, rejected)
+
+    def _report(
+        self,
+        queue: str,
+        items: list[Settlement],
+        refused: set[str],
+        rejected: list[Rejected],
+        called_back: bool = False,
+    ) -> None:
+        """Log, count and measure what a call wrote, and what its claim dead-lettered."""
+        try:
+            self._settler.written(items, refused)
+            if rejected:
+                self._settler.rejected(queue, rejected)
+        except Exception as exc:
+            if not called_back:
+                raise
+            # A bug of ours stops the runner here too, as it would in the pass (_pass_done),
+            # rather than end up in the loop's default handler.
+            self._failure = exc
+            self._wake.set()
 
     async def _exchange(self, lane: Lane, queue: str, items: list[Settlement], want: int) -> Exchanged:
         """The store's exchange, noting a claim that may have run without its reply reaching us.
