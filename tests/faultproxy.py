@@ -131,7 +131,8 @@ class FaultProxy:
     def stall_after(self, marker: bytes) -> asyncio.Event:
         """Forward the next client chunk that contains ``marker``, then stall (see ``stall``).
 
-        The returned event is set once stalled: Redis has the command, its reply is held.
+        The returned event is set once stalled: the command is on its way to Redis (which may
+        not have run it yet), and its reply will be held.
         """
         self._stall_marker = marker
         self._stalled.clear()

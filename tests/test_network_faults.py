@@ -67,7 +67,14 @@ async def test_scripts_flushed_between_reload_and_retry_back_off_the_caller(
             stalled = proxy.stall_after(b"return {refused, claimed, rejected, paused, limited}")
             call = asyncio.create_task(store.exchange(queue, [], 1, consumer, lane=0))
             await asyncio.wait_for(stalled.wait(), timeout=10)
-            await admin.script_flush()  # Redis loaded the script; its reply is still held
+
+            async def loaded() -> bool:
+                return bool((await admin.script_exists(_EXCHANGE_SHA.decode()))[0])
+
+            # The proxy has sent the load on; Redis may not have run it yet, and a flush that
+            # came first would leave the retry a script to find (this failed once in CI's 6.2 run).
+            await eventually(loaded, what="Redis running the SCRIPT LOAD whose reply is held")
+            await admin.script_flush()  # its reply is still held
             await proxy.resume()
             with pytest.raises(StoreUnavailable, match="NoScriptError"):
                 await asyncio.wait_for(call, timeout=10)
