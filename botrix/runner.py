@@ -359,28 +359,25 @@ class Runner:
             # The written batch's lines and counts come after the claimed jobs' first steps,
             # not before: each job of a lane's batch starts that much sooner (I/O-bound jobs
             # at concurrency 200: 94.1% -> 95.0% of the ideal, docs/performance.md).
-            asyncio.get_running_loop().call_soon(self._report, queue, items, refused, rejected, True)
+            asyncio.get_running_loop().call_soon(self._report_later, queue, items, refused, rejected)
         else:
             self._report(queue, items, refused, rejected)
 
     def _report(
-        self,
-        queue: str,
-        items: list[Settlement],
-        refused: set[str],
-        rejected: list[Rejected],
-        called_back: bool = False,
+        self, queue: str, items: list[Settlement], refused: set[str], rejected: list[Rejected]
     ) -> None:
         """Log, count and measure what a call wrote, and what its claim dead-lettered."""
+        self._settler.written(items, refused)
+        if rejected:
+            self._settler.rejected(queue, rejected)
+
+    def _report_later(
+        self, queue: str, items: list[Settlement], refused: set[str], rejected: list[Rejected]
+    ) -> None:
+        """:meth:`_report`, called back: a bug of ours stops the runner, as in a pass (_pass_done)."""
         try:
-            self._settler.written(items, refused)
-            if rejected:
-                self._settler.rejected(queue, rejected)
-        except Exception as exc:
-            if not called_back:
-                raise
-            # A bug of ours stops the runner here too, as it would in the pass (_pass_done),
-            # rather than end up in the loop's default handler.
+            self._report(queue, items, refused, rejected)
+        except Exception as exc:  # not the loop's default handler, which would log it and go on
             self._failure = exc
             self._wake.set()
 
