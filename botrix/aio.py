@@ -29,12 +29,13 @@ class Deadline:
     __slots__ = ("_cancelling", "_fired", "_timer", "task")
 
     def __init__(self, seconds: float) -> None:
-        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task(loop)
         assert task is not None
         self.task = task
         self._cancelling = task.cancelling()  # cancellations asked before this one are not ours
         self._fired = False
-        self._timer = asyncio.get_running_loop().call_later(seconds, self._expire)
+        self._timer = loop.call_later(seconds, self._expire)
 
     def _expire(self) -> None:
         self._fired = True

@@ -8,6 +8,7 @@ except through the progress sink the caller provides.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import orjson
@@ -16,7 +17,7 @@ from botrix.config import Settings
 from botrix.context import HandlerFunc, JobContext
 from botrix.errors import EnvelopeError
 from botrix.executor import backoff_ms, run_attempt
-from botrix.logs import Logger
+from botrix.logs import Logger, enabled_for
 from botrix.metrics import Metrics
 from botrix.model import JSON, Claimed, ErrorInfo, Job, Outcome, Settlement, parse_job
 from botrix.registry import Registry
@@ -38,6 +39,7 @@ class Attempts:
         self._settings = settings
         self._log = log
         self._metrics = metrics
+        self._debug = enabled_for(log, logging.DEBUG)
         self._tracer = JobTracer(settings.worker_id, log) if settings.tracing == "otel" else None
         self._progress_dropped = 0  # updates dropped since the last job.progress_dropped line
         self._progress_logged = -PROGRESS_LOG_EVERY_S
@@ -62,16 +64,18 @@ class Attempts:
         wait_ms = max(0, int(time.time() * 1000) - job.ready_at_ms)
         self._metrics.job_started(queue, wait_ms / 1000)
         # DEBUG: at INFO a job gets one line, its outcome, which carries the wait too. Who runs
-        # what now is in /health, the job records and the event stream.
-        self._log.debug(
-            "job.started",
-            queue=queue,
-            job_id=job.id,
-            type=job.type,
-            attempt=job.attempt,
-            correlation_id=job.correlation_id,
-            queue_wait_ms=wait_ms,
-        )
+        # what now is in /health, the job records and the event stream. Asked first, because
+        # a filtered call still builds its arguments.
+        if self._debug:
+            self._log.debug(
+                "job.started",
+                queue=queue,
+                job_id=job.id,
+                type=job.type,
+                attempt=job.attempt,
+                correlation_id=job.correlation_id,
+                queue_wait_ms=wait_ms,
+            )
         started = self._tracer.start(job) if self._tracer is not None else None
         ctx = JobContext(
             job.id,

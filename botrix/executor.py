@@ -22,7 +22,7 @@ TRACEBACK_LIMIT = 4000
 MESSAGE_LIMIT = 1000
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen, as model.Job: one is made for every job
 class Attempt:
     """What one run produced: a serialised result, or an error and whether to retry."""
 

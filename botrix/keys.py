@@ -6,6 +6,7 @@ single Lua script touches lives in one Redis Cluster slot; queues spread across 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 PREFIX = "botrix"
@@ -71,8 +72,9 @@ class QueueKeys:
         return f"{PREFIX}:{{{self.queue}}}:claims:{instance}:{lane}:fence"
 
 
+@functools.lru_cache(maxsize=1024)
 def queue_keys(queue: str) -> QueueKeys:
-    """Build the key set of ``queue``."""
+    """The key set of ``queue``; cached, as every call of the worker's hot path asks for it."""
     base = f"{PREFIX}:{{{queue}}}"
     return QueueKeys(
         queue=queue,

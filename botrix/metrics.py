@@ -108,6 +108,11 @@ class _StateCollector(Collector):
         )
 
 
+#: One outcome's series: its count (and when it was first counted), its duration histogram,
+#: and the retries or dead letters counter it also moves, if any.
+_Finished = tuple[list[float], "_Histogram", Any]
+
+
 class _Histogram:
     """One label set's buckets as plain counts: no lock, one bisect per observation."""
 
@@ -191,7 +196,7 @@ class Metrics:
         self.depth_cache: dict[str, dict[str, int]] = {}
         self.workers_cache: dict[str, int] = {}
         # Label lookups cost more than the increments: children are looked up once and kept.
-        self._finished: dict[tuple[str, str, str], tuple[list[float], _Histogram, Any]] = {}
+        self._finished: dict[tuple[str, str, str], _Finished] = {}
         r = self.registry
         self._jobs = _JobCollector()
         r.register(self._jobs)
@@ -235,23 +240,29 @@ class Metrics:
 
     def job_finished(self, queue: str, job_type: str, outcome: str, duration_s: float | None) -> None:
         """An attempt's outcome was written (completed, retry, dead, requeue), or it was cancelled."""
-        # Keyed by the label, not the type as sent: a producer sending many unregistered types
-        # must not grow this cache.
-        label = self.job_type(job_type)
-        key = (queue, label, outcome)
-        children = self._finished.get(key)
+        # A registered type is its own label: looked up as given, it costs no call.
+        children = self._finished.get((queue, job_type, outcome))
         if children is None:
-            extra = {"retry": self.retries, "dead": self.dead}.get(outcome)
-            count = self._jobs.finished.setdefault((queue, label, outcome), [0, time.time()])
-            duration = self._jobs.duration.setdefault((queue, label), _Histogram(DURATION_BUCKETS))
-            extra_count = extra.labels(queue, label) if extra is not None else None
-            children = self._finished[key] = (count, duration, extra_count)
+            children = self._children(queue, self.job_type(job_type), outcome)
         count, duration, extra_count = children
         count[0] += 1
         if duration_s is not None:
             duration.observe(duration_s)
         if extra_count is not None:
             extra_count.inc()
+
+    def _children(self, queue: str, label: str, outcome: str) -> _Finished:
+        # Keyed by the label, not the type as sent: a producer sending many unregistered types
+        # must not grow this cache.
+        key = (queue, label, outcome)
+        children = self._finished.get(key)
+        if children is None:
+            extra = {"retry": self.retries, "dead": self.dead}.get(outcome)
+            count = self._jobs.finished.setdefault(key, [0, time.time()])
+            duration = self._jobs.duration.setdefault((queue, label), _Histogram(DURATION_BUCKETS))
+            extra_count = extra.labels(queue, label) if extra is not None else None
+            children = self._finished[key] = (count, duration, extra_count)
+        return children
 
     def rate_limited(self, queue: str) -> None:
         """The queue's rate limit cut a claim short."""

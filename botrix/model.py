@@ -49,7 +49,10 @@ class JobStatus(StrEnum):
         return self in (JobStatus.COMPLETED, JobStatus.DEAD, JobStatus.CANCELLED)
 
 
-@dataclass(frozen=True, slots=True)
+# Claimed and Job (and the executor's Attempt) are made for every job, so they are not frozen:
+# a frozen dataclass sets each field through object.__setattr__, and a Job cost 2.2 us to
+# make instead of 0.8. Nothing changes them after they are made.
+@dataclass(slots=True)
 class Claimed:
     """A job as the claim script hands it over: the raw envelope and its record's counters."""
 
@@ -74,7 +77,7 @@ class Rejected:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Job:
     """A validated job, ready to run."""
 

@@ -80,13 +80,16 @@ class Settler:
             ran = s.duration_s > 0
             self._metrics.job_finished(s.queue, s.job_type, s.outcome.value, s.duration_s if ran else None)
             if s.outcome is Outcome.REQUEUE:
-                self._info("job.requeued", **job, reason=s.requeue_reason)
+                job["reason"] = s.requeue_reason
+                self._info("job.requeued", job)
                 continue
             counters.processed += 1
             duration_ms = round(s.duration_s * 1000, 3)
             if s.outcome is Outcome.COMPLETED:
                 counters.succeeded += 1
-                self._info("job.succeeded", **job, queue_wait_ms=s.queue_wait_ms, duration_ms=duration_ms)
+                job["queue_wait_ms"] = s.queue_wait_ms
+                job["duration_ms"] = duration_ms
+                self._info("job.succeeded", job)
                 continue
             counters.failed += 1
             error = s.error.type if s.error else None
@@ -95,7 +98,7 @@ class Settler:
                 # RetryLater: the handler chose to come back later (a rate limit): one INFO
                 # line, no stack. It still counts as an attempt, and as a retry.
                 counters.retried += 1
-                self._info("job.retry_requested", **job, delay_ms=s.delay_ms, message=message)
+                self._info("job.retry_requested", {**job, "delay_ms": s.delay_ms, "message": message})
                 continue
             log.warning(
                 "job.failed",
@@ -110,7 +113,7 @@ class Settler:
             )
             if s.outcome is Outcome.RETRY:
                 counters.retried += 1
-                self._info("job.retry_scheduled", **job, delay_ms=s.delay_ms)
+                self._info("job.retry_scheduled", {**job, "delay_ms": s.delay_ms})
             else:
                 counters.dead += 1
                 log.error("job.dead", **job, error=error, reason=message)

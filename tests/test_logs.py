@@ -25,7 +25,7 @@ fields = dict(queue="q", job_id="j-1", type="t", attempt=2, correlation_id=None,
               queue_wait_ms=12, duration_ms=0.013, note="caf\\u00e9 \\udcff",
               amount=decimal.Decimal("1.5"))
 log.info("job.succeeded", **fields)
-logs.fast_info(log)("job.succeeded", **fields)
+logs.fast_info(log)("job.succeeded", fields)
 log.warning("job.failed", **fields)
 """
 
