@@ -131,13 +131,16 @@ def _escaped(value: Any) -> Any:
 class _Setup:
     """What :func:`configure` set up that :func:`fast_info` needs.
 
-    In JSON mode, structlog's chain (the processors list), its timestamper, and
-    the line writer; in console mode, nothing.
+    In JSON mode, structlog's chain (the processors list), its timestamper and renderer, and
+    the line writer; in console mode, nothing. In both, the bound logger class, whose level
+    is fixed (:func:`enabled_for`).
     """
 
     processors: list[Any] | None = None
     stamp: _Timestamp | None = None
+    render: Any = None
     writer: LineWriter | None = None
+    wrapper: type[Any] | None = None
 
 
 _setup = _Setup()
@@ -148,7 +151,7 @@ def fast_info(log: Logger) -> Callable[[str, dict[str, Any]], None]:
 
     For the worker's hottest line, a job's outcome. structlog's path (copy the context, four
     processors in a loop) cost 5.8 us a line, this one 2.3: about 6% of the worker's CPU for
-    no-op jobs (docs/performance.md). It runs the same timestamper and serializer on a dict
+    no-op jobs (docs/performance.md). It runs the same timestamper and renderer on a dict
     built in structlog's key order (the bound context, the fields, event, level), so the two
     paths write the same bytes (tests/test_logs.py); there is no exception formatting here. It
     calls ``log.info`` in console mode, with INFO filtered out, or for a logger made under
@@ -157,7 +160,7 @@ def fast_info(log: Logger) -> Callable[[str, dict[str, Any]], None]:
     The fields come as one dict, not as keyword arguments: a caller spreading its dict into
     keywords made a copy of it per line (2% of a no-op job's instructions).
     """
-    processors, stamp, writer = _setup.processors, _setup.stamp, _setup.writer
+    processors, stamp, render, writer = _setup.processors, _setup.stamp, _setup.render, _setup.writer
     if (
         processors is None
         or stamp is None
@@ -171,15 +174,20 @@ def fast_info(log: Logger) -> Callable[[str, dict[str, Any]], None]:
 
     def info(event: str, fields: dict[str, Any]) -> None:
         line = {**context, **fields, "event": event, "level": "info"}
-        writer.msg(_dumps(stamp(writer, "info", line)))  # what the JSON renderer calls
+        writer.msg(render(writer, "info", stamp(writer, "info", line)))
 
     return info
 
 
 def enabled_for(log: Logger, level: int) -> bool:
-    """Whether ``log`` writes at ``level``; True when it cannot tell (an application's own setup)."""
-    check = getattr(log, "is_enabled_for", None)
-    return check is None or bool(check(level))
+    """Whether ``log`` writes at ``level``, for a hot path that asks once and remembers.
+
+    Sound for loggers of botrix's configuration, whose level is fixed when it is made. Any
+    other logger (an application that set up structlog itself, on the standard library's
+    levels, say) may change its level later, so the answer is True.
+    """
+    wrapper = _setup.wrapper
+    return wrapper is None or not isinstance(log, wrapper) or bool(log.is_enabled_for(level))
 
 
 def configure(level: str = "info", fmt: str = "auto", stream: BinaryIO | None = None) -> None:
@@ -194,12 +202,13 @@ def configure(level: str = "info", fmt: str = "auto", stream: BinaryIO | None = 
     writer = LineWriter(out)
     stamp = _Timestamp()
     processors = [structlog.processors.add_log_level, stamp, structlog.processors.format_exc_info, renderer]
-    _setup.processors, _setup.stamp, _setup.writer = (
-        (None, None, None) if use_console else (processors, stamp, writer)
+    _setup.processors, _setup.stamp, _setup.render, _setup.writer = (
+        (None, None, None, None) if use_console else (processors, stamp, renderer, writer)
     )
+    _setup.wrapper = structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()])
     structlog.configure(
         processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
+        wrapper_class=_setup.wrapper,
         logger_factory=lambda *args: writer,
         cache_logger_on_first_use=True,
     )
