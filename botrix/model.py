@@ -157,7 +157,10 @@ def parse_job(claimed: Claimed, queue: str, *, trace: bool = False) -> Job:
     given_id = envelope.get("id")
     if given_id is not None and given_id != claimed.job_id:
         raise EnvelopeError(f"field 'id' must be a string of {JOB_ID_RULE}")
-    correlation_id = _optional_str(envelope, "correlation_id", MAX_ID_LENGTH)
+    # The optional fields are rare: looked for first, so a job without them costs no calls.
+    correlation_id = (
+        _optional_str(envelope, "correlation_id", MAX_ID_LENGTH) if "correlation_id" in envelope else None
+    )
     return Job(
         id=claimed.job_id,
         type=job_type,
@@ -167,8 +170,8 @@ def parse_job(claimed: Claimed, queue: str, *, trace: bool = False) -> Job:
         delivery=claimed.delivery,
         ready_at_ms=claimed.ready_at_ms,
         correlation_id=correlation_id or claimed.job_id,
-        max_retries=_optional_int(envelope, "max_retries"),
-        timeout=_optional_timeout(envelope),
+        max_retries=_optional_int(envelope, "max_retries") if "max_retries" in envelope else None,
+        timeout=_optional_timeout(envelope) if "timeout" in envelope else None,
         trace=_trace_context(envelope) if trace else None,
     )
 
