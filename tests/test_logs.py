@@ -53,7 +53,7 @@ def test_the_fast_line_is_the_line_structlog_writes() -> None:
     assert fast.pop("timestamp") != "" and slow.pop("timestamp") != ""
     assert fast == slow
     assert fast["note"] == "café \\udcff"  # text JSON cannot hold is escaped, not an error
-    assert isinstance(fast["amount"], str)  # another value: rendered by structlog's renderer, both ways
+    assert isinstance(fast["amount"], str)  # another value, in a line with text to escape: text too
     assert warning["level"] == "warning"
     assert plain_fast.pop("timestamp") != "" and plain_slow.pop("timestamp") != ""
     assert plain_fast == plain_slow and plain_fast["amount"] == "Decimal('1.5')"
