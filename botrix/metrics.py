@@ -108,11 +108,6 @@ class _StateCollector(Collector):
         )
 
 
-#: One outcome's series: its count (and when it was first counted), its duration histogram,
-#: and the retries or dead letters counter it also moves, if any.
-_Finished = tuple[list[float], "_Histogram", Any]
-
-
 class _Histogram:
     """One label set's buckets as plain counts: no lock, one bisect per observation."""
 
@@ -134,6 +129,11 @@ class _Histogram:
             total += count
             out.append((floatToGoString(bound), total))  # type: ignore[no-untyped-call]
         return out
+
+
+#: One outcome's series: its count (and when it was first counted), its duration histogram,
+#: and the retries or dead letters counter it also moves, if any.
+_Finished = tuple[list[float], _Histogram, Any]
 
 
 class _JobCollector(Collector):
