@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import orjson
 import pytest
@@ -161,6 +162,28 @@ async def test_sigterm_drains_short_jobs_and_requeues_long_ones(
         ("t.sleep", "req-1"),
     }
     assert names.index("worker.stopping") < names.index("job.requeued") < names.index("worker.stopped")
+
+
+async def test_jobs_finishing_in_the_drain_claim_nothing_more(
+    redis_server: RedisServer, client: Client, queue: str, spawn: Spawn, tmp_path: Path
+) -> None:
+    """A finishing job starts its lane's next call itself (runner.py), but never after the stop."""
+    release = tmp_path / "release"
+    worker = spawn(redis_server.url, queue, "--concurrency", "2", "--shutdown-timeout", "30")
+    running = [await client.enqueue("t.progress_when", {"path": str(release)}, queue=queue) for _ in range(2)]
+    await worker.wait_for("job.started", count=2)
+    waiting = [await client.enqueue("t.echo", {"n": i}, queue=queue) for i in range(3)]
+    worker.signal(signal.SIGTERM)
+    await worker.wait_for("worker.draining")
+    release.touch()
+    assert await worker.wait() == 0
+    for job_id in running:
+        assert (await client.job(job_id)).status is JobStatus.COMPLETED
+    for job_id in waiting:
+        info = await client.job(job_id)
+        assert (info.status, info.attempts) == (JobStatus.QUEUED, 0)
+    assert await client.depth(queue) == {"pending": 3, "active": 0, "scheduled": 0, "dead": 0}
+    assert worker.names().count("job.started") == 2
 
 
 async def test_a_handler_that_turns_the_shutdowns_cancel_into_an_error_is_requeued(
