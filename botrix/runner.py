@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import itertools
 import time
@@ -153,6 +154,9 @@ class Runner:
         # Set while consuming: the stop that ends it. A finishing job then starts its idle
         # lane's pass itself (_run_job); the drain writes in passes of its own, one at a time.
         self._consuming: asyncio.Event | None = None
+        # What a pass starts from, wherever it is launched: not the finished job's context,
+        # which holds what its handler set, and would pass it on to the jobs the pass claims.
+        self._pass_context = contextvars.copy_context()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop``, then drain; returns once every claimed job is settled."""
@@ -252,7 +256,9 @@ class Runner:
     def _launch(self, lane: Lane, stop: asyncio.Event) -> None:
         """Start ``lane``'s next pass (settle, then claim), its one call in flight."""
         lane.busy = True
-        task = asyncio.create_task(self._pass(lane, claiming=True, stop=stop))
+        task = asyncio.create_task(
+            self._pass(lane, claiming=True, stop=stop), context=self._pass_context.copy()
+        )
         self._passes.add(task)
         done = functools.partial(self._pass_done, lane=lane, passes=self._passes, since=self._arrivals)
         task.add_done_callback(done)
@@ -283,6 +289,8 @@ class Runner:
         """
         batches = self._settler.take(lane.index)
         dry = False
+        # A pass launched just before the stop runs just after it: claiming stops at once.
+        claiming = claiming and not (stop is not None and stop.is_set())
         for queue in self._settings.queues:
             items = batches.pop(queue, [])
             hold = self._holds.get(queue)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import gc
 import os
 import time
@@ -197,6 +198,21 @@ async def too_slow(ctx: JobContext, payload: Any) -> None:
 @handler("t.unserializable")
 async def unserializable(ctx: JobContext, payload: Any) -> object:
     return object()
+
+
+#: A context variable a handler sets, as tracing, logging and error-reporting libraries do.
+_SET_BY_A_JOB: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "botrix_test_set_by_a_job", default="clean"
+)
+
+
+@handler("t.context")
+async def context_seen(ctx: JobContext, payload: Any) -> str:
+    """Returns the variable as the job found it, then sets it and awaits (a job that ends later)."""
+    seen = _SET_BY_A_JOB.get()
+    _SET_BY_A_JOB.set(f"set by {ctx.job_id}")
+    await asyncio.sleep(0.01)
+    return seen
 
 
 @handler("t.switch")

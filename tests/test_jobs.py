@@ -53,6 +53,16 @@ async def test_single_job_completes_with_result(
     assert info.error is None
 
 
+@pytest.mark.parametrize("concurrency", [1, 10])
+async def test_a_job_never_sees_the_context_variables_an_earlier_job_set(
+    redis_server: RedisServer, client: Client, queue: str, concurrency: int
+) -> None:
+    async with running_worker(redis_server.url, queue, concurrency=concurrency):
+        ids = [await client.enqueue("t.context", {}, queue=queue) for _ in range(3 * concurrency)]
+        results = [(await client.wait(job_id, timeout=30)).result for job_id in ids]
+    assert results == ["clean"] * len(ids)
+
+
 async def test_job_with_many_items_reports_progress(
     redis_server: RedisServer, client: Client, queue: str
 ) -> None:
