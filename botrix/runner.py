@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import functools
 import itertools
 import time
@@ -150,13 +149,6 @@ class Runner:
         # (queue, lane) whose last claim may have run without its reply reaching us: the jobs
         # it leased are ours, unknown to us (_reclaim). Each with the loop time it failed at.
         self._unsure: dict[tuple[str, int], float] = {}
-        self._passes: set[asyncio.Task[bool | None]] = set()
-        # Set while consuming: the stop that ends it. A finishing job then starts its idle
-        # lane's pass itself (_run_job); the drain writes in passes of its own, one at a time.
-        self._consuming: asyncio.Event | None = None
-        # What a pass starts from, wherever it is launched: not the finished job's context,
-        # which holds what its handler set, and would pass it on to the jobs the pass claims.
-        self._pass_context = contextvars.copy_context()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop``, then drain; returns once every claimed job is settled."""
@@ -215,8 +207,7 @@ class Runner:
         return lane.size - lane.held - lane.reserved + self._settler.pending(lane.index)
 
     async def _consume(self, stop: asyncio.Event) -> None:
-        passes = self._passes
-        self._consuming = stop
+        passes: set[asyncio.Task[bool | None]] = set()
         try:
             while not stop.is_set():
                 self._wake.clear()
@@ -233,7 +224,11 @@ class Runner:
                     )
                 ]
                 for lane in ready:
-                    self._launch(lane, stop)
+                    lane.busy = True
+                    task = asyncio.create_task(self._pass(lane, claiming=True, stop=stop))
+                    passes.add(task)
+                    done = functools.partial(self._pass_done, lane=lane, passes=passes, since=self._arrivals)
+                    task.add_done_callback(done)
                 if ready:
                     await asyncio.sleep(0)  # let them take their batches and reserve their slots
                     continue
@@ -247,21 +242,10 @@ class Runner:
                     # a wake-up was lost (with a dead connection, or a watcher that died).
                     self._dry = False
         finally:
-            self._consuming = None
             if passes:
                 await asyncio.wait(passes)
         if self._failure is not None:
             raise self._failure  # from a pass, or a report (_took), that ended after the stop
-
-    def _launch(self, lane: Lane, stop: asyncio.Event) -> None:
-        """Start ``lane``'s next pass (settle, then claim), its one call in flight."""
-        lane.busy = True
-        task = asyncio.create_task(
-            self._pass(lane, claiming=True, stop=stop), context=self._pass_context.copy()
-        )
-        self._passes.add(task)
-        done = functools.partial(self._pass_done, lane=lane, passes=self._passes, since=self._arrivals)
-        task.add_done_callback(done)
 
     def _work_arrived(self) -> None:
         self._arrivals += 1
@@ -623,13 +607,6 @@ class Runner:
         else:
             settlement.owner = entry
             self._settler.submit(settlement, entry.lane)
-            lane = self._lanes[entry.lane]
-            stop = self._consuming
-            if stop is not None and not lane.busy and not stop.is_set() and self._failure is None:
-                # Now rather than when the consuming loop next wakes: that is an event-loop
-                # iteration later, and the pass still takes every job finishing in this one
-                # (I/O-bound jobs at concurrency 200: docs/performance.md).
-                self._launch(lane, stop)
         self._wake.set()
 
     def _forget(self, entry: InFlight) -> None:
