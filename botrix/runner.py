@@ -273,9 +273,11 @@ class Runner:
         """
         batches = self._settler.take(lane.index)
         dry = False
-        # A pass launched just before the stop runs just after it: claiming stops at once.
-        claiming = claiming and not (stop is not None and stop.is_set())
         for queue in self._settings.queues:
+            if claiming and stop is not None and stop.is_set():
+                # Claiming stops at once: in a pass launched just before the stop, or in one
+                # whose higher queue's call was in flight when it came.
+                claiming = False
             items = batches.pop(queue, [])
             hold = self._holds.get(queue)
             if hold is not None and self._on_hold(queue):

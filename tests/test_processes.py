@@ -167,7 +167,7 @@ async def test_sigterm_drains_short_jobs_and_requeues_long_ones(
 async def test_jobs_finishing_in_the_drain_claim_nothing_more(
     redis_server: RedisServer, client: Client, queue: str, spawn: Spawn, tmp_path: Path
 ) -> None:
-    """Their results are written, and no job is claimed into the slots they free."""
+    """Their results are written, and the drain claims no job into the slots they free."""
     release = tmp_path / "release"
     worker = spawn(redis_server.url, queue, "--concurrency", "2", "--shutdown-timeout", "30")
     running = [await client.enqueue("t.progress_when", {"path": str(release)}, queue=queue) for _ in range(2)]
