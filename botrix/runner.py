@@ -308,7 +308,7 @@ class Runner:
             lane.reserved += want
             try:
                 refused, claimed, rejected, now_paused, limited_s = await self._exchange(
-                    lane, queue, items, want
+                    lane, queue, items, want, stop
                 )
             except ForeignWrite as exc:
                 # Only this queue is broken: Redis is fine, and the queues below it go on.
@@ -386,7 +386,9 @@ class Runner:
             self._failure = exc
             self._wake.set()
 
-    async def _exchange(self, lane: Lane, queue: str, items: list[Settlement], want: int) -> Exchanged:
+    async def _exchange(
+        self, lane: Lane, queue: str, items: list[Settlement], want: int, stop: asyncio.Event | None
+    ) -> Exchanged:
         """The store's exchange, noting a claim that may have run without its reply reaching us.
 
         After such a claim, the lane's next call on the queue first requeues what it leased:
@@ -394,6 +396,8 @@ class Runner:
         """
         if (queue, lane.index) in self._unsure:
             items.extend(await self._reclaim(lane, queue))
+            if stop is not None and stop.is_set():
+                want = 0  # the stop came while we asked: claiming stops at once (_pass)
         lane.call = next(_CALLS)
         try:
             return await self._store.exchange(
