@@ -166,6 +166,11 @@ async def assert_every_job_completed(
 def assert_no_crash(worker: WorkerProcess) -> None:
     """Still running, and nothing in its log but structured lines below error level."""
     assert worker.proc.poll() is None, f"worker exited with {worker.proc.returncode}"
+    assert_clean_log(worker)
+
+
+def assert_clean_log(worker: WorkerProcess) -> None:
+    """Nothing in the worker's log but structured lines below error level."""
     bad = [
         e
         for e in worker.events()
@@ -508,6 +513,8 @@ async def _idle(admin: aredis.Redis) -> bool:
 
 #: How an exchange call (settle and claim) starts on the wire: ``EVALSHA <this>``.
 _EXCHANGE_SHA = hashlib.sha1(_load_script("exchange.lua").encode()).hexdigest().encode()
+#: How the question after a lost claim (what did it lease?) starts on the wire.
+_ORPHANS_SHA = hashlib.sha1(_load_script("orphans.lua").encode()).hexdigest().encode()
 
 
 async def _idle_after_a_warm_up(
@@ -563,6 +570,55 @@ async def test_a_claim_whose_reply_was_lost_gives_its_job_back_at_once(
     assert [(e["job_id"], e["reason"]) for e in requeued] == [(job_id, "orphaned")]
     assert_no_crash(worker)
     await stop(worker)
+
+
+async def test_a_stop_while_a_higher_queue_is_asked_claims_nothing_below_it(
+    redis_server: RedisServer, proxy: FaultProxy, client: Client, queue: str, spawn: Spawn
+) -> None:
+    """SIGTERM comes while a pass's call on the higher queue is on the wire, and that call
+    comes back empty: strict priority would now claim from the queue below, but claiming ends
+    with the signal. The lower queue's job stays queued, no attempt counted, for the next worker
+    (Runner._pass)."""
+    high = f"{queue}-high"
+    worker = spawn(proxy.url(), f"{high},{queue}")
+    await _idle_after_a_warm_up(redis_server, client, queue, worker)
+    stalled = proxy.stall_after(_EXCHANGE_SHA)  # the pass's first call: the higher queue's
+    job_id = await client.enqueue("t.echo", {}, queue=queue)
+    await asyncio.wait_for(stalled.wait(), timeout=30)
+    worker.signal(signal.SIGTERM)
+    await worker.wait_for("worker.stopping")
+    await proxy.resume()
+    assert await worker.wait() == 0
+    info = await client.job(job_id, queue)
+    assert (info.status, info.attempts) == (JobStatus.QUEUED, 0)
+    assert worker.names().count("job.started") == 1  # the warm-up's
+    assert_clean_log(worker)
+
+
+async def test_a_stop_while_a_lost_claims_jobs_are_asked_for_claims_nothing_more(
+    redis_server: RedisServer, proxy: FaultProxy, client: Client, queue: str, spawn: Spawn
+) -> None:
+    """SIGTERM comes while the worker asks Redis what a claim whose reply was lost leased. The
+    call that follows gives that job back, its attempt uncounted, and claims nothing, as the
+    stop ends claiming at once: the job waits in the queue for the next worker rather than being
+    claimed back and run in the drain (Runner._exchange)."""
+    url = redis_server.url
+    worker = spawn(proxy.url(), queue, "--lease-seconds", "300")
+    job_id = await _claim_with_its_reply_held(redis_server, proxy, client, queue, worker)
+    stalled = proxy.stall_after(_ORPHANS_SHA)
+    await proxy.cut()
+    await proxy.resume()
+    await asyncio.wait_for(stalled.wait(), timeout=30)
+    worker.signal(signal.SIGTERM)
+    await worker.wait_for("worker.stopping")
+    await proxy.resume()
+    assert await worker.wait() == 0
+    info = await client.job(job_id, queue)
+    assert (info.status, info.attempts) == (JobStatus.QUEUED, 0)
+    assert job_id not in await run_counts(url, f"runs:{queue}")
+    requeued = [e for e in worker.events() if e.get("event") == "job.requeued"]
+    assert [(e["job_id"], e["reason"]) for e in requeued] == [(job_id, "orphaned")]
+    assert_clean_log(worker)
 
 
 async def test_a_claim_reaching_redis_after_its_lane_gave_up_on_it_claims_nothing(
