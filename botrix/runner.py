@@ -79,7 +79,8 @@ class Hold:
     """A queue left alone after a foreign write (store.ForeignWrite), until ``until`` (loop time).
 
     Its finished jobs wait here, off the settler, so their lanes do not spin on a write that
-    cannot succeed; and they give their slots back meanwhile, so that the other queues run.
+    cannot succeed; and they give their slots back meanwhile, so that the other queues run. Not
+    those of a hold on claims only (``claims_only``): a call that claims nothing writes them.
     """
 
     backoff: Backoff
@@ -280,14 +281,17 @@ class Runner:
                 claiming = False
             items = batches.pop(queue, [])
             hold = self._holds.get(queue)
-            if hold is not None and self._on_hold(queue):
-                # It cannot give jobs: for strict priority it ran dry, and the queues below go on.
+            on_hold = hold is not None and self._on_hold(queue)
+            if hold is not None and on_hold and not hold.claims_only:
+                # Its results cannot be written either: they wait off the settler (Hold). It
+                # cannot give jobs: for strict priority it ran dry, and the queues below go on.
                 self._park(hold, lane.index, items)
                 dry = dry or claiming
                 continue
-            # Paused by an operator or at its rate limit (and not due for a look): its results are
+            # Paused by an operator, at its rate limit (and not due for a look), or on a hold that
+            # stops only its claims (a garbled sequence, pause flag or limit): its results are
             # still written, and for strict priority it ran dry, so the queues below go on.
-            held_back = claiming and self._pauses.skip(queue)
+            held_back = claiming and (on_hold or self._pauses.skip(queue))
             dry = dry or held_back
             # Only this call's settlements free slots for its claim; jobs finishing meanwhile
             # keep theirs until a later call writes them.
@@ -349,7 +353,7 @@ class Runner:
         lane: Lane,
         queue: str,
         items: list[Settlement],
-        refused: set[str],
+        refused: set[tuple[str, int]],
         claimed: list[Claimed],
         rejected: list[Rejected],
     ) -> None:
@@ -369,7 +373,7 @@ class Runner:
             self._report(queue, items, refused, rejected)
 
     def _report(
-        self, queue: str, items: list[Settlement], refused: set[str], rejected: list[Rejected]
+        self, queue: str, items: list[Settlement], refused: set[tuple[str, int]], rejected: list[Rejected]
     ) -> None:
         """Log, count and measure what a call wrote, and what its claim dead-lettered."""
         self._settler.written(items, refused)
@@ -377,7 +381,7 @@ class Runner:
             self._settler.rejected(queue, rejected)
 
     def _report_later(
-        self, queue: str, items: list[Settlement], refused: set[str], rejected: list[Rejected]
+        self, queue: str, items: list[Settlement], refused: set[tuple[str, int]], rejected: list[Rejected]
     ) -> None:
         """:meth:`_report`, called back: a bug of ours stops the runner, as in a pass (_pass_done)."""
         try:

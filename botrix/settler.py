@@ -49,7 +49,7 @@ class Settler:
         """Return unwritten settlements (Redis failed) to the front of ``lane``'s buffer."""
         self._buffers[lane] = [s for batch in batches.values() for s in batch] + self._buffers[lane]
 
-    def written(self, batch: list[Settlement], refused: set[str]) -> None:
+    def written(self, batch: list[Settlement], refused: set[tuple[str, int]]) -> None:
         """Log, count and measure a batch that Redis has accepted (or refused, for lost leases).
 
         At INFO a successful attempt is one line; the job's fields are passed with each call
@@ -67,7 +67,7 @@ class Settler:
             }
             if s.trace_id:
                 job["trace_id"] = s.trace_id
-            if s.job_id in refused:
+            if (s.job_id, s.delivery) in refused:
                 counters.refused_acks += 1
                 self._metrics.ack_refused(s.queue)
                 log.warning(

@@ -76,12 +76,12 @@ _CLAIM_KEYS = ("is not a counter", "is not a pause flag", "is not a rate limit",
 class Exchanged(NamedTuple):
     """What one exchange did.
 
-    The acks refused, the jobs claimed, the entries the claim dead-lettered, whether the claim
+    The acks refused (id, delivery), the jobs claimed, the entries the claim dead-lettered, whether the claim
     was skipped because the queue is paused, and, when the queue's rate limit cut the claim
     short, how long until it lets another job through (seconds; 0 when it did not).
     """
 
-    refused: set[str]
+    refused: set[tuple[str, int]]
     claimed: list[Claimed]
     rejected: list[Rejected]
     paused: bool
@@ -398,7 +398,7 @@ class Store:
     ) -> Exchanged:
         """Settle finished attempts, then claim up to ``want`` jobs, in one round trip.
 
-        Returns the ids whose ack was refused (their lease was lost), the claimed jobs, and the
+        Returns the acks refused (their lease was lost), the claimed jobs, and the
         entries the claim dead-lettered instead (oversized, or their record overwritten).
         ``lane`` names the caller's own connection: the caller never has two calls in flight
         on one lane (the runner's lanes, runner.py). ``call`` numbers the lane's calls, rising:
@@ -442,7 +442,11 @@ class Store:
             Rejected(_text(dead[i]), _text(dead[i + 1]), _text(dead[i + 2])) for i in range(0, len(dead), 3)
         ]
         return Exchanged(
-            {_text(job_id) for job_id in refused}, claimed, rejected, paused == 1, limited_ms / 1000
+            {(_text(refused[i]), int(refused[i + 1])) for i in range(0, len(refused), 2)},
+            claimed,
+            rejected,
+            paused == 1,
+            limited_ms / 1000,
         )
 
     async def orphans(

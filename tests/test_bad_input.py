@@ -284,7 +284,7 @@ async def test_a_running_job_whose_record_is_overwritten_costs_its_neighbours_no
         assert await store.renew(queue, held, 60_000, "w-1") == [(broken, delivery[broken], False)]
         done = [Settlement(j, queue, delivery[j], Outcome.COMPLETED, b"1") for j in (kept, broken)]
         refused, _, _, _, _ = await store.exchange(queue, done, 0, me, lane=0)
-        assert refused == {broken}
+        assert refused == {(broken, delivery[broken])}
         assert (await client.job(kept, queue)).status is JobStatus.COMPLETED
         assert await store.publish_progress(queue, broken, delivery[broken], "w-1", b"50") is False
 

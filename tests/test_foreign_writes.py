@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import uuid
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aredis
@@ -14,7 +15,7 @@ from botrix import keys
 from botrix.client import Client
 from botrix.model import JobStatus
 from botrix.store import Consumer, Store, _wrong_type
-from tests.conftest import eventually
+from tests.conftest import eventually, running_worker
 from tests.redisproc import RedisServer
 from tests.test_http import get, http_worker, samples
 
@@ -144,6 +145,35 @@ async def _held_results(redis_server: RedisServer, client: Client) -> None:
             info = await client.wait(job_id, timeout=60, queue=hi)
             assert (info.status, info.attempts) == (JobStatus.COMPLETED, 1)
         await eventually(lambda: _ready(base), what="ready after the repair")
+
+
+async def test_results_of_a_queue_whose_claims_alone_fail_are_written_at_once(
+    redis_server: RedisServer, client: Client, queue: str, tmp_path: Path
+) -> None:
+    """A garbled pause flag fails only the claim half of a call: results can still be written.
+    A job that finishes while the queue is held for it is written and leaves the worker's books
+    then, not parked until the damage is repaired (which may be never, before a shutdown drops
+    it as `job.settle_abandoned`); the queue stays damaged and claims nothing meanwhile."""
+    release = tmp_path / "release"
+    k = keys.queue_keys(queue)
+    async with (
+        aredis.Redis.from_url(redis_server.url) as r,
+        running_worker(redis_server.url, queue, concurrency=2) as worker,
+    ):
+        running = await client.enqueue("t.progress_when", {"path": str(release)}, queue=queue)
+        await eventually(
+            functools.partial(_status, client, running, queue, JobStatus.RUNNING), what="running"
+        )
+        await r.hset(k.paused, "garbled", "1")
+        waiting = await client.enqueue("t.echo", "meets the garbled flag", queue=queue)
+        await eventually(lambda: queue in worker.state.damaged, what="the queue held")
+        release.touch()
+        await eventually(lambda: not worker.state.in_flight, what="the result written")
+        assert (await client.job(running, queue)).status is JobStatus.COMPLETED
+        assert queue in worker.state.damaged
+        assert (await client.job(waiting, queue)).status is JobStatus.QUEUED
+        await r.delete(k.paused)
+        assert (await client.wait(waiting, timeout=60, queue=queue)).status is JobStatus.COMPLETED
 
 
 async def _reason(base: str, reason: str) -> bool:

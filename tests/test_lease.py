@@ -38,7 +38,7 @@ async def test_ack_from_a_worker_that_lost_its_lease_is_refused(
     assert second.attempt == 2 and second.delivery > first.delivery
 
     assert await store.exchange(queue, [_completed(first, queue, b'"stale"')], 0, worker_a, lane=0) == (
-        {job_id},
+        {(job_id, first.delivery)},
         [],
         [],
         False,
@@ -160,7 +160,8 @@ async def test_a_reused_job_id_gets_a_new_token_and_the_old_attempts_ack_is_refu
 ) -> None:
     """A finished job's id enqueued again starts a new record; its fencing token must not start
     over with it, or a late ack of the old attempt would pass for the new one. Here one worker
-    holds both attempts, so comparing workers alone would not tell them apart."""
+    holds both attempts, so comparing workers alone would not tell them apart; and their acks
+    come in one batch, whose reply must say which of the two was refused."""
     short = Consumer("worker-a", lease_ms=50, max_envelope_bytes=10_000, result_ttl=60, dead_cap=10)
     worker_a, worker_b = _consumer("worker-a"), _consumer("worker-b")
     await client.enqueue("t.echo", {"n": 1}, queue=queue, job_id="reused")
@@ -174,17 +175,9 @@ async def test_a_reused_job_id_gets_a_new_token_and_the_old_attempts_ack_is_refu
     await client.enqueue("t.echo", {"n": 2}, queue=queue, job_id="reused")
     _, [new], _, _, _ = await store.exchange(queue, [], 1, worker_a, lane=0)
     assert new.delivery not in (old.delivery, other.delivery)
-    refused, _, _, _, _ = await store.exchange(
-        queue, [_completed(old, queue, b'"stale"')], 0, worker_a, lane=0
-    )
-    assert refused == {"reused"}
-    assert await store.exchange(queue, [_completed(new, queue, b'"fresh"')], 0, worker_a, lane=0) == (
-        set(),
-        [],
-        [],
-        False,
-        0,
-    )
+    both = [_completed(old, queue, b'"stale"'), _completed(new, queue, b'"fresh"')]
+    refused, _, _, _, _ = await store.exchange(queue, both, 0, worker_a, lane=0)
+    assert refused == {("reused", old.delivery)}  # the new attempt's ack, in the same batch, is not
     assert (await client.job("reused", queue)).result == "fresh"
 
 
@@ -229,7 +222,7 @@ async def test_after_redis_loses_recent_writes_the_first_workers_acks_are_refuse
         assert second.delivery == first.delivery  # Redis forgot the first claim, its token too
         stale = [_completed(first, queue, b'"a"')]
         refused, _, _, _, _ = await store.exchange(queue, stale, 0, worker_a, lane=0)
-        assert refused == {job_id}
+        assert refused == {(job_id, first.delivery)}
         held = [(job_id, first.delivery)]
         lost = await _despite_reconnects(lambda: store.renew(queue, held, 30_000, "worker-a"))
         assert lost == [(job_id, first.delivery, False)]

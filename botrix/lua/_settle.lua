@@ -13,7 +13,8 @@
 --   retry:     data is the error (JSON); run again after the delay
 --   dead:      data is the error (JSON)
 --   requeue:   back to the head of the queue, the attempt not counted (shutdown)
--- Returns the ids whose ack was refused.
+-- Returns each ack refused as two entries, id and delivery: one batch may hold two attempts of a
+-- job (an old one whose lease was lost, and the new one), of which only the old is refused.
 local function settle_batch(k, prefix, ttl, dead_cap, queue, now, first, worker)
   local refused = {}
   -- Their leases go in one ZREM at the end, before the claim half of exchange.lua runs (a job
@@ -29,6 +30,7 @@ local function settle_batch(k, prefix, ttl, dead_cap, queue, now, first, worker)
       -- Already applied: a retry of a call whose reply was lost. Neither refused nor redone.
     elseif state[1] ~= 'running' or state[2] ~= delivery or state[5] ~= worker then
       refused[#refused + 1] = id
+      refused[#refused + 1] = delivery
     else
       settled[#settled + 1] = id
       local attempt = tonumber(state[3]) or 0  -- a garbled count must not fail the batch
