@@ -311,7 +311,7 @@ class Runner:
                 continue  # (a held queue gets a call anyway, whose key checks tell if it is repaired)
             lane.reserved += want
             try:
-                refused, claimed, rejected, now_paused, limited_s = await self._exchange(
+                sent, (refused, claimed, rejected, now_paused, limited_s) = await self._exchange(
                     lane, queue, items, want, stop
                 )
             except ForeignWrite as exc:
@@ -338,12 +338,13 @@ class Runner:
             self._backoff.reset()
             if self._state.redis.ok():
                 self._log.info("redis.recovered")
-            if hold is not None and (want or not hold.claims_only):
+            # (``sent``, not ``want``: a claim the stop took back proves nothing and saw nothing)
+            if hold is not None and (sent or not hold.claims_only):
                 self._repaired(queue, hold)
             self._took(lane, queue, items, refused, claimed, rejected)
-            if want:
+            if sent:
                 self._pauses.saw(queue, now_paused, limited_s)
-                dry = len(claimed) < want
+                dry = len(claimed) < sent
                 # Strict priority: lower queues claim only in a pass where this one ran dry.
                 claiming = dry
         return dry
@@ -392,11 +393,12 @@ class Runner:
 
     async def _exchange(
         self, lane: Lane, queue: str, items: list[Settlement], want: int, stop: asyncio.Event | None
-    ) -> Exchanged:
+    ) -> tuple[int, Exchanged]:
         """The store's exchange, noting a claim that may have run without its reply reaching us.
 
-        After such a claim, the lane's next call on the queue first requeues what it leased:
-        those requeues join ``items``.
+        Returns how many jobs the call asked for, with what it did. After such a claim, the
+        lane's next call on the queue first requeues what it leased: those requeues join
+        ``items``.
         """
         if (queue, lane.index) in self._unsure:
             items.extend(await self._reclaim(lane, queue))
@@ -404,7 +406,7 @@ class Runner:
                 want = 0  # the stop came while we asked: claiming stops at once (_pass)
         lane.call = next(_CALLS)
         try:
-            return await self._store.exchange(
+            exchanged = await self._store.exchange(
                 queue, items, want, self._consumer, lane=lane.index, call=lane.call
             )
         except ForeignWrite:
@@ -414,6 +416,7 @@ class Runner:
                 # Redis may have run the claim: the jobs it leased are ours (_reclaim).
                 self._unsure.setdefault((queue, lane.index), asyncio.get_running_loop().time())
             raise
+        return want, exchanged
 
     def _unsure_in(self, lane: Lane) -> bool:
         """Whether ``lane`` has a lost claim's jobs to look for, on a queue it may call now."""
