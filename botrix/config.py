@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import math
 import re
 import socket
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import SplitResult, quote, urlsplit
+from urllib.parse import SplitResult, parse_qs, quote, urlsplit
 
 from botrix.errors import ConfigError
+from botrix.model import MAX_RETRIES
 
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 
@@ -25,6 +27,8 @@ _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 def _int(low: int, high: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
+            if not text.strip().isascii():  # int() takes any script's digits: "٣" is 3
+                raise ValueError
             value = int(text)
         except ValueError:
             raise ValueError(f"must be a whole number, got {text!r}") from None
@@ -38,6 +42,8 @@ def _int(low: int, high: int) -> Callable[[str], int]:
 def _seconds(low: float, high: float) -> Callable[[str], float]:
     def parse(text: str) -> float:
         try:
+            if not text.strip().isascii():
+                raise ValueError
             value = float(text)
         except ValueError:
             raise ValueError(f"must be a number of seconds, got {text!r}") from None
@@ -85,7 +91,37 @@ def check_redis_url(text: str) -> str:
     except ValueError:
         # Not the parser's message: it quotes the text it took for the port.
         raise ValueError(f"has a port that is not a number from 0 to 65535, got {shown!r}") from None
+    _check_numbers(parts.query)
+    if parts.scheme != "unix" and not re.fullmatch(r"/?(\d{1,5})?", parts.path, re.ASCII):
+        # redis-py ignores a path it cannot read as a number: /1x would serve database 0.
+        raise ValueError(f"has a path that is not a database number (/0, /1, ...), got {shown!r}")
     return text
+
+
+#: redis-py's numeric URL parameters and the least each may be. It takes a NaN, a zero or a
+#: negative timeout, which then fail every command as if Redis were away, for good.
+_URL_NUMBERS = {
+    "socket_timeout": (0.001, "seconds"),
+    "socket_connect_timeout": (0.001, "seconds"),
+    "timeout": (0.001, "seconds"),
+    "health_check_interval": (0, "seconds"),
+    "db": (0, ""),
+    "max_connections": (1, ""),
+    "socket_read_size": (1, "bytes"),
+}
+
+
+def _check_numbers(query: str) -> None:
+    for key, (low, unit) in _URL_NUMBERS.items():
+        text = _query_value(query, key)
+        if text is None:
+            continue
+        try:
+            value = float(text) if text.strip().isascii() else math.nan
+        except ValueError:
+            continue  # not a number at all: redis-py's own check says so (store.check_url)
+        if not (math.isfinite(value) and value >= low):
+            raise ValueError(f"has {key}={text}: must be a number of at least {low:g} {unit}".rstrip())
 
 
 def _host(text: str) -> str:
@@ -96,7 +132,15 @@ def _host(text: str) -> str:
             encoded = text.encode("idna")
         except UnicodeError:
             encoded = b""
-        if text and not re.fullmatch(rb"[A-Za-z0-9_.-]{1,253}", encoded):  # "": every interface
+        labels = encoded.rstrip(b".").split(b".")
+        if (
+            text
+            and (
+                not re.fullmatch(rb"[A-Za-z0-9_.-]{1,253}", encoded)  # "": every interface
+                or any(label[:1] == b"-" or label[-1:] == b"-" for label in labels)
+                or all(label.isdigit() for label in labels)  # 999.1.1.1: no address, and no name
+            )
+        ):
             raise ValueError(f"must be an IP address or a host name, got {text!r}") from None
     return text
 
@@ -216,6 +260,9 @@ def _garbled(url: str, parts: SplitResult) -> bool:
 def redact_url(url: str) -> str:
     """The URL with any password (in the userinfo or a ``*password=`` parameter) as ``***``.
 
+    A user part with no password is hidden too: redis-cli reads ``redis://secret@host`` as a
+    password, and people paste such URLs.
+
     A URL whose password may have spilled out of its place (see ``_garbled``) is shown as
     ``scheme://***``, and text that is not a ``scheme://`` URL but holds an '@' as ``***``:
     never a secret, at the price of everything else. Past a ``*password=`` parameter the query
@@ -228,13 +275,15 @@ def redact_url(url: str) -> str:
         if _garbled(url, parts):
             return f"{parts.scheme}://***"
         netloc = parts.netloc
-        if parts.password is not None:
+        if "@" in netloc:
             host = parts.hostname or ""
             if ":" in host:
                 host = f"[{host}]"
             if parts.port:
                 host = f"{host}:{parts.port}"
-            netloc = f"{parts.username or ''}:***@{host}"
+            # A user alone may be a password written where redis-cli takes one (redis://pw@h).
+            user = f"{parts.username or ''}:" if parts.password is not None else ""
+            netloc = f"{user}***@{host}"
         shown: list[str] = []
         for item in parts.query.split("&") if parts.query else []:
             key = item.partition("=")[0]
@@ -332,7 +381,7 @@ OPTIONS: tuple[Option, ...] = (
     _opt(
         "max_retries",
         "3",
-        _int(0, 1000),
+        _int(0, MAX_RETRIES),
         "retries after the first attempt",
         "MAX_RETRIES",
         metavar="N",
@@ -502,6 +551,10 @@ def redis_url_from_parts(env: Mapping[str, str]) -> str | None:
                 f"REDIS_HOST: must be a host name or an IP address, got {host[:100]!r}"
             ) from None
     password = env.get("REDIS_PASSWORD")
+    try:
+        (password or "").encode()
+    except UnicodeEncodeError:  # bytes the environment could not decode: AUTH would fail on them
+        raise ConfigError("REDIS_PASSWORD: is not valid UTF-8 text (value not shown)") from None
     auth = f":{quote(password, safe='')}@" if password else ""
     return f"redis://{auth}{host}:{port}/0"
 
@@ -534,13 +587,40 @@ def resolve(flags: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
             values[option.name] = parsed[-1]
     nodes = values.get("redis_cluster_nodes", ())
     check_cluster_nodes(values.get("redis_cluster", False), nodes, sources.get("redis_cluster_nodes", ""))
-    return Settings(**values)
+    settings = Settings(**values)
+    if settings.retry_backoff > settings.retry_backoff_max:
+        raise ConfigError(
+            f"{sources['retry_backoff']}: the backoff's base, {settings.retry_backoff:g} s, is above "
+            f"its cap ({sources['retry_backoff_max']}, {settings.retry_backoff_max:g} s)"
+        )
+    if settings.admin_token is not None and settings.http_port == -1:
+        raise ConfigError(
+            f"{sources['admin_token']}: turns on the HTTP admin API, which needs the HTTP server "
+            f"({sources['http_port']} is -1: no server)"
+        )
+    return settings
 
 
 def check_cluster_nodes(cluster: bool, nodes: tuple[tuple[str, int], ...], source: str) -> None:
     """Cluster nodes without cluster mode are a mistake to report, not to ignore."""
     if nodes and not cluster:
         raise ConfigError(f"{source}: needs --redis-cluster on (the nodes of a Redis Cluster)")
+
+
+def check_cluster_url(url: str) -> None:
+    """A ValueError for what redis-py's cluster client refuses only once the worker runs."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        raise ValueError("is a unix:// URL, and a Redis Cluster is reached over TCP")
+    db = _query_value(parts.query, "db") or parts.path.strip("/") or "0"  # redis-py's order
+    if not db.isdigit() or int(db) != 0:
+        raise ValueError(f"names database {db}, and a Redis Cluster has only database 0")
+
+
+def _query_value(query: str, key: str) -> str | None:
+    """The value of ``key`` in a URL's query as redis-py reads it (the first), or None."""
+    values = parse_qs(query).get(key)
+    return values[0] if values else None
 
 
 def from_env(option: Option, env: Mapping[str, str]) -> tuple[str, str | None]:

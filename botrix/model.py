@@ -21,6 +21,8 @@ from botrix.errors import EnvelopeError
 MAX_ID_LENGTH = 200
 #: Longest handler name.
 MAX_TYPE_LENGTH = 200
+#: Most retries a job may be given (--max-retries, a handler's or a job's max_retries).
+MAX_RETRIES = 1000
 #: What a job id may be made of: ids become Redis key names and log fields, so a safe ASCII set.
 JOB_ID = re.compile(r"[A-Za-z0-9_.:@/+=#-]{1,200}")
 JOB_ID_RULE = "1-200 of A-Z a-z 0-9 _ . : @ / + = # -"
@@ -115,8 +117,8 @@ def _optional_int(envelope: dict[str, Any], name: str) -> int | None:
     value = envelope.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1000:
-        raise EnvelopeError(f"field '{name}' must be an integer from 0 to 1000, got {value!r:.80}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_RETRIES:
+        raise EnvelopeError(f"field '{name}' must be an integer from 0 to {MAX_RETRIES}, got {value!r:.80}")
     return value
 
 
@@ -153,7 +155,9 @@ def parse_job(claimed: Claimed, queue: str, *, trace: bool = False) -> Job:
         raise EnvelopeError(f"envelope must be a JSON object, got {type(envelope).__name__}")
     job_type = envelope.get("type")
     if not isinstance(job_type, str) or not job_type or len(job_type) > MAX_TYPE_LENGTH:
-        raise EnvelopeError("field 'type' is required: the handler's name, a non-empty string")
+        raise EnvelopeError(
+            f"field 'type' is required: the handler's name, a string of 1 to {MAX_TYPE_LENGTH} characters"
+        )
     given_id = envelope.get("id")
     if given_id is not None and given_id != claimed.job_id:
         raise EnvelopeError(f"field 'id' must be a string of {JOB_ID_RULE}")

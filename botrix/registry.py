@@ -7,13 +7,15 @@ A job names a handler, never a Python path: the worker imports exactly the modul
 from __future__ import annotations
 
 import importlib
+import math
+import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 from botrix.context import HandlerFunc
 from botrix.errors import HandlerDeclarationError, HandlerLoadError
-from botrix.model import MAX_DELAY_S, validate_job_id, validate_queue_name
+from botrix.model import MAX_DELAY_S, MAX_RETRIES, validate_job_id, validate_queue_name
 
 if TYPE_CHECKING:
     from botrix.cron import Cron
@@ -65,6 +67,7 @@ class Registry:
         if existing is not None and existing.func is not func:
             raise HandlerLoadError(f"two handlers registered for job type {name!r}")
         try:
+            _check_limits(timeout, max_retries)
             schedule = _schedule(name, every, queue, cron, tz)
             validate_queue_name(queue or "default")
         except (ValueError, TypeError) as exc:
@@ -120,6 +123,22 @@ class Registry:
         return register
 
 
+def _check_limits(timeout: float | None, max_retries: int | None) -> None:
+    """A handler's timeout= and max_retries=, checked as a job's own are (model.parse_job)."""
+    if timeout is not None and (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not 0 < timeout < math.inf  # also refuses NaN
+    ):
+        raise ValueError(f"timeout= must be a positive number of seconds, got {timeout!r}")
+    if max_retries is not None and (
+        isinstance(max_retries, bool)
+        or not isinstance(max_retries, int)
+        or not 0 <= max_retries <= MAX_RETRIES
+    ):
+        raise ValueError(f"max_retries= must be a whole number from 0 to {MAX_RETRIES}, got {max_retries!r}")
+
+
 def _schedule(
     name: str, every: float | None, queue: str | None, cron: str | None, tz: str | None
 ) -> Cron | None:
@@ -149,6 +168,15 @@ def _schedule(
     return schedule
 
 
+def _where(exc: Exception) -> str:
+    """``Type: message (file, line N)`` of an exception raised by an import."""
+    if isinstance(exc, SyntaxError):
+        return f"SyntaxError: {exc.msg} ({exc.filename}, line {exc.lineno})"
+    frames = traceback.extract_tb(exc.__traceback__)
+    at = f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
+    return f"{type(exc).__name__}: {exc}{at}"
+
+
 #: The registry ``@handler`` writes to and the worker reads from.
 default_registry = Registry()
 
@@ -167,6 +195,12 @@ def load_apps(modules: Iterable[str], registry: Registry = default_registry) -> 
             raise HandlerLoadError(f"cannot import handler module {module!r}: {exc}") from None
         except HandlerLoadError as exc:  # a refused registration: the module's own mistake
             raise HandlerLoadError(f"handler module {module!r}: {exc}") from None
+        except SystemExit as exc:
+            raise HandlerLoadError(
+                f"handler module {module!r} called sys.exit({exc.code!r}) on import"
+            ) from None
+        except Exception as exc:  # its own code failed: where, in one line (a start that fails)
+            raise HandlerLoadError(f"handler module {module!r} failed on import: {_where(exc)}") from None
     if not registry.names():
         raise HandlerLoadError("no handlers registered: pass --app MODULE (or BOTRIX_APP)")
     return registry

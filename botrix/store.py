@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import os
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, NamedTuple, cast
+from urllib.parse import parse_qs, urlsplit
 
 import hiredis
 import orjson
@@ -26,7 +28,7 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError, R
 
 from botrix import keys
 from botrix.aio import Deadline
-from botrix.config import check_redis_url, redact_url
+from botrix.config import check_cluster_url, check_redis_url, redact_url
 from botrix.errors import BotrixError, ConfigError
 from botrix.model import QUEUE_NAME, Claimed, RateLimit, Rejected, Settlement
 
@@ -137,14 +139,18 @@ class RecoveredJob:
     job_type: str = ""
 
 
-def check_url(url: str) -> None:
+def check_url(url: str, cluster: bool = False) -> None:
     """Raise ConfigError for a URL that botrix or redis-py would refuse.
 
     redis-py refuses some only at the first command, inside the worker's tasks: an unknown
-    query parameter (``ssl_ca_certs`` on a ``redis://`` URL, a typo) or a bad value.
+    query parameter (``ssl_ca_certs`` on a ``redis://`` URL, a typo) or a bad value, a TLS
+    file it cannot read (reported as if the host were missing), a database other than 0 in a
+    cluster.
     """
     try:
         check_redis_url(url)
+        if cluster:
+            check_cluster_url(url)
     except ValueError as exc:
         raise ConfigError(f"the Redis URL {exc}") from None
     shown = redact_url(url)
@@ -162,6 +168,11 @@ def check_url(url: str) -> None:
         named = re.search(r"value for '(\w+)'", str(exc))
         what = f"a value of {named.group(1)!r}" if named else "a query value"
         raise ConfigError(f"the Redis URL has {what} that redis-py refuses: {shown}") from None
+    query = parse_qs(urlsplit(url).query)
+    for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_ca_path"):
+        path = query.get(name, [None])[0]  # (a path, not a secret: ssl_password is not read here)
+        if path is not None and not os.access(path, os.R_OK):
+            raise ConfigError(f"the Redis URL's {name} names {path!r}, which cannot be read")
 
 
 #: What a new connection sends: only what every supported Redis (6.2 on) knows and botrix's
@@ -233,7 +244,7 @@ class Store:
     """Every Redis operation botrix performs, one method a state change."""
 
     def __init__(self, conn: Connection, *, blocking_timeout: float = 5.0) -> None:
-        check_url(conn.url)
+        check_url(conn.url, conn.cluster)
         self._redis = _open(conn, conn.socket_timeout)
         self._timeout = conn.socket_timeout
         # The exchange runs once a batch, so its cost per call is the worker's cost per job at

@@ -67,6 +67,41 @@ BAD_WORKER_ARGS = [
     ([], {"REDIS_PORT": "63x9", "REDIS_PASSWORD": "hunter2"}, "REDIS_PORT: must be a port number"),
     ([], {"REDIS_HOST": "a@evil.example", "REDIS_PASSWORD": "hunter2"}, "REDIS_HOST: must be a host name"),
     ([], {"REDIS_HOST": "host/3"}, "REDIS_HOST: must be a host name or an IP address, got 'host/3'"),
+    ([], {"REDIS_PASSWORD": "hunter2\udcffx"}, "REDIS_PASSWORD: is not valid UTF-8 text (value not shown)"),
+    # redis-py takes these and then fails every command, as if Redis were away for good.
+    (
+        ["--redis-url", "redis://:hunter2@h/0?socket_timeout=nan"],
+        {},
+        "has socket_timeout=nan: must be a number",
+    ),
+    (["--redis-url", "redis://:hunter2@h/0?socket_connect_timeout=-5"], {}, "has socket_connect_timeout=-5"),
+    (["--redis-url", "redis://:hunter2@h/0?db=-3"], {}, "has db=-3: must be a number of at least 0"),
+    # redis-py drops a path it cannot read as a number: the worker would serve database 0.
+    (["--redis-url", "redis://:hunter2@h/1x"], {}, "has a path that is not a database number"),
+    (
+        ["--redis-url", "rediss://:hunter2@h/0?ssl_ca_certs=/nonexistent/ca.pem"],
+        {},
+        "the Redis URL's ssl_ca_certs names '/nonexistent/ca.pem', which cannot be read",
+    ),
+    (
+        ["--redis-cluster", "on", "--redis-url", "redis://:hunter2@h:6379/3"],
+        {},
+        "the Redis URL names database 3, and a Redis Cluster has only database 0",
+    ),
+    (
+        ["--redis-cluster", "on", "--redis-url", "unix:///run/r.sock"],
+        {},
+        "a Redis Cluster is reached over TCP",
+    ),
+    (
+        ["--http-port", "-1", "--admin-token", "hunter2hunter2hunter2"],
+        {},
+        "--admin-token: turns on the HTTP admin API, which needs the HTTP server (--http-port is -1",
+    ),
+    (["--retry-backoff", "1000", "--retry-backoff-max", "1"], {}, "--retry-backoff: the backoff's base"),
+    (["--concurrency", "\u0663"], {}, "--concurrency: must be a whole number, got '\u0663'"),
+    (["--http-host", "999.1.1.1"], {}, "--http-host: must be an IP address or a host name"),
+    (["--http-host", "-1"], {}, "--http-host: must be an IP address or a host name"),
 ]
 
 
@@ -81,6 +116,29 @@ def test_bad_flag_or_env_is_one_line_and_exit_2(args: list[str], env: dict[str, 
     assert message in lines[0]
     assert "hunter2" not in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("raise RuntimeError('no config file')\n", "failed on import: RuntimeError: no config file ("),
+        ("def f(:\n    pass\n", "failed on import: SyntaxError: invalid syntax ("),
+        ("import sys\nsys.exit(5)\n", "called sys.exit(5) on import"),
+    ],
+    ids=["raises", "syntax-error", "exits"],
+)
+def test_a_handler_module_that_fails_on_import_is_one_line_and_exit_2(
+    tmp_path: Path, source: str, message: str
+) -> None:
+    """Its own code failed, not botrix: the line says where, and the start fails like a bad flag."""
+    (tmp_path / "broken_app.py").write_text(source)
+    result = run("worker", "--app", "broken_app", env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"})
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("botrix-worker: error: handler module 'broken_app' ")
+    assert message in lines[0]
+    if "exit" not in message:
+        assert f"{tmp_path / 'broken_app.py'}, line 1)" in lines[0]
 
 
 def test_tracing_without_opentelemetry_installed_is_one_line_and_exit_2(tmp_path: Path) -> None:
@@ -322,6 +380,16 @@ def test_admin_cli_errors(redis_server: RedisServer) -> None:
         (["--redis-url", "localhost:6379", "job", "x"], "--redis-url: must be a redis://"),
         (["--redis-url", "redis://:hunter2@h/0?bogus=1", "job", "x"], "unknown parameter 'bogus'"),
         (["--redis-url", "redis://h/0", "worker", "--app", "m"], "'worker' takes its own flags"),
+        (["--redis-url", "", "job", "x"], "--redis-url: must be a redis://"),
+        (["enqueue", ""], "argument type: must be a handler's name, 1 to 200 characters"),
+        (["enqueue", "t" * 201], "argument type: must be a handler's name, 1 to 200 characters"),
+        (["dead", "list", "--limit", "\u0663"], "--limit: must be a whole number from 1"),
+        # A URL where the command was due (redis-cli's -u habit): not repeated with its password.
+        (
+            ["--redis-url", "redis://h/0", "redis://default:hunter2@h:6379/0", "queues"],
+            "invalid choice: 'redis://default:***@h:6379/0'",
+        ),
+        (["--redis-url", "redis://h/0", "default:hunter2@h", "queues"], "invalid choice: '***'"),
     ],
 )
 def test_admin_cli_bad_usage_is_one_line_and_exit_2(

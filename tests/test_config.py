@@ -98,6 +98,8 @@ def test_the_seed_cluster_nodes_are_read_and_need_cluster_mode() -> None:
         ("unix:///s.sock?password=s3c&ret", "unix://***"),
         ("rediss://h/0?ssl_password=s3c&ret=x", "rediss://h/0?ssl_password=***"),
         ("redis:/:s3cret@h/0", "***"),
+        # A user alone: redis-cli reads it as the password (redis://password@host).
+        ("redis://s3cret@host:6379/0", "redis://***@host:6379/0"),
     ],
 )
 def test_redact_url_hides_passwords(url: str, shown: str) -> None:

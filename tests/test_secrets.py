@@ -65,7 +65,7 @@ async def test_the_admin_token_is_not_in_the_process_title_nor_the_log(
 ) -> None:
     token = "adm-" + SECRET
     args = ["--admin-token", token] if form == "separate" else [f"--admin-token={token}"]
-    worker = spawn(redis_server.url, queue, *args)
+    worker = spawn(redis_server.url, queue, "--http-host", "127.0.0.1", "--http-port", "0", *args)
     await worker.wait_for("worker.started")
     cmdline = Path(f"/proc/{worker.pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     assert token not in cmdline and "--admin-token" in cmdline and "***" in cmdline

@@ -31,8 +31,17 @@ class Parser(argparse.ArgumentParser):
             words = rest.split(" ")
             shown = [_hide_value(w, words[i - 1] if i else "") for i, w in enumerate(words)]
             message = head + colon + " ".join(shown)
+        # argparse quotes a bad value in other messages ("invalid choice: 'redis://u:pw@h'",
+        # a URL given where the command was due): one that may hold a secret is hidden too.
+        message = _QUOTED.sub(
+            lambda m: repr(redact_url(m.group(1))) if "@" in m.group(1) else m.group(0), message
+        )
         sys.stderr.write(f"{self.prog}: error: {message}\n")
         raise SystemExit(2)
+
+
+#: A value argparse quotes in an error message.
+_QUOTED = re.compile(r"'([^'\s]*)'")
 
 
 def _hide_value(word: str, before: str) -> str:

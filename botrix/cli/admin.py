@@ -33,6 +33,7 @@ from botrix.errors import ConfigError, JobNotFoundError, PayloadTooLargeError
 from botrix.health import serving
 from botrix.model import (
     MAX_DELAY_S,
+    MAX_TYPE_LENGTH,
     RATE_MAX_LIMIT,
     RATE_PER_RANGE_S,
     validate_job_id,
@@ -49,12 +50,12 @@ def _print(value: Any) -> None:
 
 def _redis_url(args: argparse.Namespace) -> str:
     option = next(o for o in OPTIONS if o.name == "redis_url")
-    source, raw = "--redis-url", args.redis_url
-    if not raw:
+    source, raw = "--redis-url", args.redis_url  # given empty, it is refused, not skipped
+    if raw is None:
         source, raw = next(((e, os.environ[e]) for e in option.envs if os.environ.get(e)), ("", None))
-    if not raw:
+    if raw is None:
         source, raw = "/".join(REDIS_PARTS), redis_url_from_parts(os.environ)
-    if not raw:
+    if raw is None:
         source, raw = "", option.default or ""
     try:
         return str(option.parse(raw))
@@ -83,7 +84,7 @@ def _client(args: argparse.Namespace) -> Client:
 
 def _seconds(text: str) -> float:
     try:
-        value = float(text)
+        value = float(text) if text.strip().isascii() else math.nan
     except ValueError:
         value = math.nan
     if not math.isfinite(value) or value < 0 or value > MAX_DELAY_S:
@@ -103,7 +104,7 @@ def _positive_seconds(text: str) -> float:
 def _window(text: str) -> float:
     low, high = RATE_PER_RANGE_S
     try:
-        value = float(text)
+        value = float(text) if text.strip().isascii() else math.nan
     except ValueError:
         value = math.nan
     if not (math.isfinite(value) and low <= value <= high):
@@ -114,7 +115,7 @@ def _window(text: str) -> float:
 def _whole(minimum: int, maximum: int = 1_000_000) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
-            value = int(text)
+            value = int(text) if text.strip().isascii() else minimum - 1
         except ValueError:
             value = minimum - 1
         if not minimum <= value <= maximum:
@@ -131,6 +132,12 @@ def _utf8(text: str) -> None:
         text.encode()
     except UnicodeEncodeError:  # bytes the terminal's encoding could not decode
         raise ValueError(f"must be UTF-8 text, got {text!r:.60}") from None
+
+
+def _job_type(text: str) -> None:
+    _utf8(text)
+    if not 1 <= len(text) <= MAX_TYPE_LENGTH:
+        raise ValueError(f"must be a handler's name, 1 to {MAX_TYPE_LENGTH} characters, got {text!r:.60}")
 
 
 def _checked(validate: Callable[[str], None]) -> Callable[[str], str]:
@@ -161,7 +168,7 @@ def build_parser() -> Parser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     enqueue = sub.add_parser("enqueue", help="queue a job and print its id")
-    enqueue.add_argument("type", type=_checked(_utf8), help="the handler's name")
+    enqueue.add_argument("type", type=_checked(_job_type), help="the handler's name")
     enqueue.add_argument("--payload", default="null", help="JSON payload")
     enqueue.add_argument("--queue", type=_checked(validate_queue_name), default="default")
     enqueue.add_argument("--delay", type=_seconds, default=0.0, help="seconds before it may start")
