@@ -170,6 +170,13 @@ async def test_a_damaged_schedules_key_is_reported_and_its_repair_noticed(
         ({"every": "5"}, "every= must be a number of seconds"),
         ({"every": True}, "every= must be a number of seconds"),
         ({"cron": "* * * * *", "queue": 5}, "queue= must be a queue name"),
+        # Not periodic, checked at registration all the same: else only their jobs would fail.
+        ({"timeout": -5}, "timeout= must be a positive number of seconds, got -5"),
+        ({"timeout": math.inf}, "timeout= must be a positive number of seconds"),
+        ({"timeout": "30"}, "timeout= must be a positive number of seconds"),
+        ({"max_retries": "abc"}, "max_retries= must be a whole number from 0 to 1000, got 'abc'"),
+        ({"max_retries": 1001}, "max_retries= must be a whole number from 0 to 1000"),
+        ({"max_retries": True}, "max_retries= must be a whole number from 0 to 1000"),
     ],
 )
 def test_a_bad_periodic_declaration_is_refused(kwargs: dict[str, Any], message: str) -> None:
