@@ -67,7 +67,7 @@ class Settler:
             }
             if s.trace_id:
                 job["trace_id"] = s.trace_id
-            if (s.job_id, s.delivery) in refused:
+            if refused and (s.job_id, s.delivery) in refused:
                 counters.refused_acks += 1
                 self._metrics.ack_refused(s.queue)
                 log.warning(
