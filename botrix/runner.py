@@ -485,7 +485,12 @@ class Runner:
         if hold is None:
             hold = self._holds[queue] = Hold(Backoff(HOLD_BASE_S, HOLD_CAP_S))
         hold.claims_only = exc.claims_only
-        self._park(hold, lane, items)
+        if exc.claims_only:
+            # The call wrote them before its claim half failed: the next one, claiming nothing
+            # while the hold lasts, sends them again, a no-op that reports them (_pass).
+            self._settler.put_back(lane, {queue: items})
+        else:
+            self._park(hold, lane, items)
         self._waker.pause(queue, "damaged")
         loop = asyncio.get_running_loop()
         if hold.until > loop.time():
