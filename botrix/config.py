@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import SplitResult, parse_qs, quote, urlsplit
+from urllib.parse import SplitResult, parse_qs, quote, unquote, urlsplit
 
 from botrix.errors import ConfigError
 from botrix.model import MAX_RETRIES
@@ -89,11 +89,16 @@ def check_redis_url(text: str) -> str:
     try:
         parts.port  # noqa: B018 (a bad port raises here rather than at the first command)
     except ValueError:
-        # Not the parser's message: it quotes the text it took for the port.
+        # Not the parser's message: it quotes the text it took for the port. With an '@' further
+        # on, that text may be a password with a / ? or # in it that the checks above missed.
+        if "@" in text:
+            shown = f"{parts.scheme}://***"
         raise ValueError(f"has a port that is not a number from 0 to 65535, got {shown!r}") from None
     _check_numbers(parts.query)
-    if parts.scheme != "unix" and not re.fullmatch(r"/?(\d{1,5})?", parts.path, re.ASCII):
-        # redis-py ignores a path it cannot read as a number: /1x would serve database 0.
+    # redis-py reads the path as a database (without its slashes) unless ?db= gives one, and
+    # ignores a path it cannot read as a number: /1x would serve database 0.
+    db = unquote(parts.path).replace("/", "")
+    if parts.scheme != "unix" and _query_value(parts.query, "db") is None and db and not db.isdecimal():
         raise ValueError(f"has a path that is not a database number (/0, /1, ...), got {shown!r}")
     return text
 
@@ -138,11 +143,21 @@ def _host(text: str) -> str:
             and (
                 not re.fullmatch(rb"[A-Za-z0-9_.-]{1,253}", encoded)  # "": every interface
                 or any(label[:1] == b"-" or label[-1:] == b"-" for label in labels)
-                or all(label.isdigit() for label in labels)  # 999.1.1.1: no address, and no name
+                # 999.1.1.1: no address, and no name (0 and 127.1 are addresses to the resolver)
+                or (all(label.isdigit() for label in labels) and not _inet_aton(text))
             )
         ):
             raise ValueError(f"must be an IP address or a host name, got {text!r}") from None
     return text
+
+
+def _inet_aton(text: str) -> bool:
+    """Whether the resolver takes ``text`` as an IPv4 address in a short form (0, 127.1, 10.1)."""
+    try:
+        socket.inet_aton(text)
+    except OSError:
+        return False
+    return True
 
 
 def _token(text: str) -> str:
@@ -588,11 +603,6 @@ def resolve(flags: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
     nodes = values.get("redis_cluster_nodes", ())
     check_cluster_nodes(values.get("redis_cluster", False), nodes, sources.get("redis_cluster_nodes", ""))
     settings = Settings(**values)
-    if settings.retry_backoff > settings.retry_backoff_max:
-        raise ConfigError(
-            f"{sources['retry_backoff']}: the backoff's base, {settings.retry_backoff:g} s, is above "
-            f"its cap ({sources['retry_backoff_max']}, {settings.retry_backoff_max:g} s)"
-        )
     if settings.admin_token is not None and settings.http_port == -1:
         raise ConfigError(
             f"{sources['admin_token']}: turns on the HTTP admin API, which needs the HTTP server "
@@ -613,7 +623,7 @@ def check_cluster_url(url: str) -> None:
     if parts.scheme == "unix":
         raise ValueError("is a unix:// URL, and a Redis Cluster is reached over TCP")
     db = _query_value(parts.query, "db") or parts.path.strip("/") or "0"  # redis-py's order
-    if not db.isdigit() or int(db) != 0:
+    if not (db.isascii() and db.lstrip("+-").isdigit()) or int(db) != 0:
         raise ValueError(f"names database {db}, and a Redis Cluster has only database 0")
 
 

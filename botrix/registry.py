@@ -7,6 +7,7 @@ A job names a handler, never a Python path: the worker imports exactly the modul
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import math
 import traceback
 from collections.abc import Callable, Iterable
@@ -168,13 +169,22 @@ def _schedule(
     return schedule
 
 
-def _where(exc: Exception) -> str:
-    """``Type: message (file, line N)`` of an exception raised by an import."""
+def _where(exc: Exception, module: str) -> str:
+    """``Type: message (file, line N)`` of an exception raised by importing ``module``.
+
+    The line is the module's own that raised (not one deep in a library it called), else the
+    innermost frame.
+    """
     if isinstance(exc, SyntaxError):
         return f"SyntaxError: {exc.msg} ({exc.filename}, line {exc.lineno})"
     frames = traceback.extract_tb(exc.__traceback__)
-    at = f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
-    return f"{type(exc).__name__}: {exc}{at}"
+    try:
+        origin = getattr(importlib.util.find_spec(module), "origin", None)
+    except Exception:  # a parent package that fails on import too
+        origin = None
+    at = ([f for f in frames if f.filename == origin] or frames)[-1:]
+    place = f" ({at[0].filename}, line {at[0].lineno})" if at else ""
+    return f"{type(exc).__name__}: {exc}{place}"
 
 
 #: The registry ``@handler`` writes to and the worker reads from.
@@ -200,7 +210,8 @@ def load_apps(modules: Iterable[str], registry: Registry = default_registry) -> 
                 f"handler module {module!r} called sys.exit({exc.code!r}) on import"
             ) from None
         except Exception as exc:  # its own code failed: where, in one line (a start that fails)
-            raise HandlerLoadError(f"handler module {module!r} failed on import: {_where(exc)}") from None
+            where = " ".join(_where(exc, module).split())
+            raise HandlerLoadError(f"handler module {module!r} failed on import: {where}") from None
     if not registry.names():
         raise HandlerLoadError("no handlers registered: pass --app MODULE (or BOTRIX_APP)")
     return registry

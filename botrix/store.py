@@ -170,9 +170,12 @@ def check_url(url: str, cluster: bool = False) -> None:
         raise ConfigError(f"the Redis URL has {what} that redis-py refuses: {shown}") from None
     query = parse_qs(urlsplit(url).query)
     for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_ca_path"):
-        path = query.get(name, [None])[0]  # (a path, not a secret: ssl_password is not read here)
+        path = query.get(name, [None])[0]
         if path is not None and not os.access(path, os.R_OK):
-            raise ConfigError(f"the Redis URL's {name} names {path!r}, which cannot be read")
+            # A path is no secret, unless it is the end of a password whose unencoded ? took
+            # it there (redis://u:pw?ssl_ca_certs=rest@host): then '@' is in it (redact_url).
+            shown = "***" if "@" in path else repr(path)
+            raise ConfigError(f"the Redis URL's {name} names {shown}, which cannot be read")
 
 
 #: What a new connection sends: only what every supported Redis (6.2 on) knows and botrix's

@@ -117,6 +117,10 @@ def test_redact_url_hides_passwords(url: str, shown: str) -> None:
         "unix://app@/run/redis.sock?db=2&password=pw",
         "redis://h/0?client_name=app@host",
         "redis://h:6379/0?password=p@ss",
+        # Paths redis-py reads as a database, or ignores for ?db=.
+        "redis://h/0/",
+        "redis://h/%31",
+        "redis://h/x?db=2",
     ],
 )
 def test_valid_redis_urls_are_taken(url: str) -> None:
@@ -162,3 +166,9 @@ def test_backoff_is_full_jitter_under_the_cap() -> None:
     delays = [backoff_ms(attempt, 1.0, 30.0, rng) for attempt in range(1, 30) for _ in range(20)]
     assert min(delays) >= 0 and max(delays) <= 30_000
     assert all(backoff_ms(1, 1.0, 30.0, rng) <= 1000 for _ in range(100))
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "localhost", "probe-1.internal", "0", "127.1", "10.1", ""])
+def test_hosts_the_resolver_takes_are_taken(host: str) -> None:
+    """Short IPv4 forms (0 is 0.0.0.0) are addresses to the resolver, unlike 999.1.1.1."""
+    assert resolve({"http_host": host}, {}).http_host == host

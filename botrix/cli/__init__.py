@@ -23,6 +23,11 @@ class Parser(argparse.ArgumentParser):
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        """Parse, remembering the words for :meth:`error` to hide any secret among them."""
+        _SEEN.update(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str) -> NoReturn:
         """Print ``prog: error: message`` alone and exit 2 (no usage block)."""
         head, colon, rest = message.partition("unrecognized arguments: ")
@@ -32,16 +37,26 @@ class Parser(argparse.ArgumentParser):
             shown = [_hide_value(w, words[i - 1] if i else "") for i, w in enumerate(words)]
             message = head + colon + " ".join(shown)
         # argparse quotes a bad value in other messages ("invalid choice: 'redis://u:pw@h'",
-        # a URL given where the command was due): one that may hold a secret is hidden too.
-        message = _QUOTED.sub(
-            lambda m: repr(redact_url(m.group(1))) if "@" in m.group(1) else m.group(0), message
-        )
+        # a URL given where the command was due): any word that may hold a secret is hidden.
+        for word in sorted(filter(_secret_like, _SEEN), key=len, reverse=True):
+            shown = _redact_arg(word)
+            if shown == word:
+                if "://" in word or _REDIS_ISH.match(word):
+                    continue  # a URL that holds no secret
+                shown = "***"
+            for form, replacement in ((repr(word), repr(shown)), (repr(word)[:60], "'***"), (word, shown)):
+                message = message.replace(form, replacement)
         sys.stderr.write(f"{self.prog}: error: {message}\n")
         raise SystemExit(2)
 
 
-#: A value argparse quotes in an error message.
-_QUOTED = re.compile(r"'([^'\s]*)'")
+#: The command-line words the parsers were given (Parser.parse_known_args).
+_SEEN: set[str] = set()
+
+
+def _secret_like(word: str) -> bool:
+    """Whether a command-line word may carry a secret: a URL, credentials, a password."""
+    return "@" in word or "://" in word or "password" in word.lower() or bool(_REDIS_ISH.match(word))
 
 
 def _hide_value(word: str, before: str) -> str:
@@ -59,10 +74,14 @@ def fail(prog: str, message: str, code: int = 2) -> NoReturn:
     raise SystemExit(code)
 
 
+#: A typo of a Redis URL (redis:/..., redis:u:pw@...), which may hold a password.
+_REDIS_ISH = re.compile(r"(redis|rediss|unix):")
+
+
 def _redact_arg(arg: str) -> str:
     flag, eq, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)  # --redis-url=URL
     # A URL, or a typo of a Redis one (redis:/..., redis:u:pw@...), which may hold a password.
-    if "://" not in value and not re.match(r"(redis|rediss|unix):", value):
+    if "://" not in value and not _REDIS_ISH.match(value):
         return arg
     return f"{flag}{eq}{redact_url(value)}"
 

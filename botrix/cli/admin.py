@@ -137,7 +137,7 @@ def _utf8(text: str) -> None:
 def _job_type(text: str) -> None:
     _utf8(text)
     if not 1 <= len(text) <= MAX_TYPE_LENGTH:
-        raise ValueError(f"must be a handler's name, 1 to {MAX_TYPE_LENGTH} characters, got {text!r:.60}")
+        raise ValueError(f"must be a handler's name, 1 to {MAX_TYPE_LENGTH} characters, got {len(text)}")
 
 
 def _checked(validate: Callable[[str], None]) -> Callable[[str], str]:
