@@ -34,8 +34,8 @@ class Parser(argparse.ArgumentParser):
         if colon:
             # A mistyped flag's value may be a secret (--admin-tokn SECRET): values are hidden.
             words = rest.split(" ")
-            shown = [_hide_value(w, words[i - 1] if i else "") for i, w in enumerate(words)]
-            message = head + colon + " ".join(shown)
+            hidden = [_hide_value(w, words[i - 1] if i else "") for i, w in enumerate(words)]
+            message = head + colon + " ".join(hidden)
         # argparse quotes a bad value in other messages ("invalid choice: 'redis://u:pw@h'",
         # a URL given where the command was due): any word that may hold a secret is hidden.
         for word in sorted(filter(_secret_like, _SEEN), key=len, reverse=True):
