@@ -572,6 +572,16 @@ async def test_a_claim_whose_reply_was_lost_gives_its_job_back_at_once(
     await stop(worker)
 
 
+async def _stopped_while_held(proxy: FaultProxy, worker: WorkerProcess, stalled: asyncio.Event) -> None:
+    """SIGTERM while the call ``stalled`` waits for is held in ``proxy``; then the call goes on,
+    and the worker exits 0."""
+    await asyncio.wait_for(stalled.wait(), timeout=30)
+    worker.signal(signal.SIGTERM)
+    await worker.wait_for("worker.stopping")
+    await proxy.resume()
+    assert await worker.wait() == 0
+
+
 async def test_a_stop_while_a_higher_queue_is_asked_claims_nothing_below_it(
     redis_server: RedisServer, proxy: FaultProxy, client: Client, queue: str, spawn: Spawn
 ) -> None:
@@ -584,11 +594,7 @@ async def test_a_stop_while_a_higher_queue_is_asked_claims_nothing_below_it(
     await _idle_after_a_warm_up(redis_server, client, queue, worker)
     stalled = proxy.stall_after(_EXCHANGE_SHA)  # the pass's first call: the higher queue's
     job_id = await client.enqueue("t.echo", {}, queue=queue)
-    await asyncio.wait_for(stalled.wait(), timeout=30)
-    worker.signal(signal.SIGTERM)
-    await worker.wait_for("worker.stopping")
-    await proxy.resume()
-    assert await worker.wait() == 0
+    await _stopped_while_held(proxy, worker, stalled)
     info = await client.job(job_id, queue)
     assert (info.status, info.attempts) == (JobStatus.QUEUED, 0)
     assert worker.names().count("job.started") == 1  # the warm-up's
@@ -608,11 +614,7 @@ async def test_a_stop_while_a_lost_claims_jobs_are_asked_for_claims_nothing_more
     stalled = proxy.stall_after(_ORPHANS_SHA)
     await proxy.cut()
     await proxy.resume()
-    await asyncio.wait_for(stalled.wait(), timeout=30)
-    worker.signal(signal.SIGTERM)
-    await worker.wait_for("worker.stopping")
-    await proxy.resume()
-    assert await worker.wait() == 0
+    await _stopped_while_held(proxy, worker, stalled)
     info = await client.job(job_id, queue)
     assert (info.status, info.attempts) == (JobStatus.QUEUED, 0)
     assert job_id not in await run_counts(url, f"runs:{queue}")
