@@ -622,7 +622,7 @@ def check_cluster_url(url: str) -> None:
     parts = urlsplit(url)
     if parts.scheme == "unix":
         raise ValueError("is a unix:// URL, and a Redis Cluster is reached over TCP")
-    db = _query_value(parts.query, "db") or parts.path.strip("/") or "0"  # redis-py's order
+    db = _query_value(parts.query, "db") or unquote(parts.path).replace("/", "") or "0"  # redis-py's way
     if not (db.isascii() and db.lstrip("+-").isdigit()) or int(db) != 0:
         raise ValueError(f"names database {db}, and a Redis Cluster has only database 0")
 

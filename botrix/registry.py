@@ -7,7 +7,6 @@ A job names a handler, never a Python path: the worker imports exactly the modul
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import math
 import traceback
 from collections.abc import Callable, Iterable
@@ -169,22 +168,25 @@ def _schedule(
     return schedule
 
 
-def _where(exc: Exception, module: str) -> str:
+def _where(exc: BaseException, module: str) -> str:
     """``Type: message (file, line N)`` of an exception raised by importing ``module``.
 
-    The line is the module's own that raised (not one deep in a library it called), else the
-    innermost frame.
+    The line is the module's own (or its packages') that raised, not one deep in a library it
+    called; else the innermost frame.
     """
     if isinstance(exc, SyntaxError):
         return f"SyntaxError: {exc.msg} ({exc.filename}, line {exc.lineno})"
+    path = module.replace(".", "/")
+    parents = [path.rsplit("/", n)[0] for n in range(path.count("/") + 1)]
+    own = tuple(f"/{p}{end}" for p in parents for end in (".py", "/__init__.py"))
     frames = traceback.extract_tb(exc.__traceback__)
-    try:
-        origin = getattr(importlib.util.find_spec(module), "origin", None)
-    except Exception:  # a parent package that fails on import too
-        origin = None
-    at = ([f for f in frames if f.filename == origin] or frames)[-1:]
+    at = ([f for f in frames if f.filename.endswith(own)] or frames)[-1:]
     place = f" ({at[0].filename}, line {at[0].lineno})" if at else ""
-    return f"{type(exc).__name__}: {exc}{place}"
+    try:
+        text = str(exc)
+    except Exception:  # an exception whose __str__ fails too
+        text = "(its message could not be read)"
+    return f"{type(exc).__name__}: {text}{place}"
 
 
 #: The registry ``@handler`` writes to and the worker reads from.
@@ -207,11 +209,13 @@ def load_apps(modules: Iterable[str], registry: Registry = default_registry) -> 
             raise HandlerLoadError(f"handler module {module!r}: {exc}") from None
         except SystemExit as exc:
             raise HandlerLoadError(
-                f"handler module {module!r} called sys.exit({exc.code!r}) on import"
+                f"handler module {module!r} called sys.exit({exc.code!r:.200}) on import"
             ) from None
-        except Exception as exc:  # its own code failed: where, in one line (a start that fails)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # its own code failed: where, in one line (a start that fails)
             where = " ".join(_where(exc, module).split())
-            raise HandlerLoadError(f"handler module {module!r} failed on import: {where}") from None
+            raise HandlerLoadError(f"handler module {module!r} failed on import: {where:.1000}") from None
     if not registry.names():
         raise HandlerLoadError("no handlers registered: pass --app MODULE (or BOTRIX_APP)")
     return registry

@@ -101,6 +101,8 @@ BAD_WORKER_ARGS = [
     (["--concurrency", "\u0663"], {}, "--concurrency: must be a whole number, got '\u0663'"),
     (["--http-host", "999.1.1.1"], {}, "--http-host: must be an IP address or a host name"),
     (["--http-host", "-1"], {}, "--http-host: must be an IP address or a host name"),
+    (["--queues", "redis://u:hunter2@h"], {}, "--queues: queue name 'redis://u:***@h' must be"),
+    (["two\nlines"], {}, "unrecognized arguments: two lines"),
     # A password with an unencoded ? ends the host part at "u:": the port error shows nothing.
     (
         ["--redis-url", "rediss://u:hunter2?a=b@h/0"],
@@ -152,6 +154,19 @@ def test_a_handler_module_that_fails_on_import_is_one_line_and_exit_2(
     if "exit" not in message:
         line = 3 if "json" in source else 1
         assert lines[0].endswith(f"({tmp_path / 'broken_app.py'}, line {line})")
+
+
+def test_a_handler_package_that_fails_on_import_is_imported_once(tmp_path: Path) -> None:
+    """--app pkg.mod whose package fails: the line names the package's own line, and the
+    package's code ran once (finding that line must not import it again)."""
+    (tmp_path / "broken_pkg").mkdir()
+    (tmp_path / "broken_pkg" / "__init__.py").write_text("print('init ran')\nraise KeyError('x')\n")
+    (tmp_path / "broken_pkg" / "mod.py").write_text("")
+    result = run("worker", "--app", "broken_pkg.mod", env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"})
+    assert result.returncode == 2, result.stderr
+    init = tmp_path / "broken_pkg" / "__init__.py"
+    assert result.stderr.strip().endswith(f"failed on import: KeyError: 'x' ({init}, line 2)")
+    assert result.stdout.count("init ran") == 1
 
 
 def test_tracing_without_opentelemetry_installed_is_one_line_and_exit_2(tmp_path: Path) -> None:
@@ -414,6 +429,16 @@ def test_admin_cli_errors(redis_server: RedisServer) -> None:
         (
             ["--redis-url", "redis://h/0", "redis://h/0?password=hunter2", "queues"],
             "'redis://h/0?password=***'",
+        ),
+        (["enqueue", "t.echo", "--queue=redis://u:hunter2@h"], "got 'redis://u:***@h'"),
+        # redis-cli's password flag, which botrix has not: the word after it is hidden.
+        (["-a", "hunter2pw", "queues"], "invalid choice: '***'"),
+        (["dead", "-a", "hunter2pw", "list"], "invalid choice: '***'"),
+        # A lone '@' is no secret: the rule that names it is left whole.
+        (["dead", "retry", "--queue", "q", "@", "bad id!"], "_ . : @ / + = # -, got 'bad id!'"),
+        (
+            ["enqueue", "t.echo", "--max-retries", "5000"],
+            "--max-retries: must be a whole number from 0 to 1000,",
         ),
     ],
 )

@@ -33,6 +33,7 @@ from botrix.errors import ConfigError, JobNotFoundError, PayloadTooLargeError
 from botrix.health import serving
 from botrix.model import (
     MAX_DELAY_S,
+    MAX_RETRIES,
     MAX_TYPE_LENGTH,
     RATE_MAX_LIMIT,
     RATE_PER_RANGE_S,
@@ -172,7 +173,7 @@ def build_parser() -> Parser:
     enqueue.add_argument("--payload", default="null", help="JSON payload")
     enqueue.add_argument("--queue", type=_checked(validate_queue_name), default="default")
     enqueue.add_argument("--delay", type=_seconds, default=0.0, help="seconds before it may start")
-    enqueue.add_argument("--max-retries", type=_whole(0))
+    enqueue.add_argument("--max-retries", type=_whole(0, MAX_RETRIES))
     enqueue.add_argument("--timeout", type=_positive_seconds, help="per-attempt timeout in seconds")
     enqueue.add_argument(
         "--job-id", type=_checked(validate_job_id), help="your own id (makes the enqueue idempotent)"
