@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import math
+import os
 import re
 import socket
 import uuid
@@ -625,6 +626,21 @@ def check_cluster_url(url: str) -> None:
     db = _query_value(parts.query, "db") or unquote(parts.path).replace("/", "") or "0"  # redis-py's way
     if not (db.isascii() and db.lstrip("+-").isdigit()) or int(db) != 0:
         raise ValueError(f"names database {db}, and a Redis Cluster has only database 0")
+
+
+def check_tls_files(url: str) -> None:
+    """A ValueError for a TLS file of the URL that cannot be read.
+
+    redis-py reports it only at the first connect, as "No such file or directory" for the host.
+    """
+    query = urlsplit(url).query
+    for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_ca_path"):
+        path = _query_value(query, name)
+        if path is not None and not os.access(path, os.R_OK):
+            # A path is no secret, unless it is the end of a password whose unencoded ? took
+            # it there (redis://u:pw?ssl_ca_certs=rest@host): then '@' is in it (redact_url).
+            shown = "***" if "@" in path else repr(path)
+            raise ValueError(f"{name} names {shown}, which cannot be read")
 
 
 def _query_value(query: str, key: str) -> str | None:

@@ -11,7 +11,7 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeGuard
 
 import orjson
 
@@ -117,17 +117,26 @@ def _optional_int(envelope: dict[str, Any], name: str) -> int | None:
     value = envelope.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_RETRIES:
+    if not is_retries(value):
         raise EnvelopeError(f"field '{name}' must be an integer from 0 to {MAX_RETRIES}, got {value!r:.80}")
     return value
+
+
+def is_retries(value: object) -> TypeGuard[int]:
+    """Whether ``value`` is a job's (or a handler's) max_retries: a whole number, 0 to MAX_RETRIES."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_RETRIES
+
+
+def is_timeout(value: object) -> TypeGuard[float]:
+    """Whether ``value`` is a job's (or a handler's) timeout: a positive, finite number of seconds."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < math.inf
 
 
 def _optional_timeout(envelope: dict[str, Any]) -> float | None:
     value = envelope.get("timeout")
     if value is None:
         return None
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    if not ok or not math.isfinite(value) or value <= 0:
+    if not is_timeout(value):
         raise EnvelopeError(f"field 'timeout' must be a positive number of seconds, got {value!r:.80}")
     return float(value)
 

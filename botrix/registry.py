@@ -7,7 +7,6 @@ A job names a handler, never a Python path: the worker imports exactly the modul
 from __future__ import annotations
 
 import importlib
-import math
 import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -15,7 +14,14 @@ from typing import TYPE_CHECKING, TypeVar
 
 from botrix.context import HandlerFunc
 from botrix.errors import HandlerDeclarationError, HandlerLoadError
-from botrix.model import MAX_DELAY_S, MAX_RETRIES, validate_job_id, validate_queue_name
+from botrix.model import (
+    MAX_DELAY_S,
+    MAX_RETRIES,
+    is_retries,
+    is_timeout,
+    validate_job_id,
+    validate_queue_name,
+)
 
 if TYPE_CHECKING:
     from botrix.cron import Cron
@@ -125,17 +131,9 @@ class Registry:
 
 def _check_limits(timeout: float | None, max_retries: int | None) -> None:
     """A handler's timeout= and max_retries=, checked as a job's own are (model.parse_job)."""
-    if timeout is not None and (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, int | float)
-        or not 0 < timeout < math.inf  # also refuses NaN
-    ):
+    if timeout is not None and not is_timeout(timeout):
         raise ValueError(f"timeout= must be a positive number of seconds, got {timeout!r}")
-    if max_retries is not None and (
-        isinstance(max_retries, bool)
-        or not isinstance(max_retries, int)
-        or not 0 <= max_retries <= MAX_RETRIES
-    ):
+    if max_retries is not None and not is_retries(max_retries):
         raise ValueError(f"max_retries= must be a whole number from 0 to {MAX_RETRIES}, got {max_retries!r}")
 
 

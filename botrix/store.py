@@ -10,14 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
-import os
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, NamedTuple, cast
-from urllib.parse import parse_qs, urlsplit
 
 import hiredis
 import orjson
@@ -28,7 +26,7 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError, R
 
 from botrix import keys
 from botrix.aio import Deadline
-from botrix.config import check_cluster_url, check_redis_url, redact_url
+from botrix.config import check_cluster_url, check_redis_url, check_tls_files, redact_url
 from botrix.errors import BotrixError, ConfigError
 from botrix.model import QUEUE_NAME, Claimed, RateLimit, Rejected, Settlement
 
@@ -78,9 +76,9 @@ _CLAIM_KEYS = ("is not a counter", "is not a pause flag", "is not a rate limit",
 class Exchanged(NamedTuple):
     """What one exchange did.
 
-    The acks refused (id, delivery), the jobs claimed, the entries the claim dead-lettered, whether the claim
-    was skipped because the queue is paused, and, when the queue's rate limit cut the claim
-    short, how long until it lets another job through (seconds; 0 when it did not).
+    The acks refused (id, delivery), the jobs claimed, the entries the claim dead-lettered,
+    whether the claim was skipped because the queue is paused, and, when the queue's rate limit
+    cut the claim short, how long until it lets another job through (seconds; 0 when it did not).
     """
 
     refused: set[tuple[str, int]]
@@ -168,14 +166,10 @@ def check_url(url: str, cluster: bool = False) -> None:
         named = re.search(r"value for '(\w+)'", str(exc))
         what = f"a value of {named.group(1)!r}" if named else "a query value"
         raise ConfigError(f"the Redis URL has {what} that redis-py refuses: {shown}") from None
-    query = parse_qs(urlsplit(url).query)
-    for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_ca_path"):
-        path = query.get(name, [None])[0]
-        if path is not None and not os.access(path, os.R_OK):
-            # A path is no secret, unless it is the end of a password whose unencoded ? took
-            # it there (redis://u:pw?ssl_ca_certs=rest@host): then '@' is in it (redact_url).
-            shown = "***" if "@" in path else repr(path)
-            raise ConfigError(f"the Redis URL's {name} names {shown}, which cannot be read")
+    try:
+        check_tls_files(url)
+    except ValueError as exc:
+        raise ConfigError(f"the Redis URL's {exc}") from None
 
 
 #: What a new connection sends: only what every supported Redis (6.2 on) knows and botrix's

@@ -14,10 +14,11 @@
 -- ARGV[4] queue name   ARGV[5] how many to claim   ARGV[6] lease ms   ARGV[7] worker id
 -- ARGV[8] max envelope bytes   ARGV[9] this call's number on its lane (rising), or '': never fenced
 -- ARGV[10..] five entries per settled job: id, delivery, outcome, data, delay ms
--- Returns {refused acks (two entries each: id, delivery), claimed jobs (five entries a job: id, envelope, attempt, delivery,
--- ready_at: when it could last run), entries dead-lettered by the claim (three a job: id,
--- error type, reason), 1 if the claim was skipped because the queue is paused else 0,
--- ms until the rate limit lets another claim through if it cut this one short else 0}.
+-- Returns {refused acks (two entries each: id, delivery), claimed jobs (five entries a job:
+-- id, envelope, attempt, delivery, ready_at: when it could last run), entries dead-lettered by
+-- the claim (three a job: id, error type, reason), 1 if the claim was skipped because the queue
+-- is paused else 0, ms until the rate limit lets another claim through if it cut this one short
+-- else 0}.
 --- @include "_event.lua"
 --- @include "_settle.lua"
 --- @include "_claim.lua"
