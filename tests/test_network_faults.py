@@ -623,6 +623,31 @@ async def test_a_stop_while_a_lost_claims_jobs_are_asked_for_claims_nothing_more
     assert_clean_log(worker)
 
 
+async def test_a_paused_queue_stays_paused_when_a_stop_takes_back_a_look_after_a_lost_reply(
+    redis_server: RedisServer, proxy: FaultProxy, client: Client, queue: str, spawn: Spawn
+) -> None:
+    """A paused queue's periodic look (a claim, which tells whether it is still paused) loses
+    its reply, and SIGTERM comes while the worker asks what that look leased. The call that
+    follows claims nothing, the stop having ended claiming, so it says nothing of the pause
+    either: the worker must not take it for a look that found the queue resumed
+    (Runner._exchange returns what was asked for). The job stays queued, its queue paused."""
+    worker = spawn(proxy.url(), queue, "--lease-seconds", "300")
+    await _idle_after_a_warm_up(redis_server, client, queue, worker)
+    await client.pause(queue)
+    job_id = await client.enqueue("t.echo", {}, queue=queue)
+    await worker.wait_for("queue.paused")
+    stalled = proxy.stall_after(_EXCHANGE_SHA)  # the next look, a second later
+    await asyncio.wait_for(stalled.wait(), timeout=30)
+    asked = proxy.stall_after(_ORPHANS_SHA)
+    await proxy.cut()
+    await proxy.resume()
+    await _stopped_while_held(proxy, worker, asked)
+    assert "queue.resumed" not in worker.names()
+    info = await client.job(job_id, queue)
+    assert (info.status, info.attempts) == (JobStatus.QUEUED, 0)
+    assert_clean_log(worker)
+
+
 async def test_a_claim_reaching_redis_after_its_lane_gave_up_on_it_claims_nothing(
     redis_server: RedisServer, proxy: FaultProxy, client: Client, queue: str, spawn: Spawn
 ) -> None:
