@@ -322,7 +322,9 @@ class Runner:
             except BaseException as exc:
                 # Redis failed, or the pass was cancelled (the shutdown timeout): keep the batch.
                 # If Redis applied it and the reply was lost, writing it again is a no-op (the
-                # record's settled mark).
+                # record's settled mark), unless the job has moved on since (Settlement.resent).
+                for settlement in items:
+                    settlement.resent = True
                 batches[queue] = items
                 self._settler.put_back(lane.index, batches)
                 if not isinstance(exc, StoreUnavailable):

@@ -15,6 +15,13 @@ from botrix.logs import Logger, fast_info
 from botrix.metrics import Metrics
 from botrix.model import Claimed, Outcome, Rejected, Settlement, parse_job
 
+_REFUSED = "lease lost: the job was recovered or claimed by another worker"
+# The first send's reply never came, so which one happened cannot be known here.
+_RESENT_REFUSED = (
+    "refused when sent again after its first send got no reply: that send wrote it and the job "
+    "has moved on since (another worker ran its retry), or the lease was lost"
+)
+
 
 class Settler:
     """The buffer of finished attempts and the report of written ones."""
@@ -74,7 +81,7 @@ class Settler:
                     "job.ack_refused",
                     **job,
                     outcome=s.outcome.value,
-                    reason="lease lost: the job was recovered or claimed by another worker",
+                    reason=_RESENT_REFUSED if s.resent else _REFUSED,
                 )
                 continue
             ran = s.duration_s > 0

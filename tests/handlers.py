@@ -233,6 +233,16 @@ async def block_once(ctx: JobContext, payload: dict[str, Any]) -> int:
     return ctx.attempt
 
 
+@handler("t.gated_fail")
+async def gated_fail(ctx: JobContext, payload: dict[str, Any]) -> int:
+    """On its first attempt, waits for the file ``payload["gate"]`` to exist, then fails."""
+    if ctx.attempt > 1:
+        return ctx.attempt
+    while not os.path.exists(payload["gate"]):  # noqa: ASYNC110 (another process makes it)
+        await asyncio.sleep(0.01)
+    raise ConnectionError("the upstream went away")
+
+
 @handler("t.self_cancel")
 async def self_cancel(ctx: JobContext, payload: Any) -> None:
     """Raises CancelledError itself (awaits a future someone cancelled): a failed attempt."""

@@ -648,6 +648,41 @@ async def test_a_paused_queue_stays_paused_when_a_stop_takes_back_a_look_after_a
     assert_clean_log(worker)
 
 
+async def test_a_result_refused_when_sent_again_after_a_lost_reply_says_it_may_have_been_written(
+    redis_server: RedisServer, proxy: FaultProxy, client: Client, queue: str, spawn: Spawn, tmp_path: Path
+) -> None:
+    """Redis writes a failed attempt's retry, and the reply is lost. Before the worker can send
+    it again, another worker runs the retry to completion. The second send is refused, as the
+    job has moved on. The worker cannot tell this from a lost lease, so its job.ack_refused line
+    names both, rather than claiming the lease was lost (Settlement.resent)."""
+    gate = tmp_path / "gate"
+    first = spawn(proxy.url() + "?socket_timeout=60", queue, "--lease-seconds", "300", "--retry-backoff", "0")
+    await _idle_after_a_warm_up(redis_server, client, queue, first)
+    job_id = await client.enqueue("t.gated_fail", {"gate": str(gate)}, queue=queue, max_retries=3)
+
+    async def status_is(status: JobStatus) -> bool:
+        return (await client.job(job_id, queue)).status is status
+
+    await eventually(lambda: status_is(JobStatus.RUNNING), what="the first worker running the job")
+    stalled = proxy.stall_after(_EXCHANGE_SHA)  # the call carrying the failed attempt's retry
+    gate.touch()
+    await asyncio.wait_for(stalled.wait(), timeout=30)
+    await eventually(lambda: status_is(JobStatus.RETRYING), what="Redis writing the retry")
+    second = spawn(redis_server.url, queue)
+    await completed(client, second, job_id, queue)
+    await proxy.cut()
+    await proxy.resume()
+    await first.wait_for("job.ack_refused")
+    [refused] = [e for e in first.events() if e.get("event") == "job.ack_refused"]
+    assert (refused["job_id"], refused["attempt"], refused["outcome"]) == (job_id, 1, "retry")
+    assert refused["reason"].startswith("refused when sent again after its first send got no reply")
+    info = await client.job(job_id, queue)
+    assert (info.status, info.attempts, info.result) == (JobStatus.COMPLETED, 2, 2)
+    assert_no_crash(first)
+    await stop(first)
+    await stop(second)
+
+
 async def test_a_claim_reaching_redis_after_its_lane_gave_up_on_it_claims_nothing(
     redis_server: RedisServer, proxy: FaultProxy, client: Client, queue: str, spawn: Spawn
 ) -> None:
