@@ -46,7 +46,7 @@ lint: venv
 	$(MAKE) --no-print-directory lint-ops
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-*/ .mypy_cache .pytest_cache .ruff_cache
 
 -include mk/*.mk
 
