@@ -16,10 +16,10 @@ from botrix.metrics import Metrics
 from botrix.model import Claimed, Outcome, Rejected, Settlement, parse_job
 
 _REFUSED = "lease lost: the job was recovered or claimed by another worker"
-# The first send's reply never came, so which one happened cannot be known here.
+# The earlier call got no answer, so which one happened cannot be known here.
 _RESENT_REFUSED = (
-    "refused when sent again after its first send got no reply: that send wrote it and the job "
-    "has moved on since (another worker ran its retry), or the lease was lost"
+    "refused when sent again after an earlier call carrying it failed: that call may have written "
+    "it and the job has changed since (run again, expired or removed), or the lease was lost"
 )
 
 

@@ -9,7 +9,7 @@ NEWER_PYTHONS := 3.12 3.13
 .PHONY: test-pythons
 
 # The interpreter of a version: pyenv's newest build of it, else pythonX.Y on PATH.
-python_for = $(or $(lastword $(sort $(wildcard $(HOME)/.pyenv/versions/$(1).*/bin/python$(1)))),$(shell command -v python$(1) 2>/dev/null))
+python_for = $(or $(shell ls -d $(HOME)/.pyenv/versions/$(1).*/bin/python$(1) 2>/dev/null | sort -V | tail -1),$(shell command -v python$(1) 2>/dev/null))
 
 .venv-%/.installed: pyproject.toml
 	$(call python_for,$*) -m venv .venv-$*
@@ -20,7 +20,7 @@ python_for = $(or $(lastword $(sort $(wildcard $(HOME)/.pyenv/versions/$(1).*/bi
 ## test-pythons: the suite (not slow, not chaos) on Python 3.12 and 3.13, where the machine has them
 test-pythons: deps
 	@for v in $(NEWER_PYTHONS); do \
-	  py="$$($(MAKE) --no-print-directory -s _python-$$v)"; \
+	  py="$$($(MAKE) --no-print-directory -s _python-$$v)" || exit 1; \
 	  if [ -z "$$py" ]; then echo "test-pythons: Python $$v skipped: not on this machine"; continue; fi; \
 	  echo "test-pythons: Python $$v ($$py)"; \
 	  $(MAKE) --no-print-directory .venv-$$v/.installed || exit 1; \
