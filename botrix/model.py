@@ -278,9 +278,9 @@ class Settlement:
     requeue_reason: str = "shutdown"
     #: The attempt's trace (``--tracing otel``), for its outcome line: a link to the trace.
     trace_id: str = ""
-    #: Sent before in a call that got no answer: Redis may have written it then. Refused when
-    #: sent again, it was either written then and the job has moved on since (a retry another
-    #: worker ran), or its lease was lost; the refusal's log line says so.
+    #: Sent before in a call that failed: Redis may have written it then. Refused when sent
+    #: again, it was either written then and the job has changed since, or its lease was lost;
+    #: the refusal's log line says so.
     resent: bool = False
     #: The submitter's own record of the attempt (the runner's in-flight entry), opaque here: two
     #: attempts can share (queue, id, delivery) after Redis lost writes, so it is not a key.

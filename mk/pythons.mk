@@ -18,14 +18,10 @@ python_for = $(or $(shell ls -d $(HOME)/.pyenv/versions/$(1).*/bin/python$(1) 2>
 	touch $@
 
 ## test-pythons: the suite (not slow, not chaos) on Python 3.12 and 3.13, where the machine has them
-test-pythons: deps
-	@for v in $(NEWER_PYTHONS); do \
-	  py="$$($(MAKE) --no-print-directory -s _python-$$v)" || exit 1; \
-	  if [ -z "$$py" ]; then echo "test-pythons: Python $$v skipped: not on this machine"; continue; fi; \
-	  echo "test-pythons: Python $$v ($$py)"; \
-	  $(MAKE) --no-print-directory .venv-$$v/.installed || exit 1; \
-	  .venv-$$v/bin/python -m pytest -q -m 'not slow and not chaos' $(PYTEST_ARGS) || exit 1; \
-	done
+test-pythons: $(addprefix test-python-,$(NEWER_PYTHONS))
 
-_python-%:
-	@echo $(call python_for,$*)
+test-python-%: deps
+	@if [ -z '$(call python_for,$*)' ]; then echo "test-pythons: Python $* skipped: not on this machine"; exit 0; fi; \
+	echo "test-pythons: Python $* ($(call python_for,$*))"; \
+	$(MAKE) --no-print-directory .venv-$*/.installed && \
+	.venv-$*/bin/python -m pytest -q -m 'not slow and not chaos' $(PYTEST_ARGS)
