@@ -322,9 +322,7 @@ class Runner:
             except BaseException as exc:
                 # Redis failed, or the pass was cancelled (the shutdown timeout): keep the batch.
                 # If Redis applied it and the reply was lost, writing it again is a no-op (the
-                # record's settled mark), unless the job has moved on since (Settlement.resent).
-                for settlement in items:
-                    settlement.resent = True
+                # record's settled mark), unless the job has moved on since (_exchange marks it).
                 batches[queue] = items
                 self._settler.put_back(lane.index, batches)
                 if not isinstance(exc, StoreUnavailable):
@@ -411,10 +409,16 @@ class Runner:
             exchanged = await self._store.exchange(
                 queue, items, want, self._consumer, lane=lane.index, call=lane.call
             )
-        except ForeignWrite:
-            raise  # the script stopped at its key checks, before any claim
-        except StoreUnavailable:
-            if want:
+        except ForeignWrite as exc:
+            # The script stopped at its key checks, before any claim; on a hold of claims only,
+            # after it wrote the results (Hold).
+            if exc.claims_only:
+                _sent_before(items)
+            raise
+        except BaseException as exc:
+            # (not before the call: a failed _reclaim sent nothing)
+            _sent_before(items)
+            if want and isinstance(exc, StoreUnavailable):
                 # Redis may have run the claim: the jobs it leased are ours (_reclaim).
                 self._unsure.setdefault((queue, lane.index), asyncio.get_running_loop().time())
             raise
@@ -762,6 +766,12 @@ class Runner:
         finally:
             for waiting in waits:
                 waiting.cancel()
+
+
+def _sent_before(items: list[Settlement]) -> None:
+    """Mark ``items`` as sent in a call whose writes may have landed (Settlement.resent)."""
+    for settlement in items:
+        settlement.resent = True
 
 
 def _requeue(entry: InFlight) -> Settlement:
