@@ -1,7 +1,7 @@
 """botrix: an asyncio job worker for Redis that never loses a job.
 
-Producers use :class:`Client`; handler modules use :func:`handler` and receive a
-:class:`JobContext`.
+Producers use :class:`Client`; handler modules use :func:`handler` (and :func:`lifespan` for what
+handlers share) and receive a :class:`JobContext`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 from botrix.context import JobContext
 from botrix.errors import InvalidPayloadError, NonRetryableError, RetryLater
 from botrix.model import JobInfo, JobStatus
-from botrix.registry import Registry, handler
+from botrix.registry import Registry, handler, lifespan
 
 __all__ = [
     "Client",
@@ -24,6 +24,7 @@ __all__ = [
     "RetryLater",
     "__version__",
     "handler",
+    "lifespan",
 ]
 
 

@@ -1,8 +1,8 @@
 """The composition root: builds the worker's components and runs them in order.
 
-Start order: the HTTP server listens first (probes answer "starting"), then the heartbeat, the
-loop-lag monitor, the recoverer, the scheduler (periodic handlers' runs), and last the runner,
-which begins claiming.
+Start order: the HTTP server listens first (probes answer "starting"), the handler modules'
+lifespans open what handlers share, then the heartbeat, the loop-lag monitor, the recoverer, the
+scheduler (periodic handlers' runs), and last the runner, which begins claiming.
 
 Shutdown order (the reason for each step is in docs/design.md):
   1. SIGTERM/SIGINT sets ``stop``; a second signal sets ``force``. Handlers do nothing else.
@@ -11,9 +11,10 @@ Shutdown order (the reason for each step is in docs/design.md):
      in-flight jobs keep running.
   3. The runner drains: jobs get --shutdown-timeout (or until ``force``), then the rest are
      cancelled and requeued; it returns once every claimed job is written back.
-  4. Only then does the heartbeat stop, so leases stay renewed through the drain, and it
+  4. The lifespans close what they opened, last opened first.
+  5. Only then does the heartbeat stop, so leases stay renewed through the drain, and it
      removes the worker's health record.
-  5. The HTTP server stops last, so probes answer until the very end; the Redis connections
+  6. The HTTP server stops last, so probes answer until the very end; the Redis connections
      close; the process exits 0.
 """
 
@@ -24,11 +25,12 @@ import signal
 
 from botrix import __version__
 from botrix.config import Settings, redact_url
-from botrix.errors import BotrixError
+from botrix.errors import BotrixError, LifespanError
 from botrix.health import WorkerState
 from botrix.heartbeat import Heartbeat
 from botrix.http import HttpServer
 from botrix.lag import LagMonitor
+from botrix.lifespans import Lifespans
 from botrix.logs import Logger, get_logger
 from botrix.metrics import Metrics
 from botrix.notify import SystemdNotifier
@@ -90,7 +92,10 @@ class Worker:
             Connection(s.redis_url, cluster=s.redis_cluster, cluster_nodes=s.redis_cluster_nodes),
             blocking_timeout=min(5.0, s.lease_seconds),
         )
-        runner = Runner(store, self.registry, s, self.state, self.log, self.force_event, self.metrics)
+        lifespans = Lifespans(self.registry.lifespans(), self.log)
+        runner = Runner(
+            store, self.registry, s, self.state, self.log, self.force_event, self.metrics, lifespans.resources
+        )
         heartbeat = Heartbeat(store, s, self.state, self.log, runner.lease_lost)
         recoverer = Recoverer(
             store, s, self.state, self.log, self.metrics, self.registry.max_retries_by_type()
@@ -105,27 +110,30 @@ class Worker:
             async with asyncio.TaskGroup() as group:
                 if self.http is not None:
                     group.create_task(self.http.serve(http_stop), name="botrix-http")
-                self.log.info(
-                    "worker.started",
-                    version=__version__,
-                    redis_url=redact_url(s.redis_url),
-                    queues=list(s.queues),
-                    concurrency=s.concurrency,
-                    handlers=self.registry.names(),
-                    lease_s=s.lease_seconds,
-                )
-                beating = group.create_task(heartbeat.run(drained), name="botrix-heartbeat")
-                group.create_task(self._systemd(drained), name="botrix-systemd")
-                group.create_task(LagMonitor(self.state).run(drained), name="botrix-lag")
-                group.create_task(recoverer.run(self.stop_event), name="botrix-recoverer")
-                scheduler = Scheduler(store, self.registry, self.state, self.log)
-                group.create_task(scheduler.run(self.stop_event), name="botrix-scheduler")
-                try:
-                    await runner.run(self.stop_event)
-                finally:
-                    drained.set()
-                    await asyncio.wait([beating])
-                    http_stop.set()
+                if await self._open(lifespans, http_stop):
+                    self.log.info(
+                        "worker.started",
+                        version=__version__,
+                        redis_url=redact_url(s.redis_url),
+                        queues=list(s.queues),
+                        concurrency=s.concurrency,
+                        handlers=self.registry.names(),
+                        lease_s=s.lease_seconds,
+                    )
+                    beating = group.create_task(heartbeat.run(drained), name="botrix-heartbeat")
+                    group.create_task(self._systemd(drained), name="botrix-systemd")
+                    group.create_task(LagMonitor(self.state).run(drained), name="botrix-lag")
+                    group.create_task(recoverer.run(self.stop_event), name="botrix-recoverer")
+                    scheduler = Scheduler(store, self.registry, self.state, self.log)
+                    group.create_task(scheduler.run(self.stop_event), name="botrix-scheduler")
+                    try:
+                        await runner.run(self.stop_event)
+                    finally:
+                        # Every claimed job is written back by now: what handlers shared can go.
+                        await lifespans.close(self.force_event)
+                        drained.set()
+                        await asyncio.wait([beating])
+                        http_stop.set()
         finally:
             await store.aclose()
         c = self.state.counters
@@ -136,6 +144,19 @@ class Worker:
             jobs_failed=c.failed,
             uptime_s=round(self.state.uptime(), 3),
         )
+
+    async def _open(self, lifespans: Lifespans, http_stop: asyncio.Event) -> bool:
+        """Open the lifespans (probes answer "starting" meanwhile); False if a stop came first."""
+        try:
+            opened = await lifespans.open(self.stop_event, self.force_event)
+        except LifespanError as exc:
+            self.log.error("worker.startup_failed", reason=str(exc))
+            http_stop.set()
+            raise
+        if not opened:
+            self.log.info("worker.startup_stopped", reason="stopped while its lifespans opened")
+            http_stop.set()
+        return opened
 
     async def _systemd(self, drained: asyncio.Event) -> None:
         """READY=1 now, watchdog pings while the heartbeat lives, STOPPING=1 at the first signal."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 import orjson
 
@@ -32,9 +33,16 @@ class Attempts:
     """Runs attempts of claimed jobs with the worker's registry and defaults."""
 
     def __init__(
-        self, store: Store, registry: Registry, settings: Settings, log: Logger, metrics: Metrics
+        self,
+        store: Store,
+        registry: Registry,
+        settings: Settings,
+        log: Logger,
+        metrics: Metrics,
+        resources: dict[str, Any],
     ) -> None:
         self._store = store
+        self._resources = resources
         self._registry = registry
         self._settings = settings
         self._log = log
@@ -84,6 +92,7 @@ class Attempts:
             job.attempt,
             max_retries,
             job.correlation_id,
+            self._resources,
             self._log,
             self._progress,
             job.delivery,

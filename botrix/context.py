@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +24,9 @@ class JobContext:
     attempt: int
     max_retries: int
     correlation_id: str
+    #: What the worker's lifespans opened for every job to share (a database pool, an HTTP
+    #: client), by the names they gave (``@lifespan``); empty without one.
+    resources: dict[str, Any] = field(repr=False)
     _base_log: Any = field(repr=False)
     _progress: ProgressSink = field(repr=False)
     _delivery: int = field(repr=False)
@@ -61,3 +64,6 @@ class JobContext:
 
 HandlerFunc = Callable[[JobContext, Any], Awaitable[Any]]
 """``async def handler(ctx, payload) -> result``."""
+
+LifespanFunc = Callable[[dict[str, Any]], AsyncIterator[None]]
+"""``async def lifespan(resources): <open>; yield; <close>``: an async generator (``@lifespan``)."""

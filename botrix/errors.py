@@ -57,6 +57,10 @@ class HandlerLoadError(BotrixError):
     """A handler module named with ``--app`` could not be imported or registers nothing."""
 
 
+class LifespanError(BotrixError):
+    """A lifespan (``@lifespan``) failed to open its resources: the worker claims no job and exits 1."""
+
+
 class HandlerDeclarationError(HandlerLoadError, ValueError):
     """A handler's registration is refused: a bad ``every=``, ``cron=``, ``tz=`` or ``queue=``.
 

@@ -7,12 +7,13 @@ A job names a handler, never a Python path: the worker imports exactly the modul
 from __future__ import annotations
 
 import importlib
+import inspect
 import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
-from botrix.context import HandlerFunc
+from botrix.context import HandlerFunc, LifespanFunc
 from botrix.errors import HandlerDeclarationError, HandlerLoadError
 from botrix.model import (
     MAX_DELAY_S,
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from botrix.cron import Cron
 
 F = TypeVar("F", bound=HandlerFunc)
+L = TypeVar("L", bound=LifespanFunc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,10 +47,11 @@ class Handler:
 
 
 class Registry:
-    """Handlers by job type."""
+    """Handlers by job type, and the lifespans that open what they share."""
 
     def __init__(self) -> None:
         self._handlers: dict[str, Handler] = {}
+        self._lifespans: list[LifespanFunc] = []
 
     def add(
         self,
@@ -95,6 +98,26 @@ class Registry:
     def names(self) -> list[str]:
         """Registered job types, sorted."""
         return sorted(self._handlers)
+
+    def lifespan(self, func: L) -> L:
+        """Register an async generator that opens resources before its ``yield``, closes them after.
+
+        Each worker enters its lifespans in the order registered, before it claims a job, and
+        leaves them in reverse once its last job is settled (botrix/lifespans.py). The dict it
+        receives is the one every handler reads as ``ctx.resources``.
+        """
+        declared: object = func  # (checked as an object: the check's narrowing would lose L)
+        if not inspect.isasyncgenfunction(declared):
+            raise HandlerDeclarationError(
+                f"lifespan {name_of(func)}: must be an async generator function (async def with one yield)"
+            )
+        if func not in self._lifespans:  # (a module imported twice registers once)
+            self._lifespans.append(func)
+        return func
+
+    def lifespans(self) -> list[LifespanFunc]:
+        """The registered lifespans, in the order to enter them."""
+        return list(self._lifespans)
 
     def handler(
         self,
@@ -166,8 +189,14 @@ def _schedule(
     return schedule
 
 
-def _where(exc: BaseException, module: str) -> str:
-    """``Type: message (file, line N)`` of an exception raised by importing ``module``.
+def name_of(func: object) -> str:
+    """``module.qualname`` of a function a handler module registered, for messages."""
+    module = getattr(func, "__module__", None) or "?"
+    return f"{module}.{getattr(func, '__qualname__', repr(func))}"
+
+
+def where(exc: BaseException, module: str) -> str:
+    """``Type: message (file, line N)`` of an exception raised by ``module`` (its import, or its code).
 
     The line is the module's own (or its packages') that raised, not one deep in a library it
     called; else the innermost frame.
@@ -195,6 +224,10 @@ default_registry = Registry()
 #: ``async def (ctx, payload)`` in the default registry (Registry.handler, Registry.add).
 handler = default_registry.handler
 
+#: ``@lifespan``: registers an async generator that opens what handlers share before its
+#: ``yield`` and closes it after, in the default registry (Registry.lifespan).
+lifespan = default_registry.lifespan
+
 
 def load_apps(modules: Iterable[str], registry: Registry = default_registry) -> Registry:
     """Import the ``--app`` modules; fail clearly if one is missing or nothing registers."""
@@ -212,8 +245,8 @@ def load_apps(modules: Iterable[str], registry: Registry = default_registry) -> 
         except KeyboardInterrupt:
             raise
         except BaseException as exc:  # its own code failed: where, in one line (a start that fails)
-            where = " ".join(_where(exc, module).split())
-            raise HandlerLoadError(f"handler module {module!r} failed on import: {where:.1000}") from None
+            place = " ".join(where(exc, module).split())
+            raise HandlerLoadError(f"handler module {module!r} failed on import: {place:.1000}") from None
     if not registry.names():
         raise HandlerLoadError("no handlers registered: pass --app MODULE (or BOTRIX_APP)")
     return registry

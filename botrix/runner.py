@@ -27,6 +27,7 @@ import functools
 import itertools
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from botrix.aio import Backoff, sleep_or_stop
 from botrix.attempt import Attempts
@@ -119,6 +120,7 @@ class Runner:
         log: Logger,
         force: asyncio.Event,
         metrics: Metrics,
+        resources: dict[str, Any],
     ) -> None:
         self._store = store
         self._settings = settings
@@ -133,7 +135,7 @@ class Runner:
             settings.dead_letter_max,
             state.instance,
         )
-        self._attempts = Attempts(store, registry, settings, log, metrics)
+        self._attempts = Attempts(store, registry, settings, log, metrics, resources)
         self._lanes = split(settings.concurrency, len(settings.queues))
         self._settler = Settler(state, log, metrics, len(self._lanes))
         self._wake = asyncio.Event()

@@ -19,7 +19,7 @@ import uvloop
 from botrix.app import ServeError, Worker
 from botrix.cli import Parser, fail, hide_secrets_in_title
 from botrix.config import OPTIONS, Settings, resolve
-from botrix.errors import ConfigError, HandlerLoadError
+from botrix.errors import ConfigError, HandlerLoadError, LifespanError
 from botrix.logs import configure, get_logger
 from botrix.notify import SystemdNotifier
 from botrix.registry import default_registry, load_apps
@@ -216,6 +216,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except* ConfigError as group:  # a Redis URL redis-py refuses (Store checks it)
         fail(PROG, str(group.exceptions[0]))
     except* ServeError as group:
+        fail(PROG, str(group.exceptions[0]), 1)
+    except* LifespanError as group:  # no job was claimed; what opened before it is closed again
         fail(PROG, str(group.exceptions[0]), 1)
 
 

@@ -1,0 +1,61 @@
+"""Handlers sharing what two lifespans open (``--app tests.lifespan_app``), for tests/test_lifespan.py.
+
+Each lifespan appends what it does to the file named by BOTRIX_TEST_LIFESPAN_TRACE, as does
+the slow handler, so a test reads the order things happened in. BOTRIX_TEST_LIFESPAN_MODE makes
+the second lifespan fail to start (``fail_start``), wait forever to start (``hang_start``) or
+fail its cleanup (``fail_close``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+from botrix import JobContext, handler, lifespan
+
+MODE = os.environ.get("BOTRIX_TEST_LIFESPAN_MODE", "")
+
+
+def trace(line: str) -> None:
+    with open(os.environ["BOTRIX_TEST_LIFESPAN_TRACE"], "a", encoding="utf-8") as fh:
+        fh.write(line + "\n")
+
+
+@lifespan
+async def first(resources: dict[str, Any]) -> AsyncIterator[None]:
+    trace("open first")
+    resources["greeting"] = "hello"
+    try:
+        yield
+    finally:
+        trace("close first")
+
+
+@lifespan
+async def second(resources: dict[str, Any]) -> AsyncIterator[None]:
+    if MODE == "fail_start":
+        raise RuntimeError("the database refused us")
+    if MODE == "hang_start":
+        trace("waiting second")
+        await asyncio.Event().wait()
+    trace("open second")
+    resources["name"] = "world"
+    yield
+    trace("close second")
+    if MODE == "fail_close":
+        raise RuntimeError("the pool would not close")
+
+
+@handler("t.resources")
+async def greet(ctx: JobContext, payload: dict[str, Any]) -> str:
+    return f"{ctx.resources['greeting']} {ctx.resources['name']}"
+
+
+@handler("t.resources_slow")
+async def greet_slowly(ctx: JobContext, payload: dict[str, Any]) -> str:
+    trace("job started")
+    await asyncio.sleep(float(payload["s"]))
+    trace("job done")
+    return f"{ctx.resources['greeting']} {ctx.resources['name']}"
