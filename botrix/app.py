@@ -24,6 +24,7 @@ import asyncio
 import signal
 
 from botrix import __version__
+from botrix.client import Client
 from botrix.config import Settings, redact_url
 from botrix.errors import BotrixError, LifespanError
 from botrix.health import WorkerState
@@ -93,8 +94,18 @@ class Worker:
             blocking_timeout=min(5.0, s.lease_seconds),
         )
         lifespans = Lifespans(self.registry.lifespans(), self.log)
+        # Handlers' follow-up jobs (ctx.enqueue) go over the worker's own connections.
+        client = Client(store, max_payload_bytes=s.max_payload_bytes)
         runner = Runner(
-            store, self.registry, s, self.state, self.log, self.force_event, self.metrics, lifespans.resources
+            store,
+            self.registry,
+            s,
+            self.state,
+            self.log,
+            self.force_event,
+            self.metrics,
+            lifespans.resources,
+            client.enqueue,
         )
         heartbeat = Heartbeat(store, s, self.state, self.log, runner.lease_lost)
         recoverer = Recoverer(
@@ -110,7 +121,10 @@ class Worker:
             async with asyncio.TaskGroup() as group:
                 if self.http is not None:
                     group.create_task(self.http.serve(http_stop), name="botrix-http")
-                if await self._open(lifespans, http_stop):
+                # Before the lifespans: /live judges the loop by its ticks, and a slow start is
+                # not a stalled loop.
+                group.create_task(LagMonitor(self.state).run(drained), name="botrix-lag")
+                if await self._open(lifespans, drained, http_stop):
                     self.log.info(
                         "worker.started",
                         version=__version__,
@@ -122,7 +136,6 @@ class Worker:
                     )
                     beating = group.create_task(heartbeat.run(drained), name="botrix-heartbeat")
                     group.create_task(self._systemd(drained), name="botrix-systemd")
-                    group.create_task(LagMonitor(self.state).run(drained), name="botrix-lag")
                     group.create_task(recoverer.run(self.stop_event), name="botrix-recoverer")
                     scheduler = Scheduler(store, self.registry, self.state, self.log)
                     group.create_task(scheduler.run(self.stop_event), name="botrix-scheduler")
@@ -145,16 +158,18 @@ class Worker:
             uptime_s=round(self.state.uptime(), 3),
         )
 
-    async def _open(self, lifespans: Lifespans, http_stop: asyncio.Event) -> bool:
+    async def _open(self, lifespans: Lifespans, drained: asyncio.Event, http_stop: asyncio.Event) -> bool:
         """Open the lifespans (probes answer "starting" meanwhile); False if a stop came first."""
         try:
             opened = await lifespans.open(self.stop_event, self.force_event)
         except LifespanError as exc:
             self.log.error("worker.startup_failed", reason=str(exc))
+            drained.set()
             http_stop.set()
             raise
         if not opened:
             self.log.info("worker.startup_stopped", reason="stopped while its lifespans opened")
+            drained.set()
             http_stop.set()
         return opened
 

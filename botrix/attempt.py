@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from botrix.config import Settings
-from botrix.context import HandlerFunc, JobContext
+from botrix.context import Enqueue, HandlerFunc, JobContext
 from botrix.errors import EnvelopeError
 from botrix.executor import backoff_ms, run_attempt
 from botrix.logs import Logger, enabled_for
@@ -40,9 +40,11 @@ class Attempts:
         log: Logger,
         metrics: Metrics,
         resources: dict[str, Any],
+        enqueue: Enqueue,
     ) -> None:
         self._store = store
         self._resources = resources
+        self._enqueue = enqueue
         self._registry = registry
         self._settings = settings
         self._log = log
@@ -96,6 +98,7 @@ class Attempts:
             self._log,
             self._progress,
             job.delivery,
+            self._enqueue,
             self._tracer.log_ids(started) if self._tracer is not None and started is not None else (),
         )
         if started is None:

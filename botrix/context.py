@@ -4,9 +4,33 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from botrix.model import JSON, ProgressSink
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+
+class Enqueue(Protocol):
+    """``Client.enqueue``: what :meth:`JobContext.enqueue` calls (the worker's own client)."""
+
+    def __call__(
+        self,
+        type: str,
+        payload: JSON = None,
+        *,
+        queue: str = "default",
+        delay: float = 0.0,
+        run_at: datetime | None = None,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+        job_id: str | None = None,
+        correlation_id: str | None = None,
+        once: bool = False,
+    ) -> Awaitable[str]:
+        """Queue the job; its id."""
+        ...
 
 
 @dataclass(slots=True)
@@ -30,6 +54,7 @@ class JobContext:
     _base_log: Any = field(repr=False)
     _progress: ProgressSink = field(repr=False)
     _delivery: int = field(repr=False)
+    _enqueue: Enqueue = field(repr=False)
     #: The attempt span's trace_id and span_id with ``--tracing otel``, bound into ``log``.
     _trace: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     _log: Any = field(default=None, init=False, repr=False, compare=False)
@@ -60,6 +85,39 @@ class JobContext:
         dropped with a ``job.progress_dropped`` warning and the handler goes on.
         """
         await self._progress(self.queue, self.job_id, self._delivery, value)
+
+    async def enqueue(
+        self,
+        type: str,
+        payload: JSON = None,
+        *,
+        queue: str | None = None,
+        delay: float = 0.0,
+        run_at: datetime | None = None,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+        job_id: str | None = None,
+        correlation_id: str | None = None,
+        once: bool = False,
+    ) -> str:
+        """Queue a follow-up job over the worker's own connection, as ``Client.enqueue``; its id.
+
+        It goes to this job's queue unless ``queue`` names another, and carries this job's
+        correlation id unless given one. A retried attempt enqueues again: with ``job_id``
+        (say ``f"{ctx.job_id}:next"``) and ``once=True`` the follow-up is queued once per job.
+        """
+        return await self._enqueue(
+            type,
+            payload,
+            queue=self.queue if queue is None else queue,
+            delay=delay,
+            run_at=run_at,
+            max_retries=max_retries,
+            timeout=timeout,
+            job_id=job_id,
+            correlation_id=self.correlation_id if correlation_id is None else correlation_id,
+            once=once,
+        )
 
 
 HandlerFunc = Callable[[JobContext, Any], Awaitable[Any]]

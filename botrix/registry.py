@@ -111,7 +111,7 @@ class Registry:
             raise HandlerDeclarationError(
                 f"lifespan {name_of(func)}: must be an async generator function (async def with one yield)"
             )
-        if func not in self._lifespans:  # (a module imported twice registers once)
+        if func not in self._lifespans:  # (the same function registered twice counts once)
             self._lifespans.append(func)
         return func
 

@@ -32,6 +32,7 @@ from typing import Any
 from botrix.aio import Backoff, sleep_or_stop
 from botrix.attempt import Attempts
 from botrix.config import Settings
+from botrix.context import Enqueue
 from botrix.errors import EnvelopeError
 from botrix.health import InFlight, Phase, WorkerState
 from botrix.logs import Logger
@@ -121,6 +122,7 @@ class Runner:
         force: asyncio.Event,
         metrics: Metrics,
         resources: dict[str, Any],
+        enqueue: Enqueue,
     ) -> None:
         self._store = store
         self._settings = settings
@@ -135,7 +137,7 @@ class Runner:
             settings.dead_letter_max,
             state.instance,
         )
-        self._attempts = Attempts(store, registry, settings, log, metrics, resources)
+        self._attempts = Attempts(store, registry, settings, log, metrics, resources, enqueue)
         self._lanes = split(settings.concurrency, len(settings.queues))
         self._settler = Settler(state, log, metrics, len(self._lanes))
         self._wake = asyncio.Event()

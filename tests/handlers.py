@@ -42,6 +42,18 @@ async def echo(ctx: JobContext, payload: Any) -> Any:
     return {"echo": payload, "attempt": ctx.attempt}
 
 
+@handler("t.follow_up")
+async def follow_up(ctx: JobContext, payload: dict[str, Any]) -> str:
+    """Queues a ``t.count`` follow-up (once per job with ``once``); ``fail_first`` fails attempt 1 after."""
+    once = bool(payload.get("once"))
+    child = await ctx.enqueue(
+        "t.count", payload["child"], job_id=f"{ctx.job_id}-next" if once else None, once=once
+    )
+    if payload.get("fail_first") and ctx.attempt == 1:
+        raise RuntimeError("failed after queueing its follow-up")
+    return child
+
+
 @handler("t.gc_thresholds")
 async def gc_thresholds(ctx: JobContext, payload: Any) -> list[int]:
     """The cyclic collector's thresholds in force in the worker process."""

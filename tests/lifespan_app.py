@@ -1,14 +1,15 @@
-"""Handlers sharing what two lifespans open (``--app tests.lifespan_app``), for tests/test_lifespan.py.
+"""Handlers sharing what two lifespans open (``--app tests.lifespan_app``), for the tests of lifespans.
 
 Each lifespan appends what it does to the file named by BOTRIX_TEST_LIFESPAN_TRACE, as does
 the slow handler, so a test reads the order things happened in. BOTRIX_TEST_LIFESPAN_MODE makes
-the second lifespan fail to start (``fail_start``), wait forever to start (``hang_start``) or
-fail its cleanup (``fail_close``).
+the second lifespan fail to start (``fail_start``, ``exit_start``, ``cancel_start``), wait
+forever to start (``hang_start``) or fail its cleanup (``fail_close``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,6 +17,8 @@ from typing import Any
 from botrix import JobContext, handler, lifespan
 
 MODE = os.environ.get("BOTRIX_TEST_LIFESPAN_MODE", "")
+#: Set before the first lifespan's yield and reset after: only in the same context (task).
+_OPEN: contextvars.ContextVar[bool] = contextvars.ContextVar("botrix_test_open", default=False)
 
 
 def trace(line: str) -> None:
@@ -27,16 +30,22 @@ def trace(line: str) -> None:
 async def first(resources: dict[str, Any]) -> AsyncIterator[None]:
     trace("open first")
     resources["greeting"] = "hello"
+    token = _OPEN.set(True)
     try:
         yield
     finally:
         trace("close first")
+        _OPEN.reset(token)
 
 
 @lifespan
 async def second(resources: dict[str, Any]) -> AsyncIterator[None]:
     if MODE == "fail_start":
         raise RuntimeError("the database refused us")
+    if MODE == "exit_start":
+        raise SystemExit(3)
+    if MODE == "cancel_start":
+        raise asyncio.CancelledError
     if MODE == "hang_start":
         trace("waiting second")
         await asyncio.Event().wait()

@@ -255,3 +255,23 @@ async def test_the_jobs_log_lines_carry_its_trace_id(
     assert "trace_id" not in lines[("job.succeeded", f"plain-{queue}")]
     worker.signal(signal.SIGTERM)
     assert await worker.wait() == 0
+
+
+async def test_a_follow_up_job_continues_the_trace_of_the_attempt_that_queued_it(
+    redis_server: RedisServer, client: Client, queue: str, spans: InMemorySpanExporter
+) -> None:
+    """``ctx.enqueue`` inside an attempt: its PRODUCER span is a child of the attempt's CONSUMER
+    span, and the follow-up's attempt runs in the same trace."""
+    with trace.get_tracer("test").start_as_current_span("request"):
+        parent = await client.enqueue("t.follow_up", {"child": {"n": 1}}, queue=queue)
+    async with running_worker(redis_server.url, queue, tracing="otel"):
+        info = await client.wait(parent, timeout=30)
+        assert isinstance(info.result, str)
+        assert (await client.wait(info.result, timeout=30, queue=queue)).status is JobStatus.COMPLETED
+    [attempt] = _attempts(spans, parent)
+    [sent] = _spans_of(spans, info.result, SpanKind.PRODUCER)
+    [child] = _attempts(spans, info.result)
+    assert attempt.context is not None and sent.context is not None and child.context is not None
+    assert sent.parent is not None and sent.parent.span_id == attempt.context.span_id
+    assert child.parent is not None and child.parent.span_id == sent.context.span_id
+    assert child.context.trace_id == attempt.context.trace_id

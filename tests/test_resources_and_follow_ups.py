@@ -1,20 +1,25 @@
-"""Lifespans (``@lifespan``): what handlers share, opened before the first claim, closed after the last."""
+"""What handlers share and queue: lifespans (``@lifespan``) and follow-up jobs (``ctx.enqueue``)."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
+import redis.asyncio as aredis
 
 from botrix import Registry
+from botrix.app import Worker
 from botrix.client import Client
 from botrix.errors import HandlerDeclarationError
 from botrix.model import JobStatus
-from tests.conftest import WorkerProcess, eventually
+from tests.conftest import WorkerProcess, eventually, running_worker, settings_for
 from tests.redisproc import RedisServer
+from tests.test_http import get, ready
 
 APP = ("--app", "tests.lifespan_app")
 
@@ -58,23 +63,35 @@ async def test_handlers_read_what_the_lifespans_opened_which_close_after_the_las
     assert names.index("lifespan.closed") < names.index("worker.stopped")
 
 
+@pytest.mark.parametrize(
+    ("mode", "error"),
+    [
+        ("fail_start", "RuntimeError: the database refused us"),
+        ("exit_start", "SystemExit: 3"),
+        ("cancel_start", "it raised CancelledError"),
+    ],
+)
 async def test_a_lifespan_failing_to_start_claims_nothing_and_exits_1(
-    redis_server: RedisServer, client: Client, queue: str, spawn: Callable[..., WorkerProcess], tmp_path: Path
+    redis_server: RedisServer,
+    client: Client,
+    queue: str,
+    spawn: Callable[..., WorkerProcess],
+    tmp_path: Path,
+    mode: str,
+    error: str,
 ) -> None:
     trace = tmp_path / "trace"
     job_id = await client.enqueue("t.resources", {}, queue=queue)
-    worker = start(spawn, redis_server.url, queue, trace, "fail_start")
+    worker = start(spawn, redis_server.url, queue, trace, mode)
     assert await worker.wait() == 1
     # What the first lifespan opened is closed again; the job waits for a worker that starts.
     assert lines(trace) == ["open first", "close first"]
     assert (await client.job(job_id, queue)).status is JobStatus.QUEUED
     [failed] = [e for e in worker.events() if e.get("event") == "worker.startup_failed"]
     assert failed["level"] == "error"
-    assert (
-        "lifespan tests.lifespan_app.second failed to start: RuntimeError: the database refused us"
-        in (failed["reason"])
-    )
-    assert "lifespan_app.py, line" in failed["reason"]
+    assert failed["reason"].startswith(f"lifespan tests.lifespan_app.second failed to start: {error}")
+    if mode != "cancel_start":
+        assert "lifespan_app.py, line" in failed["reason"]
     # One line on stderr, no traceback.
     plain = [e["line"] for e in worker.events() if e.get("event") == "<non-json>"]
     assert len(plain) == 1 and plain[0].startswith("botrix-worker: error: lifespan tests.lifespan_app.second")
@@ -129,6 +146,41 @@ async def _async_generator(resources: dict[str, Any]) -> AsyncIterator[None]:
     yield
 
 
+async def test_probes_say_starting_and_alive_while_a_lifespan_opens(
+    redis_server: RedisServer, queue: str
+) -> None:
+    """A start that takes a while (a database coming up) is neither ready nor a hung process."""
+    registry = Registry()
+    gate = asyncio.Event()
+
+    @registry.lifespan
+    async def slow(resources: dict[str, Any]) -> AsyncIterator[None]:
+        await gate.wait()
+        yield
+
+    async def job(ctx: Any, payload: Any) -> None:
+        return None
+
+    registry.add("t.any", job)
+    settings = settings_for(redis_server.url, queue, http_port=0, http_host="127.0.0.1", live_max_lag=1.0)
+    worker = Worker(settings, registry)
+    task = asyncio.create_task(worker.run())
+    try:
+        port = await eventually(lambda: worker.http and worker.http.port, what="http port")
+        base = f"http://127.0.0.1:{port}"
+        # Past the time /live allows the loop between two ticks (live_max_lag + 1 s).
+        for _ in range(12):
+            assert (await get(base, "/live"))[0] == 200
+            assert (await get(base, "/ready"))[:2] == (503, {"status": "not_ready", "reason": "starting"})
+            await asyncio.sleep(0.25)
+        gate.set()
+        await eventually(lambda: ready(base), what="ready once the lifespan opened")
+    finally:
+        worker.request_stop("test over")
+        async with asyncio.timeout(60):
+            await task
+
+
 @pytest.mark.parametrize("func", [_plain, _sync_generator])
 def test_a_lifespan_must_be_an_async_generator(func: Any) -> None:
     with pytest.raises(HandlerDeclarationError, match="must be an async generator function"):
@@ -140,3 +192,34 @@ def test_a_lifespan_registered_twice_runs_once() -> None:
     registry.lifespan(_async_generator)
     registry.lifespan(_async_generator)
     assert registry.lifespans() == [_async_generator]
+
+
+async def test_a_handler_queues_a_follow_up_into_its_queue_under_its_correlation_id(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
+    async with running_worker(redis_server.url, queue):
+        parent = await client.enqueue(
+            "t.follow_up", {"child": {"n": 7}}, queue=queue, correlation_id="order-42"
+        )
+        info = await client.wait(parent, timeout=30, queue=queue)
+        assert info.status is JobStatus.COMPLETED and isinstance(info.result, str)
+        child = await client.wait(info.result, timeout=30, queue=queue)
+    assert child.status is JobStatus.COMPLETED and child.result == 7 and child.queue == queue
+    assert orjson.loads(child.envelope)["correlation_id"] == "order-42"
+
+
+async def test_a_follow_up_queued_once_per_job_runs_once_across_the_jobs_retries(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
+    counts = f"{queue}:counts"
+    child_payload = {"count_url": redis_server.url, "count_key": counts}
+    async with running_worker(redis_server.url, queue):
+        parent = await client.enqueue(
+            "t.follow_up", {"child": child_payload, "once": True, "fail_first": True}, queue=queue
+        )
+        info = await client.wait(parent, timeout=30, queue=queue)
+        assert info.status is JobStatus.COMPLETED and info.attempts == 2 and isinstance(info.result, str)
+        child = await client.wait(info.result, timeout=30, queue=queue)
+    assert child.status is JobStatus.COMPLETED
+    async with aredis.Redis.from_url(redis_server.url) as r:
+        assert await r.hgetall(counts) == {info.result.encode(): b"1"}
