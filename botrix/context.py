@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from botrix.model import JSON, ProgressSink
 
@@ -12,25 +12,8 @@ if TYPE_CHECKING:
     from datetime import datetime
 
 
-class Enqueue(Protocol):
-    """``Client.enqueue``: what :meth:`JobContext.enqueue` calls (the worker's own client)."""
-
-    def __call__(
-        self,
-        type: str,
-        payload: JSON = None,
-        *,
-        queue: str = "default",
-        delay: float = 0.0,
-        run_at: datetime | None = None,
-        max_retries: int | None = None,
-        timeout: float | None = None,
-        job_id: str | None = None,
-        correlation_id: str | None = None,
-        once: bool = False,
-    ) -> Awaitable[str]:
-        """Queue the job; its id."""
-        ...
+#: ``Client.enqueue`` of the worker's own client: what :meth:`JobContext.enqueue` calls.
+Enqueue = Callable[..., Awaitable[str]]
 
 
 @dataclass(slots=True)
