@@ -61,6 +61,7 @@ class Worker:
         self.log: Logger = get_logger(worker_id=settings.worker_id)
         self.metrics = Metrics(self.state, registry.names(), __version__)
         self.http: HttpServer | None = None
+        self._lost: str | None = None  # why the lifespans ended while the worker ran
 
     def request_stop(self, reason: str = "requested") -> None:
         """Begin a graceful shutdown; a second call skips the wait for in-flight jobs."""
@@ -93,7 +94,7 @@ class Worker:
             Connection(s.redis_url, cluster=s.redis_cluster, cluster_nodes=s.redis_cluster_nodes),
             blocking_timeout=min(5.0, s.lease_seconds),
         )
-        lifespans = Lifespans(self.registry.lifespans(), self.log)
+        lifespans = Lifespans(self.registry.lifespans(), self.log, self._lifespans_lost)
         # Handlers' follow-up jobs (ctx.enqueue) go over the worker's own connections.
         client = Client(store, max_payload_bytes=s.max_payload_bytes)
         runner = Runner(
@@ -157,6 +158,14 @@ class Worker:
             jobs_failed=c.failed,
             uptime_s=round(self.state.uptime(), 3),
         )
+        if self._lost is not None:
+            raise LifespanError(f"the lifespans ended while the worker ran: {self._lost}")
+
+    def _lifespans_lost(self, reason: str) -> None:
+        """The lifespans' task ended before the drain: handlers would run on without what it held."""
+        self._lost = reason
+        self.log.error("worker.lifespans_lost", reason=reason)
+        self.request_stop("lifespans lost")
 
     async def _open(self, lifespans: Lifespans, drained: asyncio.Event, http_stop: asyncio.Event) -> bool:
         """Open the lifespans (probes answer "starting" meanwhile); False if a stop came first."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -20,8 +21,8 @@ from botrix.errors import LifespanError
 from botrix.logs import Logger
 from botrix.registry import name_of, where
 
-#: After a cancel (a stop while one opens, or a forced stop while they close), how long the
-#: lifespans' task gets to end before it is left behind.
+#: After a forced stop (or our caller's cancel), how long the lifespans' task gets to end
+#: before it is left behind.
 CANCEL_GRACE_S = 1.0
 
 
@@ -32,17 +33,20 @@ class Lifespans:
     context variables set before the ``yield`` (a tracing span, a task group) are there after.
     """
 
-    def __init__(self, funcs: list[LifespanFunc], log: Logger) -> None:
+    def __init__(self, funcs: list[LifespanFunc], log: Logger, lost: Callable[[str], None]) -> None:
         #: Shared with every job's context (JobContext.resources).
         self.resources: dict[str, Any] = {}
         self._funcs = funcs
         self._log = log
+        self._lost = lost  # told when they end while the worker runs: it must not run on
         self._entered: list[tuple[LifespanFunc, AbstractAsyncContextManager[None]]] = []
+        self._starting: LifespanFunc | None = None
         self._opened = asyncio.Event()
         self._release = asyncio.Event()
         self._failure: LifespanError | None = None
         self._task: asyncio.Task[None] | None = None
-        self._cancelled = False  # by us: a stop, not a lifespan's own CancelledError
+        self._stopping = False  # we cancelled the task: a stop, not a lifespan's own doing
+        self._closing = False  # the task is leaving what it entered
 
     async def open(self, stop: asyncio.Event, force: asyncio.Event) -> bool:
         """Enter every lifespan; False when ``stop`` came first (what was entered is left again).
@@ -54,18 +58,21 @@ class Lifespans:
         task = self._task = asyncio.create_task(self._hold(stop), name="botrix-lifespans")
         try:
             await _first(task, self._opened, stop)
+            if not self._opened.is_set() and not task.done():
+                if not self._closing:
+                    # A stop while one opens (on a database that does not answer): cancelled.
+                    self._stopping = True
+                    task.cancel()
+                # (closing after a failure: that failure is what the worker must report)
+                await _first(task, force)
         except BaseException:  # our caller is cancelled: nothing may stay open behind it
-            await self._cancel(task, None)
+            await self._abandon(task, "cancelled")
             raise
-        if self._opened.is_set():
-            return True
-        if not task.done():
-            # A stop while a lifespan waits on something down (a database): no job was claimed.
-            await self._cancel(task, force)
-            return False
+        if not task.done() and not self._opened.is_set():
+            await self._abandon(task, "stop forced")
         if self._failure is not None:
             raise self._failure
-        return False  # the stop came between two lifespans
+        return self._opened.is_set()
 
     async def close(self, force: asyncio.Event) -> None:
         """Leave the entered lifespans, last first; ``force`` (a second stop) abandons the rest.
@@ -78,58 +85,69 @@ class Lifespans:
         self._release.set()
         await _first(task, force)
         if not task.done():
-            await self._cancel(task, None)
+            await self._abandon(task, "stop forced")
 
-    async def _cancel(self, task: asyncio.Task[None], force: asyncio.Event | None) -> None:
-        """Cancel the lifespans' task and let it close what it entered, until ``force`` and a grace."""
-        self._cancelled = True
-        task.cancel()
-        if force is not None:
-            await _first(task, force)
-            if not task.done():
-                task.cancel()
-        await asyncio.wait((task,), timeout=CANCEL_GRACE_S)
-        if self._entered:
+    async def _abandon(self, task: asyncio.Task[None], reason: str) -> None:
+        """Cancel the lifespans' task, give it a grace, and name what it leaves behind."""
+        if not task.done():
+            self._stopping = True
+            task.cancel()
+            await asyncio.wait((task,), timeout=CANCEL_GRACE_S)
+        left = [name_of(func) for func, _ in reversed(self._entered)]
+        starting = self._starting
+        if left or starting is not None:
             self._log.warning(
                 "lifespan.abandoned",
-                lifespans=[name_of(func) for func, _ in reversed(self._entered)],
-                reason="stop forced" if force is None or force.is_set() else "cancelled",
+                lifespans=left,
+                starting=None if starting is None else name_of(starting),
+                reason=reason,
             )
 
     async def _hold(self, stop: asyncio.Event) -> None:
         """Enter them all, wait for :meth:`close`, leave them all: the lifespans' one task."""
+        me = asyncio.current_task()
+        assert me is not None
         try:
             for func in self._funcs:
-                if stop.is_set():
-                    return
+                if stop.is_set() or self._stopping:
+                    break
                 await self._enter(func)
-            if stop.is_set():
-                return  # (one that swallowed the stop's cancel and finished opening)
-            self._opened.set()
-            await self._release.wait()
+            else:
+                if not (stop.is_set() or self._stopping):
+                    self._opened.set()
+                    await self._release.wait()
+        except asyncio.CancelledError:
+            if not self._stopping:
+                # Not ours: a task group a lifespan holds across its yield cancels it when one of
+                # its tasks fails. What the lifespans opened is going away with them.
+                self._lost("the lifespans' task was cancelled while the worker ran")
+            me.uncancel()  # handled here: the cleanups below run uncancelled
         except LifespanError as exc:
             self._failure = exc
-        finally:
-            await self._exit_all()
+        self._closing = True
+        await self._exit_all(me)
 
     async def _enter(self, func: LifespanFunc) -> None:
         name = name_of(func)
         started = time.perf_counter()
         manager = contextlib.asynccontextmanager(func)(self.resources)
+        self._starting = func
         try:
             await manager.__aenter__()
         except asyncio.CancelledError:
-            if self._cancelled:
+            if self._stopping:
                 raise
             # Its own, not a stop's: a failure like any other (exit 1, so that it is retried).
             raise LifespanError(f"lifespan {name} failed to start: it raised CancelledError") from None
         except BaseException as exc:  # sys.exit() too: one clear line rather than a traceback
             place = " ".join(where(exc, func.__module__).split())
             raise LifespanError(f"lifespan {name} failed to start: {place:.1000}") from None
+        finally:
+            self._starting = None
         self._entered.append((func, manager))
         self._log.info("lifespan.opened", lifespan=name, duration_ms=_ms_since(started))
 
-    async def _exit_all(self) -> None:
+    async def _exit_all(self, me: asyncio.Task[None]) -> None:
         while self._entered:
             func, manager = self._entered[-1]
             name = name_of(func)
@@ -137,12 +155,12 @@ class Lifespans:
             try:
                 await manager.__aexit__(None, None, None)
             except asyncio.CancelledError:
-                if self._cancelled:
-                    raise  # forced: the rest is abandoned (_cancel says so)
+                if me.cancelling():
+                    raise  # a forced stop: the rest is abandoned (_abandon names it)
                 self._log.error("lifespan.failed", lifespan=name, phase="shutdown", error="CancelledError")
             except BaseException as exc:  # every job is settled: log it, close the others
                 error = " ".join(where(exc, func.__module__).split())
-                self._log.error("lifespan.failed", lifespan=name, phase="shutdown", error=error)
+                self._log.error("lifespan.failed", lifespan=name, phase="shutdown", error=f"{error:.1000}")
             else:
                 self._log.info("lifespan.closed", lifespan=name, duration_ms=_ms_since(started))
             self._entered.pop()

@@ -213,6 +213,8 @@ def where(exc: BaseException, module: str) -> str:
         text = str(exc)
     except Exception:  # an exception whose __str__ fails too
         text = "(its message could not be read)"
+    if isinstance(exc, BaseExceptionGroup):  # (a task group's: the causes, not only their count)
+        text += " [" + "; ".join(where(sub, module) for sub in exc.exceptions[:3]) + "]"
     return f"{type(exc).__name__}: {text}{place}"
 
 

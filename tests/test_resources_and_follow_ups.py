@@ -114,6 +114,43 @@ async def test_a_stop_while_a_lifespan_waits_to_start_exits_0_having_claimed_not
     assert names[-1] == "worker.stopped"
 
 
+async def test_a_stop_during_the_cleanup_after_a_failed_start_still_exits_1(
+    redis_server: RedisServer, client: Client, queue: str, spawn: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    trace = tmp_path / "trace"
+    worker = start(spawn, redis_server.url, queue, trace, "fail_start_slow_close")
+    await eventually(lambda: "closing first" in lines(trace), what="the first lifespan to be closing")
+    worker.signal(signal.SIGTERM)
+    await worker.wait_for("worker.stopping")
+    (tmp_path / "trace.go").touch()
+    # The failure is what the worker reports, not the stop that came during its cleanup.
+    assert await worker.wait() == 1
+    assert lines(trace)[-1] == "close first"
+    assert "worker.startup_failed" in worker.names() and "worker.startup_stopped" not in worker.names()
+
+
+async def test_lifespans_ending_while_the_worker_runs_stop_it_with_exit_1(
+    redis_server: RedisServer, client: Client, queue: str, spawn: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    trace = tmp_path / "trace"
+    worker = start(spawn, redis_server.url, queue, trace, "lose")
+    job_id = await client.enqueue("t.resources", {}, queue=queue)
+    assert (await client.wait(job_id, timeout=30, queue=queue)).status is JobStatus.COMPLETED
+    # A worker whose resources are gone does not run on: it drains, closes the rest, exits 1.
+    assert await worker.wait() == 1
+    assert lines(trace) == ["open first", "open second", "close second", "close first"]
+    names = worker.names()
+    assert names.index("worker.lifespans_lost") < names.index("worker.stopped")
+    [failed] = [e for e in worker.events() if e.get("event") == "lifespan.failed"]
+    assert failed["lifespan"] == "tests.lifespan_app.second"
+    assert "RuntimeError: the connection broke" in failed["error"]
+    plain = [e["line"] for e in worker.events() if e.get("event") == "<non-json>"]
+    assert plain == [
+        "botrix-worker: error: the lifespans ended while the worker ran: "
+        "the lifespans' task was cancelled while the worker ran"
+    ]
+
+
 async def test_a_failing_cleanup_is_logged_and_the_others_still_close(
     redis_server: RedisServer, client: Client, queue: str, spawn: Callable[..., WorkerProcess], tmp_path: Path
 ) -> None:

@@ -217,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         fail(PROG, str(group.exceptions[0]))
     except* ServeError as group:
         fail(PROG, str(group.exceptions[0]), 1)
-    except* LifespanError as group:  # no job was claimed; what opened before it is closed again
+    except* LifespanError as group:  # one failed to start (no job claimed), or ended while it ran
         fail(PROG, str(group.exceptions[0]), 1)
 
 
