@@ -61,7 +61,8 @@ class Worker:
         self.log: Logger = get_logger(worker_id=settings.worker_id)
         self.metrics = Metrics(self.state, registry.names(), __version__)
         self.http: HttpServer | None = None
-        self._lost: str | None = None  # why the lifespans ended while the worker ran
+        #: Why the lifespans ended while the worker ran (it then stops; the CLI exits 1).
+        self.lifespans_lost: str | None = None
 
     def request_stop(self, reason: str = "requested") -> None:
         """Begin a graceful shutdown; a second call skips the wait for in-flight jobs."""
@@ -158,14 +159,13 @@ class Worker:
             jobs_failed=c.failed,
             uptime_s=round(self.state.uptime(), 3),
         )
-        if self._lost is not None:
-            raise LifespanError(f"the lifespans ended while the worker ran: {self._lost}")
 
     def _lifespans_lost(self, reason: str) -> None:
-        """The lifespans' task ended before the drain: handlers would run on without what it held."""
-        self._lost = reason
+        """The lifespans ended before the drain: handlers would run on without what they held."""
+        self.lifespans_lost = reason
         self.log.error("worker.lifespans_lost", reason=reason)
-        self.request_stop("lifespans lost")
+        if not self.stop_event.is_set():  # (a second request would force the drain)
+            self.request_stop("lifespans lost")
 
     async def _open(self, lifespans: Lifespans, drained: asyncio.Event, http_stop: asyncio.Event) -> bool:
         """Open the lifespans (probes answer "starting" meanwhile); False if a stop came first."""

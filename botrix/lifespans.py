@@ -107,6 +107,7 @@ class Lifespans:
         """Enter them all, wait for :meth:`close`, leave them all: the lifespans' one task."""
         me = asyncio.current_task()
         assert me is not None
+        lost = False
         try:
             for func in self._funcs:
                 if stop.is_set() or self._stopping:
@@ -117,15 +118,17 @@ class Lifespans:
                     self._opened.set()
                     await self._release.wait()
         except asyncio.CancelledError:
-            if not self._stopping:
-                # Not ours: a task group a lifespan holds across its yield cancels it when one of
-                # its tasks fails. What the lifespans opened is going away with them.
-                self._lost("the lifespans' task was cancelled while the worker ran")
-            me.uncancel()  # handled here: the cleanups below run uncancelled
+            # Not ours, it is a task group a lifespan holds across its yield, cancelling it as
+            # one of its tasks failed: what the lifespans opened is going away with them.
+            lost = not self._stopping
+            if me.uncancel() and not lost:
+                raise  # a second cancel (a forced stop) came meanwhile: the cleanups are skipped
         except LifespanError as exc:
             self._failure = exc
         self._closing = True
-        await self._exit_all(me)
+        errors = await self._exit_all(me)
+        if lost:
+            self._lost("; ".join(["the lifespans were cancelled while the worker ran", *errors]))
 
     async def _enter(self, func: LifespanFunc) -> None:
         name = name_of(func)
@@ -138,7 +141,10 @@ class Lifespans:
             if self._stopping:
                 raise
             # Its own, not a stop's: a failure like any other (exit 1, so that it is retried).
-            raise LifespanError(f"lifespan {name} failed to start: it raised CancelledError") from None
+            raise LifespanError(
+                f"lifespan {name} failed to start: it was cancelled, not by a stop (by a task group"
+                " an earlier lifespan holds across its yield, whose task failed?)"
+            ) from None
         except BaseException as exc:  # sys.exit() too: one clear line rather than a traceback
             place = " ".join(where(exc, func.__module__).split())
             raise LifespanError(f"lifespan {name} failed to start: {place:.1000}") from None
@@ -147,7 +153,9 @@ class Lifespans:
         self._entered.append((func, manager))
         self._log.info("lifespan.opened", lifespan=name, duration_ms=_ms_since(started))
 
-    async def _exit_all(self, me: asyncio.Task[None]) -> None:
+    async def _exit_all(self, me: asyncio.Task[None]) -> list[str]:
+        """Leave what was entered, last first; what failed, as ``lifespan: error`` lines."""
+        errors = []
         while self._entered:
             func, manager = self._entered[-1]
             name = name_of(func)
@@ -157,13 +165,16 @@ class Lifespans:
             except asyncio.CancelledError:
                 if me.cancelling():
                     raise  # a forced stop: the rest is abandoned (_abandon names it)
+                errors.append(f"{name}: CancelledError")
                 self._log.error("lifespan.failed", lifespan=name, phase="shutdown", error="CancelledError")
             except BaseException as exc:  # every job is settled: log it, close the others
-                error = " ".join(where(exc, func.__module__).split())
-                self._log.error("lifespan.failed", lifespan=name, phase="shutdown", error=f"{error:.1000}")
+                error = " ".join(where(exc, func.__module__).split())[:1000]
+                errors.append(f"{name}: {error}")
+                self._log.error("lifespan.failed", lifespan=name, phase="shutdown", error=error)
             else:
                 self._log.info("lifespan.closed", lifespan=name, duration_ms=_ms_since(started))
             self._entered.pop()
+        return errors
 
 
 async def _first(task: asyncio.Task[None], *events: asyncio.Event) -> None:

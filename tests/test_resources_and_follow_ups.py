@@ -68,7 +68,7 @@ async def test_handlers_read_what_the_lifespans_opened_which_close_after_the_las
     [
         ("fail_start", "RuntimeError: the database refused us"),
         ("exit_start", "SystemExit: 3"),
-        ("cancel_start", "it raised CancelledError"),
+        ("cancel_start", "it was cancelled, not by a stop"),
     ],
 )
 async def test_a_lifespan_failing_to_start_claims_nothing_and_exits_1(
@@ -144,11 +144,15 @@ async def test_lifespans_ending_while_the_worker_runs_stop_it_with_exit_1(
     [failed] = [e for e in worker.events() if e.get("event") == "lifespan.failed"]
     assert failed["lifespan"] == "tests.lifespan_app.second"
     assert "RuntimeError: the connection broke" in failed["error"]
+    [lost] = [e for e in worker.events() if e.get("event") == "worker.lifespans_lost"]
+    assert lost["level"] == "error"
+    assert lost["reason"].startswith(
+        "the lifespans were cancelled while the worker ran; tests.lifespan_app.second: ExceptionGroup"
+    )
+    assert "RuntimeError: the connection broke" in lost["reason"]
     plain = [e["line"] for e in worker.events() if e.get("event") == "<non-json>"]
-    assert plain == [
-        "botrix-worker: error: the lifespans ended while the worker ran: "
-        "the lifespans' task was cancelled while the worker ran"
-    ]
+    assert len(plain) == 1
+    assert plain[0] == f"botrix-worker: error: the lifespans ended while the worker ran: {lost['reason']}"
 
 
 async def test_a_failing_cleanup_is_logged_and_the_others_still_close(

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import uvloop
 
 from botrix.app import ServeError, Worker
-from botrix.cli import Parser, fail, hide_secrets_in_title
+from botrix.cli import Parser, fail, hide_secrets, hide_secrets_in_title
 from botrix.config import OPTIONS, Settings, resolve
 from botrix.errors import ConfigError, HandlerLoadError, LifespanError
 from botrix.logs import configure, get_logger
@@ -113,11 +113,12 @@ async def _stuck_tasks() -> int:
     return len(pending)
 
 
-def _exit_stopped(threads: _HandlerThreads, tasks: int, worker_id: str) -> None:
+def _exit_stopped(threads: _HandlerThreads, tasks: int, worker_id: str, failure: str | None) -> None:
     """End the process once the worker stopped, past any handler that outlived the drain.
 
     Python would wait for those. And the event loop is never closed: closing it gives SIGTERM
     its default action back, so a late stop signal would turn exit 0 into death by signal.
+    A ``failure`` (the lifespans lost while it ran) is said in one line, and the exit code is 1.
     """
     log = get_logger(worker_id=worker_id)
     if threads.busy:
@@ -132,7 +133,9 @@ def _exit_stopped(threads: _HandlerThreads, tasks: int, worker_id: str) -> None:
             tasks=tasks,
             reason="handlers ignoring their cancellation after the drain; their jobs are back on the queue",
         )
-    _exit_now(0)  # what was owed to Redis is written (or logged as given up); only handlers are left
+    if failure is not None:
+        sys.stderr.write(f"{PROG}: error: {hide_secrets(failure)}\n")
+    _exit_now(0 if failure is None else 1)  # what was owed to Redis is written (or logged as given up)
 
 
 def _ignore_stop_signals() -> None:
@@ -209,7 +212,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise
         _ignore_stop_signals()
         # Here, not after uvloop.run: leaving this coroutine would make it wait for them.
-        _exit_stopped(threads, await _stuck_tasks(), settings.worker_id)
+        lost = worker.lifespans_lost
+        failure = None if lost is None else f"the lifespans ended while the worker ran: {lost}"
+        _exit_stopped(threads, await _stuck_tasks(), settings.worker_id, failure)
 
     try:
         uvloop.run(serve())
@@ -217,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         fail(PROG, str(group.exceptions[0]))
     except* ServeError as group:
         fail(PROG, str(group.exceptions[0]), 1)
-    except* LifespanError as group:  # one failed to start (no job claimed), or ended while it ran
+    except* LifespanError as group:  # one failed to start: no job was claimed
         fail(PROG, str(group.exceptions[0]), 1)
 
 
