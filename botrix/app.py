@@ -1,8 +1,9 @@
 """The composition root: builds the worker's components and runs them in order.
 
-Start order: the HTTP server listens first (probes answer "starting"), the handler modules'
-lifespans open what handlers share, then the heartbeat, the loop-lag monitor, the recoverer, the
-scheduler (periodic handlers' runs), and last the runner, which begins claiming.
+Start order: the HTTP server listens first (probes answer "starting") and the loop-lag monitor
+starts (its ticks are what /live judges), the handler modules' lifespans open what handlers
+share, then the heartbeat, the recoverer, the scheduler (periodic handlers' runs), and last the
+runner, which begins claiming. A lifespan that fails to open ends the worker here (exit 1).
 
 Shutdown order (the reason for each step is in docs/design.md):
   1. SIGTERM/SIGINT sets ``stop``; a second signal sets ``force``. Handlers do nothing else.
@@ -15,7 +16,7 @@ Shutdown order (the reason for each step is in docs/design.md):
   5. Only then does the heartbeat stop, so leases stay renewed through the drain, and it
      removes the worker's health record.
   6. The HTTP server stops last, so probes answer until the very end; the Redis connections
-     close; the process exits 0.
+     close; the process exits 0 (1 if the lifespans ended while it ran: ``lifespans_lost``).
 """
 
 from __future__ import annotations
