@@ -33,6 +33,8 @@ from prometheus_client.utils import floatToGoString
 
 from botrix.health import WorkerState
 
+#: The most error classes botrix_job_failures labels one by one; later ones count as "other".
+MAX_ERROR_LABELS = 50
 #: Job durations from a millisecond to an hour.
 DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 #: Enqueue-to-start waits: the latency a producer sees before its job runs.
@@ -204,6 +206,13 @@ class Metrics:
             "botrix_job_retries", "Attempts that failed and were rescheduled.", ["queue", "type"], registry=r
         )
         self.dead = Counter("botrix_jobs_dead", "Jobs dead-lettered.", ["queue", "type"], registry=r)
+        self.failures = Counter(
+            "botrix_job_failures",
+            "Failed attempts by the error's class: retried (outcome=retry) or dead-lettered (dead).",
+            ["queue", "type", "error", "outcome"],
+            registry=r,
+        )
+        self._errors: set[str] = set()
         self.limited = Counter(
             "botrix_queue_rate_limited",
             "Claims the queue's rate limit (botrix limit) cut short: it is what sets the pace.",
@@ -264,13 +273,25 @@ class Metrics:
             children = self._finished[key] = (count, duration, extra_count)
         return children
 
+    def job_failed(self, queue: str, job_type: str, error: str, outcome: str) -> None:
+        """An attempt failed with ``error`` (an exception's class name) and was retried or dead."""
+        # Class names are few in a codebase, but one made per failure (type() in a loop) would
+        # grow a series each: past MAX_ERROR_LABELS distinct names the rest count as "other".
+        if error not in self._errors:
+            if len(self._errors) >= MAX_ERROR_LABELS:
+                error = "other"
+            else:
+                self._errors.add(error)
+        self.failures.labels(queue, self.job_type(job_type), error, outcome).inc()
+
     def rate_limited(self, queue: str) -> None:
         """The queue's rate limit cut a claim short."""
         self.limited.labels(queue).inc()
 
-    def dead_at_claim(self, queue: str) -> None:
+    def dead_at_claim(self, queue: str, error: str) -> None:
         """The claim dead-lettered an entry no handler saw: its type is not known."""
         self.dead.labels(queue, "unknown").inc()
+        self.job_failed(queue, "unknown", error, "dead")
 
     def ack_refused(self, queue: str) -> None:
         """A late result was refused by the fencing token."""

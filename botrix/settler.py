@@ -101,6 +101,7 @@ class Settler:
             counters.failed += 1
             error = s.error.type if s.error else None
             message = s.error.message if s.error else None
+            self._metrics.job_failed(s.queue, s.job_type, error or "unknown", s.outcome.value)
             if s.retry_asked:
                 # RetryLater: the handler chose to come back later (a rate limit): one INFO
                 # line, no stack. It still counts as an attempt, and as a retry.
@@ -145,7 +146,7 @@ class Settler:
         """
         for entry in entries:
             self._state.counters.dead += 1
-            self._metrics.dead_at_claim(queue)
+            self._metrics.dead_at_claim(queue, entry.error_type)
             self._log.error(
                 "job.dead",
                 queue=queue,

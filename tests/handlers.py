@@ -88,6 +88,11 @@ async def fail(ctx: JobContext, payload: Any) -> None:
     raise RuntimeError(f"boom on attempt {ctx.attempt}")
 
 
+@handler("t.fail_as")
+async def fail_as(ctx: JobContext, payload: dict[str, Any]) -> None:
+    raise type(payload["error"], (Exception,), {})("an error of a class made for this attempt")
+
+
 @handler("t.flaky")
 async def flaky(ctx: JobContext, payload: dict[str, Any]) -> int:
     if ctx.attempt <= int(payload["fail_times"]):

@@ -23,6 +23,7 @@ from botrix import keys
 from botrix.app import Worker
 from botrix.client import Client
 from botrix.http import MAX_CONNECTIONS, REQUEST_TIMEOUT_S
+from botrix.metrics import MAX_ERROR_LABELS
 from tests.conftest import eventually, running_worker
 from tests.redisproc import RedisServer, free_port
 
@@ -234,6 +235,13 @@ async def test_metrics_move_as_jobs_complete_fail_and_retry(
     assert m[("botrix_jobs_total", (("outcome", "completed"), q, ("type", "t.flaky")))] == 1
     assert m[("botrix_job_retries_total", (q, ("type", "t.flaky")))] == 1
     assert m[("botrix_jobs_dead_total", (q, ("type", "unknown")))] == 1
+    failures = {labels: value for (name, labels), value in m.items() if name == "botrix_job_failures_total"}
+    assert failures == {
+        (("error", "RuntimeError"), ("outcome", "retry"), q, ("type", "t.fail")): 1,
+        (("error", "RuntimeError"), ("outcome", "dead"), q, ("type", "t.fail")): 1,
+        (("error", "ConnectionError"), ("outcome", "retry"), q, ("type", "t.flaky")): 1,
+        (("error", "UnknownJobType"), ("outcome", "dead"), q, ("type", "unknown")): 1,
+    }
     assert m[("botrix_job_duration_seconds_count", (q, ("type", "t.echo")))] == 2
     assert m[("botrix_job_queue_wait_seconds_count", (q,))] == 6  # the unknown type never started
     assert m[("botrix_concurrency", ())] == 5
@@ -244,6 +252,24 @@ async def test_metrics_move_as_jobs_complete_fail_and_retry(
     assert m[("python_gc_collections_total", (("generation", "0"),))] >= 0
     assert any(name == "botrix_build_info" for name, _ in m)
     assert not any("job_id" in dict(labels) for _, labels in m)
+
+
+async def test_failures_are_counted_by_error_class_up_to_a_bound(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
+    """Each error class is a series of botrix_job_failures; a handler making a class per
+    failure cannot grow them without end: past MAX_ERROR_LABELS the rest count as "other"."""
+    async with http_worker(redis_server.url, queue, max_retries=0) as (_, base):
+        for i in range(MAX_ERROR_LABELS + 2):
+            job_id = await client.enqueue("t.fail_as", {"error": f"Error{i}"}, queue=queue)
+            await client.wait(job_id, timeout=30)
+        _, text, _ = await get(base, "/metrics")
+    errors = {
+        dict(labels)["error"]: value
+        for (name, labels), value in samples(text).items()
+        if name == "botrix_job_failures_total"
+    }
+    assert errors == {**{f"Error{i}": 1 for i in range(MAX_ERROR_LABELS)}, "other": 2}
 
 
 async def test_a_dead_letter_made_by_the_claim_is_counted_like_any_other(
@@ -263,7 +289,11 @@ async def test_a_dead_letter_made_by_the_claim_is_counted_like_any_other(
         _, health, _ = await get(base, "/health")
         text = (await get(base, "/metrics"))[1]
     assert health["counters"]["jobs_dead"] == 2
-    assert samples(text)[("botrix_jobs_dead_total", (("queue", queue), ("type", "unknown")))] == 2
+    m = samples(text)
+    q, unknown = ("queue", queue), ("type", "unknown")
+    assert m[("botrix_jobs_dead_total", (q, unknown))] == 2
+    for error in ("EnvelopeError", "RecordError"):
+        assert m[("botrix_job_failures_total", (("error", error), ("outcome", "dead"), q, unknown))] == 1
 
 
 async def test_health_records_someone_else_wrote_are_skipped(
