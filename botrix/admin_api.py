@@ -37,7 +37,7 @@ from urllib.parse import parse_qs, unquote
 
 import orjson
 
-from botrix.client import Client
+from botrix.client import LISTED_STATES, MAX_LISTED, Client
 from botrix.errors import JobNotFoundError, PayloadTooLargeError
 from botrix.health import serving
 from botrix.logs import Logger
@@ -48,7 +48,6 @@ from botrix.store import ForeignWrite, Store, StoreUnavailable
 Answer = tuple[int, Any, tuple[tuple[str, str], ...]]
 Handler = Callable[[dict[str, str], dict[str, list[str]], Any], Awaitable[Any]]
 
-MAX_DEAD_LIST = 1000
 #: The fields of an enqueue's body, and the Client.enqueue argument each one is.
 ENQUEUE_FIELDS = {
     "type": "type",
@@ -95,6 +94,7 @@ class AdminApi:
             ("PUT", ("queues", q, "rate-limit")): self._set_rate_limit,
             ("DELETE", ("queues", q, "rate-limit")): self._clear_rate_limit,
             ("POST", ("queues", q, "jobs")): self._enqueue,
+            ("GET", ("queues", q, "jobs")): self._jobs,
             ("GET", ("jobs", "{job_id}")): self._job,
             ("POST", ("jobs", "{job_id}", "cancel")): self._cancel,
             ("GET", ("workers",)): self._workers,
@@ -177,8 +177,18 @@ class AdminApi:
         return {"queue": queue, **await self._client.queue_info(queue), "workers": sum(map(serving, records))}
 
     async def _dead(self, params: dict[str, str], query: dict[str, list[str]], body: Any) -> Any:
-        limit = _whole(_one(query, "limit") or "50", "limit", 1, MAX_DEAD_LIST)
-        return [info.to_dict() for info in await self._client.dead(params["queue"], count=limit)]
+        return await self._listed(params["queue"], "dead", query)
+
+    async def _jobs(self, params: dict[str, str], query: dict[str, list[str]], body: Any) -> Any:
+        state = _one(query, "state") or "queued"
+        if state not in LISTED_STATES:
+            raise BadRequest(f"'state' must be one of {', '.join(LISTED_STATES)}, got {state[:40]!r}")
+        return await self._listed(params["queue"], state, query)
+
+    async def _listed(self, queue: str, state: str, query: dict[str, list[str]]) -> Any:
+        limit = _whole(_one(query, "limit") or "50", "limit", 1, MAX_LISTED)
+        offset = _whole(_one(query, "offset") or "0", "offset", 0, 1_000_000_000)
+        return [info.to_dict() for info in await self._client.jobs(queue, state, start=offset, count=limit)]
 
     async def _retry(self, params: dict[str, str], query: dict[str, list[str]], body: Any) -> Any:
         return {"retried": await self._client.retry_dead(params["queue"], _ids(body))}

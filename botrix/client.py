@@ -76,6 +76,12 @@ def _delay(delay: float, run_at: datetime | None) -> float:
     return delay
 
 
+#: The states ``Client.jobs`` lists, and the place of the queue each is read from.
+LISTED_STATES = {"queued": "pending", "scheduled": "scheduled", "running": "active", "dead": "dead"}
+#: The most jobs one listing returns: each is a record read, in one round trip.
+MAX_LISTED = 1000
+
+
 def job_info(job_id: str, queue: str, record: dict[str, bytes]) -> JobInfo:
     """Turn a raw job record into what producers see."""
     envelope = _json(record.get("envelope"))
@@ -427,14 +433,34 @@ class Client:
         """Every queue name known to botrix in this Redis."""
         return await self._store.known_queues()
 
+    async def jobs(
+        self, queue: str = "default", state: str = "queued", *, start: int = 0, count: int = 50
+    ) -> list[JobInfo]:
+        """Jobs of the queue in one ``state`` (``LISTED_STATES``), in the order they will move.
+
+        ``queued``: next to be claimed first; ``scheduled``: delayed and retrying jobs, soonest
+        due first; ``running``: soonest lease expiry first; ``dead``: newest first. Finished
+        jobs are not listed: their records are kept for a while but not indexed (``job`` reads
+        one). A job that moves while it is listed shows its new status.
+        """
+        place = LISTED_STATES.get(state)
+        if place is None:
+            raise ValueError(f"state must be one of {', '.join(LISTED_STATES)}, got {state[:40]!r}")
+        if start < 0 or not 1 <= count <= MAX_LISTED:
+            raise ValueError(f"start must be 0 or more and count 1 to {MAX_LISTED}")
+        infos = []
+        for listed_id, record in await self._store.listed(queue, place, start, count):
+            job_id = listed_id
+            if not job_id:  # a foreign producer's envelope, not yet claimed: its id is its own
+                given = _json(record["envelope"])
+                given_id = given.get("id") if isinstance(given, dict) else None
+                job_id = given_id if isinstance(given_id, str) else ""
+            infos.append(job_info(job_id, queue, record))
+        return infos
+
     async def dead(self, queue: str = "default", *, start: int = 0, count: int = 50) -> list[JobInfo]:
         """Dead jobs, newest first."""
-        infos = []
-        for job_id in await self._store.dead_ids(queue, start, count):
-            record = await self._store.job_record(queue, job_id)
-            if record is not None:
-                infos.append(job_info(job_id, queue, record))
-        return infos
+        return await self.jobs(queue, "dead", start=start, count=count)
 
     async def retry_dead(self, queue: str = "default", job_ids: Sequence[str] | None = None) -> list[str]:
         """Send these dead jobs back to the queue; every dead job with ``job_ids=None``.

@@ -600,10 +600,39 @@ class Store:
         reply = await self._run("rate", [k.rate, k.rate_log], args)
         return RateLimit(int(reply[0]), int(reply[1]) / 1000, int(reply[2])) if reply else None
 
-    async def dead_ids(self, queue: str, start: int, count: int) -> list[str]:
-        """Dead job ids, newest first."""
-        ids = await self._call(self._redis.zrevrange(keys.queue_keys(queue).dead, start, start + count - 1))
-        return [i.decode() for i in ids]
+    async def listed(
+        self, queue: str, place: str, start: int, count: int
+    ) -> list[tuple[str, dict[str, bytes]]]:
+        """Entries of one of the queue's places with their records, in the order they will move.
+
+        ``place``: ``pending`` (next to be claimed first), ``scheduled`` (soonest due first),
+        ``active`` (soonest lease expiry first) or ``dead`` (newest first). Two round trips, not
+        one snapshot: a job that moved in between shows its new status, and one whose record is
+        gone is left out. A pending entry that is a foreign producer's whole envelope has no
+        record until a worker claims it; it comes back as ``("", {"envelope": entry})``.
+        """
+        k = keys.queue_keys(queue)
+        end = start + count - 1
+        read: Awaitable[Any]
+        if place == "pending":
+            read = self._redis.lrange(k.pending, start, end)
+        elif place == "dead":
+            read = self._redis.zrevrange(k.dead, start, end)
+        else:
+            read = self._redis.zrange(k.scheduled if place == "scheduled" else k.active, start, end)
+        entries: list[bytes] = await self._call(read)
+        ids = [e.decode(errors="replace") for e in entries if not e.startswith(b"{")]
+        pipe = self._redis.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hgetall(k.job(job_id))
+        records = iter(await self._call(pipe.execute()) if ids else ())
+        listed = []
+        for entry in entries:
+            if entry.startswith(b"{"):
+                listed.append(("", {"envelope": entry}))
+            elif record := next(records):
+                listed.append((entry.decode(errors="replace"), {f.decode(): v for f, v in record.items()}))
+        return listed
 
     async def redrive(self, queue: str, job_ids: Sequence[str] | None) -> list[str]:
         """Send dead jobs (every one dead now when ``job_ids`` is None) back to the queue."""

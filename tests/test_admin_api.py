@@ -50,6 +50,11 @@ async def test_the_admin_api_does_what_the_cli_does(
         status, letters = await call(base, "GET", f"/queues/{queue}/dead?limit=2")
         assert status == 200 and len(letters) == 2 and {d["id"] for d in letters} <= set(dead)
         assert letters[0]["error"]["type"] == "RuntimeError"
+        every = (await call(base, "GET", f"/queues/{queue}/jobs?state=dead"))[1]
+        status, page = await call(base, "GET", f"/queues/{queue}/jobs?state=dead&offset=1&limit=5")
+        assert status == 200 and [d["id"] for d in page] == [d["id"] for d in every[1:]]
+        assert sorted(d["id"] for d in every) == sorted(dead)
+        assert await call(base, "GET", f"/queues/{queue}/jobs") == (200, [])  # queued, by default
 
         assert await call(base, "POST", f"/queues/{queue}/pause") == (200, {"queue": queue, "paused": True})
         assert await client.is_paused(queue)
@@ -87,6 +92,9 @@ async def test_the_admin_api_does_what_the_cli_does(
         ("GET", "/jobs/no-such-job", None, 404, "not_found"),
         ("GET", "/queues/q/dead?limit=0", None, 400, "bad_request"),
         ("GET", "/queues/q/dead?limit=x&limit=y", None, 400, "bad_request"),
+        ("GET", "/queues/q/jobs?state=completed", None, 400, "bad_request"),
+        ("GET", "/queues/q/jobs?offset=-1", None, 400, "bad_request"),
+        ("GET", "/queues/q/jobs?limit=1001", None, 400, "bad_request"),
         ("POST", "/queues/q/dead/retry", {"ids": []}, 400, "bad_request"),
         ("POST", "/queues/q/dead/purge", None, 400, "bad_request"),
         ("POST", "/queues/q/dead/purge", {"ids": ["a b"]}, 400, "bad_request"),

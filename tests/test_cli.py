@@ -361,6 +361,18 @@ def test_redis_host_port_and_password_of_the_original_daemon(own_redis: RedisSer
     assert url_wins.returncode == 3
 
 
+def test_jobs_lists_a_queues_jobs_by_state(redis_server: RedisServer, queue: str) -> None:
+    base = ("--redis-url", redis_server.url)
+    ids = [orjson.loads(run(*base, "enqueue", "t.echo", "--queue", queue).stdout)["id"] for _ in range(3)]
+    later = orjson.loads(run(*base, "enqueue", "t.echo", "--queue", queue, "--delay", "600").stdout)["id"]
+    listed = run(*base, "jobs", "--queue", queue, "--offset", "1", "--limit", "5")
+    assert listed.returncode == 0, listed.stderr
+    assert [(j["id"], j["status"]) for j in orjson.loads(listed.stdout)] == [(i, "queued") for i in ids[1:]]
+    scheduled = orjson.loads(run(*base, "jobs", "--queue", queue, "--state", "scheduled").stdout)
+    assert [(j["id"], j["status"]) for j in scheduled] == [(later, "scheduled")]
+    assert orjson.loads(run(*base, "jobs", "--queue", queue, "--state", "running").stdout) == []
+
+
 def test_admin_cli_errors(redis_server: RedisServer) -> None:
     bad_json = run("--redis-url", redis_server.url, "enqueue", "t.echo", "--payload", "{nope")
     assert bad_json.returncode == 2 and "--payload is not valid JSON" in bad_json.stderr
@@ -384,7 +396,7 @@ def test_admin_cli_errors(redis_server: RedisServer) -> None:
         (["enqueue", "t.echo", "--job-id", "a b"], "job id"),
         (["enqueue", "t.echo", "--queue", "a b"], "queue name"),
         (["wait", "x", "--timeout", "nan"], "--timeout: must be a finite number of seconds >= 0"),
-        (["dead", "list", "--limit", "0"], "--limit: must be a whole number from 1 to 1000000"),
+        (["dead", "list", "--limit", "0"], "--limit: must be a whole number from 1 to 1000, got '0'"),
         (["dead", "list", "--limit", "99999999999999999999"], "--limit: must be a whole number from 1"),
         (
             ["enqueue", "t.echo", "--delay", "1e300"],
@@ -412,6 +424,8 @@ def test_admin_cli_errors(redis_server: RedisServer) -> None:
         (["enqueue", ""], "argument type: must be a handler's name, 1 to 200 characters"),
         (["enqueue", "t" * 201], "argument type: must be a handler's name, 1 to 200 characters, got 201"),
         (["dead", "list", "--limit", "\u0663"], "--limit: must be a whole number from 1"),
+        (["jobs", "--state", "completed"], "--state: invalid choice: 'completed'"),
+        (["jobs", "--limit", "1001"], "--limit: must be a whole number from 1 to 1000, got '1001'"),
         # A URL where the command was due (redis-cli's -u habit): not repeated with its password.
         (
             ["--redis-url", "redis://h/0", "redis://default:hunter2@h:6379/0", "queues"],
