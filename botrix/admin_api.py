@@ -9,7 +9,9 @@ is logged (``admin.request``: method, path, status), never the token.
 
     GET    /queues                          every known queue: depth, paused, rate limit
     GET    /queues/{q}                      one queue, and how many live workers serve it
-    GET    /queues/{q}/dead?limit=50        dead jobs, newest first
+    GET    /queues/{q}/dead?limit=50        dead jobs, newest first (and &offset=N)
+    GET    /queues/{q}/jobs?state=queued    queued, scheduled, running or dead jobs, in the order
+                                            they will move (&limit=50&offset=0)
     POST   /queues/{q}/dead/retry           {"ids": [...]} or {"all": true}
     POST   /queues/{q}/dead/purge           {"ids": [...]} or {"all": true}
     POST   /queues/{q}/pause | /resume
@@ -37,7 +39,7 @@ from urllib.parse import parse_qs, unquote
 
 import orjson
 
-from botrix.client import LISTED_STATES, MAX_LISTED, Client
+from botrix.client import LISTED_STATES, MAX_LISTED, MAX_OFFSET, Client
 from botrix.errors import JobNotFoundError, PayloadTooLargeError
 from botrix.health import serving
 from botrix.logs import Logger
@@ -187,7 +189,7 @@ class AdminApi:
 
     async def _listed(self, queue: str, state: str, query: dict[str, list[str]]) -> Any:
         limit = _whole(_one(query, "limit") or "50", "limit", 1, MAX_LISTED)
-        offset = _whole(_one(query, "offset") or "0", "offset", 0, 1_000_000_000)
+        offset = _whole(_one(query, "offset") or "0", "offset", 0, MAX_OFFSET)
         return [info.to_dict() for info in await self._client.jobs(queue, state, start=offset, count=limit)]
 
     async def _retry(self, params: dict[str, str], query: dict[str, list[str]], body: Any) -> Any:

@@ -17,6 +17,7 @@ from botrix.config import check_cluster_nodes
 from botrix.errors import EnvelopeError, JobNotFoundError, PayloadTooLargeError
 from botrix.health import serving
 from botrix.model import (
+    JOB_ID,
     JSON,
     MAX_DELAY_S,
     Claimed,
@@ -78,8 +79,17 @@ def _delay(delay: float, run_at: datetime | None) -> float:
 
 #: The states ``Client.jobs`` lists, and the place of the queue each is read from.
 LISTED_STATES = {"queued": "pending", "scheduled": "scheduled", "running": "active", "dead": "dead"}
-#: The most jobs one listing returns: each is a record read, in one round trip.
+#: The most records one round trip of a listing reads, and the most the CLI and API list.
 MAX_LISTED = 1000
+#: The deepest page the CLI and API ask for (a list's index is a 64-bit number; this is plenty).
+MAX_OFFSET = 1_000_000_000
+
+
+def _given_id(record: dict[str, bytes]) -> str:
+    """The id in a pending envelope that has no record yet, if the claim will take it as given."""
+    envelope = _json(record["envelope"])
+    given = envelope.get("id") if isinstance(envelope, dict) else None
+    return given if isinstance(given, str) and JOB_ID.fullmatch(given) else ""
 
 
 def job_info(job_id: str, queue: str, record: dict[str, bytes]) -> JobInfo:
@@ -446,16 +456,16 @@ class Client:
         place = LISTED_STATES.get(state)
         if place is None:
             raise ValueError(f"state must be one of {', '.join(LISTED_STATES)}, got {state[:40]!r}")
-        if start < 0 or not 1 <= count <= MAX_LISTED:
-            raise ValueError(f"start must be 0 or more and count 1 to {MAX_LISTED}")
+        if start < 0 or count < 1:
+            raise ValueError(f"start must be 0 or more and count 1 or more, got {start} and {count}")
         infos = []
-        for listed_id, record in await self._store.listed(queue, place, start, count):
-            job_id = listed_id
-            if not job_id:  # a foreign producer's envelope, not yet claimed: its id is its own
-                given = _json(record["envelope"])
-                given_id = given.get("id") if isinstance(given, dict) else None
-                job_id = given_id if isinstance(given_id, str) else ""
-            infos.append(job_info(job_id, queue, record))
+        # A page at a time: each is one pipeline of record reads, and Redis serves its other
+        # clients in between.
+        for offset in range(start, start + count, MAX_LISTED):
+            page = await self._store.listed(queue, place, offset, min(MAX_LISTED, start + count - offset))
+            infos += [job_info(job_id or _given_id(record), queue, record) for job_id, record in page]
+            if len(page) < MAX_LISTED:
+                break
         return infos
 
     async def dead(self, queue: str = "default", *, start: int = 0, count: int = 50) -> list[JobInfo]:

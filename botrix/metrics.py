@@ -1,8 +1,8 @@
 """The worker's Prometheus metrics, on a registry of its own.
 
 Label sets stay bounded: queue names come from configuration, job types only from registered
-handlers (anything else is counted as ``unknown``), outcomes from a fixed set. No job id is
-ever a label.
+handlers (anything else is counted as ``unknown``), outcomes from a fixed set, error classes
+up to ``MAX_ERROR_LABELS`` (the rest count as ``other``). No job id is ever a label.
 """
 
 from __future__ import annotations
@@ -302,3 +302,4 @@ class Metrics:
         self.recoveries.labels(queue, outcome).inc()
         if outcome == "dead":
             self.dead.labels(queue, self.job_type(job_type)).inc()
+            self.job_failed(queue, job_type, "LeaseExpired", "dead")  # the record's error type

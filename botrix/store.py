@@ -608,8 +608,10 @@ class Store:
         ``place``: ``pending`` (next to be claimed first), ``scheduled`` (soonest due first),
         ``active`` (soonest lease expiry first) or ``dead`` (newest first). Two round trips, not
         one snapshot: a job that moved in between shows its new status, and one whose record is
-        gone is left out. A pending entry that is a foreign producer's whole envelope has no
-        record until a worker claims it; it comes back as ``("", {"envelope": entry})``.
+        gone is left out. A pending entry with no record (a foreign producer's whole envelope,
+        or garbage the claim will dead-letter) comes back as the claim will see it:
+        ``("", {"envelope": entry})``. A record something else overwrote raises ForeignWrite
+        naming its key.
         """
         k = keys.queue_keys(queue)
         end = start + count - 1
@@ -621,17 +623,25 @@ class Store:
         else:
             read = self._redis.zrange(k.scheduled if place == "scheduled" else k.active, start, end)
         entries: list[bytes] = await self._call(read)
-        ids = [e.decode(errors="replace") for e in entries if not e.startswith(b"{")]
+        # The claim's own rule (_claim.lua): an entry is an id unless it opens with "{" or is
+        # longer than any id. Keys are built from the bytes: an id that is not UTF-8 still
+        # names its record.
+        prefix = k.job_prefix.encode()
+        ids = [e for e in entries if not e.startswith(b"{") and len(e) <= 200]
         pipe = self._redis.pipeline(transaction=False)
         for job_id in ids:
-            pipe.hgetall(k.job(job_id))
-        records = iter(await self._call(pipe.execute()) if ids else ())
+            pipe.hgetall(prefix + job_id)
+        replies = await self._call(pipe.execute(raise_on_error=False)) if ids else []
+        records = dict(zip(ids, replies, strict=True))
         listed = []
         for entry in entries:
-            if entry.startswith(b"{"):
-                listed.append(("", {"envelope": entry}))
-            elif record := next(records):
+            record = records.get(entry)
+            if isinstance(record, Exception):
+                raise _foreign(k.job(entry.decode(errors="replace")), "a hash")
+            if record:
                 listed.append((entry.decode(errors="replace"), {f.decode(): v for f, v in record.items()}))
+            elif place == "pending":
+                listed.append(("", {"envelope": entry}))
         return listed
 
     async def redrive(self, queue: str, job_ids: Sequence[str] | None) -> list[str]:

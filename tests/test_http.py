@@ -24,6 +24,7 @@ from botrix.app import Worker
 from botrix.client import Client
 from botrix.http import MAX_CONNECTIONS, REQUEST_TIMEOUT_S
 from botrix.metrics import MAX_ERROR_LABELS
+from botrix.store import Consumer, Store
 from tests.conftest import eventually, running_worker
 from tests.redisproc import RedisServer, free_port
 
@@ -272,6 +273,26 @@ async def test_failures_are_counted_by_error_class_up_to_a_bound(
     assert errors == {**{f"Error{i}": 1 for i in range(MAX_ERROR_LABELS)}, "other": 2}
 
 
+async def test_a_job_its_dead_worker_leaves_is_counted_dead_as_lease_expired(
+    redis_server: RedisServer, client: Client, store: Store, queue: str
+) -> None:
+    """A claim by a worker that never comes back (its lease 50 ms, its attempts used up): the
+    recoverer of a live worker dead-letters it, and counts it under the error in its record."""
+    job_id = await client.enqueue("t.echo", {}, queue=queue, max_retries=0)
+    gone = Consumer("gone-worker", lease_ms=50, max_envelope_bytes=10_000, result_ttl=60, dead_cap=10)
+    assert len((await store.exchange(queue, [], 1, gone, lane=0)).claimed) == 1
+    async with http_worker(redis_server.url, queue) as (_, base):
+        info = await client.wait(job_id, timeout=30, queue=queue)
+        assert info.error is not None and info.error["type"] == "LeaseExpired"
+        await eventually(
+            lambda: _has(base, "botrix_lease_recoveries_total", queue, "", "dead"), what="recovery counted"
+        )
+        m = samples((await get(base, "/metrics"))[1])
+    q, echo = ("queue", queue), ("type", "t.echo")
+    assert m[("botrix_jobs_dead_total", (q, echo))] == 1
+    assert m[("botrix_job_failures_total", (("error", "LeaseExpired"), ("outcome", "dead"), q, echo))] == 1
+
+
 async def test_a_dead_letter_made_by_the_claim_is_counted_like_any_other(
     redis_server: RedisServer, client: Client, queue: str
 ) -> None:
@@ -329,8 +350,10 @@ async def _settled(base: str, queue: str) -> bool:
 
 
 async def _has(base: str, name: str, queue: str, job_type: str, outcome: str) -> bool:
+    """Whether ``name`` counted ``outcome`` for the queue (and the type, unless it is "")."""
     text = (await get(base, "/metrics"))[1]
-    key = (name, (("outcome", outcome), ("queue", queue), ("type", job_type)))
+    typed = (("type", job_type),) if job_type else ()
+    key = (name, (("outcome", outcome), ("queue", queue), *typed))
     return samples(text).get(key, 0) >= 1
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import signal
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -17,7 +18,7 @@ from botrix import keys
 from botrix.client import Client
 from botrix.errors import PayloadTooLargeError, RetryLater
 from botrix.model import JobStatus
-from botrix.store import DEAD_CHUNK
+from botrix.store import DEAD_CHUNK, ForeignWrite
 from tests.conftest import WorkerProcess, eventually, running_worker
 from tests.redisproc import RedisServer
 
@@ -437,6 +438,28 @@ async def test_jobs_are_listed_by_state_in_the_order_they_will_move(
         with pytest.raises(ValueError, match="state must be one of queued, scheduled, running, dead"):
             await client.jobs(queue, "completed")
         await client.cancel(running, queue)
+
+
+async def test_a_listing_shows_entries_as_the_claim_will_see_them(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
+    """Pending entries with no record are listed (the claim dead-letters them, so the listing
+    agrees with the list's length), under an id only if the claim will take it; a record of
+    another type is refused naming its key, and a dead-set member with no record is left out."""
+    k = keys.queue_keys(queue)
+    good = await client.enqueue("t.echo", {}, queue=queue)
+    garbage = [b"\xff\xfe not text", b"x" * 300, b' {"id": "spaced"}', orjson.dumps({"id": "bad id!"})]
+    async with aredis.Redis.from_url(redis_server.url) as r:
+        await r.rpush(k.pending, *garbage)
+        await r.zadd(k.dead, {'{"id": "z"}': 1})
+        listed = await client.jobs(queue, "queued")
+        assert [j.id for j in listed] == [good, "", "", "spaced", ""]  # JSON may open with a space
+        assert {j.status for j in listed} == {JobStatus.QUEUED}
+        assert [j.envelope for j in listed[1:]] == [g.decode(errors="replace") for g in garbage]
+        assert await client.jobs(queue, "dead") == []
+        await r.set(k.job(good), "overwritten")
+        with pytest.raises(ForeignWrite, match=re.escape(k.job(good))):
+            await client.jobs(queue, "queued")
 
 
 async def _status_is(client: Client, job_id: str, queue: str, status: JobStatus) -> bool:

@@ -20,7 +20,7 @@ import orjson
 import uvloop
 
 from botrix.cli import Parser, fail, hide_secrets_in_title
-from botrix.client import LISTED_STATES, MAX_LISTED, Client
+from botrix.client import LISTED_STATES, MAX_LISTED, MAX_OFFSET, Client
 from botrix.config import (
     OPTIONS,
     REDIS_PARTS,
@@ -216,7 +216,7 @@ def build_parser() -> Parser:
     jobs.add_argument("--queue", type=_checked(validate_queue_name), default="default")
     jobs.add_argument("--state", choices=list(LISTED_STATES), default="queued")
     jobs.add_argument("--limit", type=_whole(1, MAX_LISTED), default=50)
-    jobs.add_argument("--offset", type=_whole(0), default=0, help="skip this many first")
+    jobs.add_argument("--offset", type=_whole(0, MAX_OFFSET), default=0, help="skip this many first")
 
     workers = sub.add_parser(
         "workers", help="list live workers; exit 1 when none (but draining ones) serves --queue"
