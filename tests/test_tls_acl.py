@@ -23,7 +23,7 @@ import redis
 import redis.asyncio as aredis
 
 from botrix import keys
-from botrix.client import Client
+from botrix.client import LISTED_STATES, Client
 from botrix.model import JobStatus
 from botrix.store import StoreUnavailable
 from tests.conftest import ROOT, WorkerProcess, eventually
@@ -40,7 +40,7 @@ ADMIN_PASSWORD = "pw-admin-only-for-the-test"
 ACL_RULES = (
     "resetkeys ~botrix:* resetchannels &botrix:* -@all +@connection -@admin -@dangerous "
     "+info +evalsha +script|load "
-    "+blmove +subscribe +llen +zcard +zrange +zrevrange +zremrangebyscore "
+    "+blmove +subscribe +llen +lrange +zcard +zrange +zrevrange +zremrangebyscore "
     "+get +set +del +sadd +smembers +hgetall +hset +zadd +zrem +publish "
     "+time +incr +hget +hmget +hdel +hincrby +lpop +rpop +lpush +rpush +lrem "
     "+expire +persist +zrangebyscore +zpopmin"
@@ -56,6 +56,7 @@ STORE_METHOD_COMMANDS: dict[str, set[str]] = {
     "publish": {"publish"},
     "hgetall": {"hgetall"},
     "llen": {"llen"},
+    "lrange": {"lrange"},
     "zcard": {"zcard"},
     "zrevrange": {"zrevrange"},
     "set": {"set"},
@@ -384,7 +385,8 @@ async def test_worker_and_client_end_to_end_as_the_acl_user(
         assert (await client.wait(switch, timeout=30)).result == "on"
         assert (await client.job(switch)).status is JobStatus.COMPLETED  # found via the queue index
         assert await client.purge_dead(queue) == 2
-        assert await client.dead(queue) == []
+        # Every listing's commands; the dead are gone and every other job has finished.
+        assert [await client.jobs(queue, state) for state in LISTED_STATES] == [[]] * len(LISTED_STATES)
         await _batch_and_cancel(client, queue)
 
         records = await eventually(lambda: client.workers(queue), what="the worker's health record")
