@@ -35,7 +35,7 @@ import orjson
 from prometheus_client.exposition import choose_encoder
 
 from botrix.config import Settings
-from botrix.health import Phase, WorkerState, serving
+from botrix.health import Phase, WorkerState, memory_usage, serving
 from botrix.logs import Logger
 from botrix.metrics import Metrics
 from botrix.store import ForeignWrite, Store, StoreUnavailable
@@ -358,6 +358,7 @@ class HttpServer:
                     "error": link.reason or None,
                 },
                 "event_loop": {"lag_ms": round(s.loop_lag_s * 1000, 3)},
+                "memory": memory_usage(),
                 "damaged_queues": dict(s.damaged),
                 "paused_queues": sorted(s.paused),
                 "rate_limited_queues": sorted(s.limited),

@@ -76,6 +76,10 @@ async def test_probes_answer_when_ready(redis_server: RedisServer, queue: str) -
         assert health["checks"]["redis"]["server_version"] == version
         assert health["checks"]["queues"] == {queue: {"pending": 0, "active": 0, "scheduled": 0, "dead": 0}}
         assert health["concurrency"] == 5 and health["jobs_in_flight"] == 0
+        memory = health["checks"]["memory"]
+        # Not compared: the kernel counts the two lazily, a few hundred kB apart either way.
+        assert memory["rss_bytes"] > 0 and memory["peak_rss_bytes"] > 0
+        assert memory["limit_bytes"] is None or memory["limit_bytes"] > 0
         for key in ("version", "worker_id", "uptime_seconds", "counters"):
             assert key in health
 
