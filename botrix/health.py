@@ -27,10 +27,6 @@ class Phase(StrEnum):
     STOPPED = "stopped"
 
 
-#: cgroup v2's memory limit of this container or unit ("max" when there is none).
-CGROUP_MEMORY_MAX = "/sys/fs/cgroup/memory.max"
-
-
 def memory_usage() -> dict[str, int | None]:
     """The process's memory as /health shows it (the BullMQ worker's ``checks.memory``).
 
@@ -41,8 +37,22 @@ def memory_usage() -> dict[str, int | None]:
     return {
         "rss_bytes": _read_int("/proc/self/statm", field=1, scale=os.sysconf("SC_PAGE_SIZE")),
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,  # kB on Linux
-        "limit_bytes": _read_int(CGROUP_MEMORY_MAX),
+        "limit_bytes": _read_int(_cgroup_memory_max()),
     }
+
+
+def _cgroup_memory_max() -> str:
+    """The memory.max of the process's own cgroup v2.
+
+    /proc/self/cgroup says "0::/system.slice/botrix-worker@1.service" under systemd, and
+    "0::/" in a container with its own cgroup namespace.
+    """
+    try:
+        with open("/proc/self/cgroup") as f:
+            line = next((x for x in f if x.startswith("0::")), "0::/")
+    except OSError:
+        line = "0::/"
+    return f"/sys/fs/cgroup{line[3:].strip().rstrip('/')}/memory.max"
 
 
 def _read_int(path: str, *, field: int = 0, scale: int = 1) -> int | None:
