@@ -108,6 +108,7 @@ class HttpServer:
         self._log = log
         self._depth_at = 0.0
         self._depth_lock = asyncio.Lock()
+        metrics.serve_probes(self.liveness, self.readiness)
         self._server: asyncio.Server | None = None
         self.port: int | None = None
         self._routes: dict[str, Endpoint] = {

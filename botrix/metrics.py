@@ -49,6 +49,26 @@ def _per_queue(name: str, documentation: str, values: Mapping[str, float]) -> Ga
     return family
 
 
+#: A probe's rule: whether it passes, and why not (the HTTP server's liveness and readiness).
+Probe = Callable[[], tuple[bool, str]]
+
+
+class _ProbeCollector(Collector):
+    """The probes' answers as gauges, judged at scrape time by the same rules as /live, /ready."""
+
+    def __init__(self, live: Probe, ready: Probe) -> None:
+        self._live = live
+        self._ready = ready
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        for name, probe in (("live", self._live), ("ready", self._ready)):
+            yield GaugeMetricFamily(
+                f"botrix_worker_{name}",
+                f"1 while /{name} answers 200 (its body says why not).",
+                value=int(probe()[0]),
+            )
+
+
 class _StateCollector(Collector):
     """Gauges read from the worker's state (and the cached queue depth) at scrape time."""
 
@@ -235,6 +255,10 @@ class Metrics:
         PlatformCollector(registry=r)
         GCCollector(registry=r)  # gc.get_stats() at scrape time: nothing per job
         r.register(_HandlerMetrics())  # read at each scrape: metrics made later are served too
+
+    def serve_probes(self, live: Probe, ready: Probe) -> None:
+        """Serve the probes' answers too (the HTTP server's rules; a worker without it has none)."""
+        self.registry.register(_ProbeCollector(live, ready))
 
     def job_type(self, name: str) -> str:
         """The label for a job type: its name if a handler is registered, else ``unknown``."""

@@ -251,6 +251,7 @@ async def test_metrics_move_as_jobs_complete_fail_and_retry(
     assert m[("botrix_job_queue_wait_seconds_count", (q,))] == 6  # the unknown type never started
     assert m[("botrix_concurrency", ())] == 5
     assert m[("botrix_redis_up", ())] == 1
+    assert m[("botrix_worker_live", ())] == m[("botrix_worker_ready", ())] == 1
     assert m[("botrix_queue_depth", (q, ("state", "pending")))] == 0
     assert m[("botrix_queue_workers", (q,))] == 1  # this worker, by its health record
     assert ("process_resident_memory_bytes", ()) in m
@@ -421,6 +422,8 @@ async def test_starting_worker_without_redis_is_not_ready(tmp_path: Path, queue:
         status, body, _ = await get(base, "/ready")
         assert status == 503 and body["reason"] in ("starting", "redis_unreachable")
         assert (await get(base, "/live"))[0] == 200
+        m = samples((await get(base, "/metrics"))[1])
+    assert (m[("botrix_worker_live", ())], m[("botrix_worker_ready", ())]) == (1, 0)
 
 
 async def test_live_fails_after_a_handler_blocks_the_loop(
