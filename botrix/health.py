@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import resource
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -32,27 +33,39 @@ def memory_usage() -> dict[str, int | None]:
 
     Resident now, its peak, and the limit the cgroup sets (a container's or a systemd unit's
     MemoryMax), so "how close to the OOM killer" is one request away. Read from /proc and
-    /sys: microseconds, no subprocess. None where this system does not say.
+    /sys: microseconds, no subprocess. The RSS and the limit are None where the system does not
+    say (not Linux; cgroup v1).
     """
     return {
         "rss_bytes": _read_int("/proc/self/statm", field=1, scale=os.sysconf("SC_PAGE_SIZE")),
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,  # kB on Linux
-        "limit_bytes": _read_int(_cgroup_memory_max()),
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * _MAXRSS_UNIT,
+        "limit_bytes": _cgroup_memory_limit(),
     }
 
 
-def _cgroup_memory_max() -> str:
-    """The memory.max of the process's own cgroup v2.
+#: ru_maxrss is in kilobytes on Linux, in bytes on macOS.
+_MAXRSS_UNIT = 1 if sys.platform == "darwin" else 1024
 
-    /proc/self/cgroup says "0::/system.slice/botrix-worker@1.service" under systemd, and
-    "0::/" in a container with its own cgroup namespace.
+
+def _cgroup_memory_limit() -> int | None:
+    """The lowest memory.max from the process's cgroup v2 up to the root, None if none is set.
+
+    /proc/self/cgroup says "0::/system.slice/botrix-worker@1.service" under systemd, and "0::/"
+    (or a child of it) in a container with its own cgroup namespace. A limit may sit on any
+    level above (a slice's MemoryMax, a pod's limit): the OOM killer applies the lowest.
     """
     try:
         with open("/proc/self/cgroup") as f:
             line = next((x for x in f if x.startswith("0::")), "0::/")
     except OSError:
-        line = "0::/"
-    return f"/sys/fs/cgroup{line[3:].strip().rstrip('/')}/memory.max"
+        return None
+    parts = [p for p in line[3:].strip().split("/") if p]
+    limits = []
+    for depth in range(len(parts), -1, -1):
+        limit = _read_int("/".join(["/sys/fs/cgroup", *parts[:depth], "memory.max"]))
+        if limit is not None:
+            limits.append(limit)
+    return min(limits, default=None)
 
 
 def _read_int(path: str, *, field: int = 0, scale: int = 1) -> int | None:

@@ -53,15 +53,19 @@ def _per_queue(name: str, documentation: str, values: Mapping[str, float]) -> Ga
 Probe = Callable[[], tuple[bool, str]]
 
 
+def _unjudged() -> tuple[bool, str]:
+    return False, "no HTTP server judges it"
+
+
 class _ProbeCollector(Collector):
     """The probes' answers as gauges, judged at scrape time by the same rules as /live, /ready."""
 
-    def __init__(self, live: Probe, ready: Probe) -> None:
-        self._live = live
-        self._ready = ready
+    def __init__(self) -> None:
+        self.live: Probe = _unjudged
+        self.ready: Probe = _unjudged
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
-        for name, probe in (("live", self._live), ("ready", self._ready)):
+        for name, probe in (("live", self.live), ("ready", self.ready)):
             yield GaugeMetricFamily(
                 f"botrix_worker_{name}",
                 f"1 while /{name} answers 200 (its body says why not).",
@@ -251,14 +255,16 @@ class Metrics:
         info = Gauge("botrix_build_info", "botrix version.", ["version", "python"], registry=r)
         info.labels(version, platform.python_version()).set(1)
         r.register(_StateCollector(state, lambda: self.depth_cache, lambda: self.workers_cache))
+        self._probes = _ProbeCollector()
+        r.register(self._probes)
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         GCCollector(registry=r)  # gc.get_stats() at scrape time: nothing per job
         r.register(_HandlerMetrics())  # read at each scrape: metrics made later are served too
 
     def serve_probes(self, live: Probe, ready: Probe) -> None:
-        """Serve the probes' answers too (the HTTP server's rules; a worker without it has none)."""
-        self.registry.register(_ProbeCollector(live, ready))
+        """Judge botrix_worker_live and _ready by these rules (the HTTP server's, which serves them)."""
+        self._probes.live, self._probes.ready = live, ready
 
     def job_type(self, name: str) -> str:
         """The label for a job type: its name if a handler is registered, else ``unknown``."""
