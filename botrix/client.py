@@ -290,10 +290,9 @@ class Client:
         Without ``queue``, the first known queue (by name) holding a record of that id answers.
         """
         queues = [queue] if queue else await self._store.known_queues()
-        for name in queues:
-            record = await self._store.job_record(name, job_id)
-            if record is not None:
-                return job_info(job_id, name, record)
+        found = await self._store.find_record(queues, job_id)
+        if found is not None:
+            return job_info(job_id, *found)
         raise JobNotFoundError(f"no job {job_id!r} (never enqueued, or expired after its TTL)")
 
     async def wait(self, job_id: str, timeout: float, queue: str | None = None) -> JobInfo:

@@ -384,7 +384,10 @@ def test_admin_cli_errors(redis_server: RedisServer) -> None:
     redis_server.client().set(keys.queue_keys("default").job("overwritten"), "text")
     foreign = run("--redis-url", redis_server.url, "job", "--queue", "default", "overwritten")
     assert foreign.returncode == 3 and "Traceback" not in foreign.stderr
-    assert "a botrix key holds a type botrix never writes (ResponseError: WRONGTYPE" in foreign.stderr
+    assert (
+        "a botrix key holds a type botrix never writes (WRONGTYPE botrix:{default}:job:overwritten is not "
+        "a hash: only botrix may write its keys)" in foreign.stderr
+    )
     huge = run("--redis-url", redis_server.url, "enqueue", "t.echo", "--payload", "[1e400]")
     assert huge.returncode == 2 and "--payload is not valid JSON" in huge.stderr
 

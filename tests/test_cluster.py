@@ -44,6 +44,8 @@ async def test_jobs_flow_across_the_nodes_of_a_cluster(
         assert (await client.wait(flaky, timeout=30, queue=queues[2])).attempts == 2
         assert (await client.wait(failing, timeout=30, queue=queues[3])).status is JobStatus.DEAD
         assert (await client.wait(later, timeout=30, queue=queues[4])).status is JobStatus.COMPLETED
+        # Without its queue, a job is looked for in every queue at once, across the nodes.
+        assert [(await client.job(job_id)).queue for job_id in echoes] == queues
 
         await client.pause(queues[5])
         held = await client.enqueue("t.echo", "held", queue=queues[5])

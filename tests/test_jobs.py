@@ -16,7 +16,7 @@ import redis.asyncio as aredis
 
 from botrix import keys
 from botrix.client import Client
-from botrix.errors import PayloadTooLargeError, RetryLater
+from botrix.errors import JobNotFoundError, PayloadTooLargeError, RetryLater
 from botrix.model import JobStatus
 from botrix.store import DEAD_CHUNK, ForeignWrite
 from tests.conftest import WorkerProcess, eventually, running_worker
@@ -460,6 +460,26 @@ async def test_a_listing_shows_entries_as_the_claim_will_see_them(
         await r.set(k.job(good), "overwritten")
         with pytest.raises(ForeignWrite, match=re.escape(k.job(good))):
             await client.jobs(queue, "queued")
+
+
+async def test_a_job_is_found_without_its_queue_among_many(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
+    """Asked without a queue, every known queue is looked in (the first by name answers); a
+    record of another type where the job would be is refused naming its key."""
+    names = [f"{queue}-{i:04d}" for i in range(1500)]  # two of the lookup's pipelines
+    async with aredis.Redis.from_url(redis_server.url) as r:
+        await r.sadd(keys.QUEUES, *names)
+        await client.enqueue("t.echo", "late", queue=names[1200], job_id=f"{queue}-job")
+        await client.enqueue("t.echo", "early", queue=names[700], job_id=f"{queue}-job")
+        info = await client.job(f"{queue}-job")
+        assert (info.queue, info.payload) == (names[700], "early")
+        with pytest.raises(JobNotFoundError):
+            await client.job(f"{queue}-nothing")
+        await r.set(keys.queue_keys(names[5]).job(f"{queue}-job"), "text")
+        with pytest.raises(ForeignWrite, match=re.escape(keys.queue_keys(names[5]).job(f"{queue}-job"))):
+            await client.job(f"{queue}-job")
+        await r.srem(keys.QUEUES, *names)
 
 
 async def _status_is(client: Client, job_id: str, queue: str, status: JobStatus) -> bool:

@@ -55,6 +55,8 @@ STORE_METHOD_COMMANDS: dict[str, set[str]] = {
     "hset": {"hset"},
     "publish": {"publish"},
     "hgetall": {"hgetall"},
+    # Store.find_record: which queue holds a job's record.
+    "hget": {"hget"},
     "llen": {"llen"},
     "lrange": {"lrange"},
     "zcard": {"zcard"},
