@@ -28,6 +28,10 @@ class Phase(StrEnum):
     STOPPED = "stopped"
 
 
+#: ru_maxrss is in kilobytes on Linux, in bytes on macOS.
+_MAXRSS_UNIT = 1 if sys.platform == "darwin" else 1024
+
+
 def memory_usage() -> dict[str, int | None]:
     """The process's memory as /health shows it (the BullMQ worker's ``checks.memory``).
 
@@ -41,10 +45,6 @@ def memory_usage() -> dict[str, int | None]:
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * _MAXRSS_UNIT,
         "limit_bytes": _cgroup_memory_limit(),
     }
-
-
-#: ru_maxrss is in kilobytes on Linux, in bytes on macOS.
-_MAXRSS_UNIT = 1 if sys.platform == "darwin" else 1024
 
 
 def _cgroup_memory_limit() -> int | None:
