@@ -20,7 +20,7 @@ import orjson
 import uvloop
 
 from botrix.cli import Parser, fail, hide_secrets_in_title
-from botrix.client import LISTED_STATES, MAX_LISTED, MAX_OFFSET, Client
+from botrix.client import LISTED_STATES, MAX_OFFSET, Client
 from botrix.config import (
     OPTIONS,
     REDIS_PARTS,
@@ -208,14 +208,14 @@ def build_parser() -> Parser:
         "--all", action="store_true", help="retry/purge every dead job of the queue (instead of ids)"
     )
     dead.add_argument("--queue", type=_checked(validate_queue_name), default="default")
-    dead.add_argument("--limit", type=_whole(1, MAX_LISTED), default=50)
+    dead.add_argument("--limit", type=_whole(1), default=50)
 
     jobs = sub.add_parser(
         "jobs", help="list a queue's queued, scheduled, running or dead jobs, in the order they will move"
     )
     jobs.add_argument("--queue", type=_checked(validate_queue_name), default="default")
     jobs.add_argument("--state", choices=list(LISTED_STATES), default="queued")
-    jobs.add_argument("--limit", type=_whole(1, MAX_LISTED), default=50)
+    jobs.add_argument("--limit", type=_whole(1), default=50, help="at most this many")
     jobs.add_argument("--offset", type=_whole(0, MAX_OFFSET), default=0, help="skip this many first")
 
     workers = sub.add_parser(
