@@ -28,7 +28,7 @@ from botrix import keys
 from botrix.aio import Deadline
 from botrix.config import check_cluster_url, check_redis_url, check_tls_files, redact_url
 from botrix.errors import BotrixError, ConfigError
-from botrix.model import QUEUE_NAME, Claimed, RateLimit, Rejected, Settlement
+from botrix.model import MAX_ID_LENGTH, QUEUE_NAME, Claimed, RateLimit, Rejected, Settlement
 
 _INCLUDE = re.compile(r'^--- @include "([\w.]+)"$', re.MULTILINE)
 
@@ -655,7 +655,7 @@ class Store:
         # longer than any id. Keys are built from the bytes: an id that is not UTF-8 still
         # names its record.
         prefix = k.job_prefix.encode()
-        ids = [e for e in entries if not e.startswith(b"{") and len(e) <= 200]
+        ids = [e for e in entries if not e.startswith(b"{") and len(e) <= MAX_ID_LENGTH]
         pipe = self._redis.pipeline(transaction=False)
         for job_id in ids:
             pipe.hgetall(prefix + job_id)
