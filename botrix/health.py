@@ -48,24 +48,43 @@ def memory_usage() -> dict[str, int | None]:
 
 
 def _cgroup_memory_limit() -> int | None:
-    """The lowest memory.max from the process's cgroup v2 up to the root, None if none is set.
+    """The lowest memory limit from the process's cgroup up to the root, None if none is set.
 
-    /proc/self/cgroup says "0::/system.slice/botrix-worker@1.service" under systemd, and "0::/"
-    (or a child of it) in a container with its own cgroup namespace. A limit may sit on any
-    level above (a slice's MemoryMax, a pod's limit): the OOM killer applies the lowest.
+    Each line of /proc/self/cgroup names a hierarchy and the process's path in it. cgroup v2's
+    is "0::/system.slice/botrix-worker@1.service" under systemd, "0::/" (or a child of it) in a
+    container with its own cgroup namespace: its limit is ``memory.max``. cgroup v1, still on
+    older hosts and Kubernetes nodes, has a line for its memory controller ("4:memory:/kubepods/
+    ...") and writes the limit as ``memory.limit_in_bytes``. A limit may sit on any level above
+    (a slice's MemoryMax, a pod's limit): the OOM killer applies the lowest. In a container with
+    no cgroup namespace (v1), the path is the host's, and the container sees its own cgroup at
+    the mount's root: the walk up reaches it there.
     """
     try:
         with open("/proc/self/cgroup") as f:
-            line = next((x for x in f if x.startswith("0::")), "0::/")
+            lines = f.read().splitlines()
     except OSError:
         return None
-    parts = [p for p in line[3:].strip().split("/") if p]
     limits = []
-    for depth in range(len(parts), -1, -1):
-        limit = _read_int("/".join(["/sys/fs/cgroup", *parts[:depth], "memory.max"]))
-        if limit is not None:
-            limits.append(limit)
-    return min(limits, default=None)
+    for line in lines:
+        fields = line.split(":", 2)
+        if len(fields) != 3:
+            continue
+        _, controllers, path = fields
+        if controllers == "":
+            limits += _limits_up("/sys/fs/cgroup", path, "memory.max")
+        elif "memory" in controllers.split(","):
+            limits += _limits_up("/sys/fs/cgroup/memory", path, "memory.limit_in_bytes")
+    return min((limit for limit in limits if limit < _V1_UNLIMITED), default=None)
+
+
+#: cgroup v1 says "no limit" with the largest page-aligned byte count it holds (about 2**63).
+_V1_UNLIMITED = 1 << 62
+
+
+def _limits_up(mount: str, path: str, name: str) -> list[int]:
+    parts = [p for p in path.strip().split("/") if p]
+    limits = (_read_int("/".join([mount, *parts[:depth], name])) for depth in range(len(parts), -1, -1))
+    return [limit for limit in limits if limit is not None]
 
 
 def _read_int(path: str, *, field: int = 0, scale: int = 1) -> int | None:
