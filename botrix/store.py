@@ -38,6 +38,8 @@ ENQUEUE_BATCH = 500
 CLUSTER_ENQUEUE_BATCH = 50
 #: Dead jobs re-driven or purged per script call (Store._dead_chunks).
 DEAD_CHUNK = 1000
+#: Jobs cancelled per script call (Store.cancel).
+CANCEL_CHUNK = 1000
 #: Queues asked at once, in one pipeline, for a job's record when its queue is not given.
 FIND_CHUNK = 1000
 
@@ -504,13 +506,17 @@ class Store:
         flat = await self._run("renew", [k.active, k.events], args)
         return [(_text(flat[i]), int(flat[i + 1]), flat[i + 2] == 1) for i in range(0, len(flat), 3)]
 
-    async def cancel(self, queue: str, job_id: str, ttl_s: int) -> str | None:
-        """Cancel a job unless it finished; the status it had, or None if it has no record."""
+    async def cancel(self, queue: str, job_ids: Sequence[str], ttl_s: int) -> list[str | None]:
+        """Cancel jobs unless they finished; the status each had, or None if it has no record."""
         k = keys.queue_keys(queue)
-        was = await self._run(
-            "cancel", [k.pending, k.scheduled, k.active, k.events], [job_id, k.job_prefix, queue, ttl_s]
-        )
-        return _text(was) or None
+        had: list[str | None] = []
+        for start in range(0, len(job_ids), CANCEL_CHUNK):
+            chunk = job_ids[start : start + CANCEL_CHUNK]
+            replies = await self._run(
+                "cancel", [k.pending, k.scheduled, k.active, k.events], [k.job_prefix, queue, ttl_s, *chunk]
+            )
+            had += (_text(was) or None for was in replies)
+        return had
 
     async def recover(
         self,

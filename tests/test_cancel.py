@@ -157,3 +157,81 @@ async def test_cancel_from_the_cli_and_the_admin_api(
         status, answer = await call(base, "POST", f"/jobs/nope/cancel?queue={queue}")
         assert (status, answer["error"]) == (404, "not_found")
     assert (await client.job(second, queue)).status is JobStatus.CANCELLED
+
+
+async def test_cancel_all_takes_every_job_in_a_state_and_nothing_else(
+    redis_server: RedisServer, client: Client, queue: str, spawn: Callable[..., WorkerProcess]
+) -> None:
+    """On a paused queue, 2,500 jobs wait (three pages), a foreign producer's envelope among
+    them, and three are delayed; a wait is in progress on one. Cancelling every queued job takes
+    the 2,500, ends the wait, and leaves the envelope queued and the delayed jobs scheduled;
+    cancelling the scheduled ones takes those. Once resumed, a worker runs the envelope's job
+    and none of the cancelled ones."""
+    k = keys.queue_keys(queue)
+    await client.pause(queue)
+    first = await client.enqueue_many("t.echo", list(range(1200)), queue=queue)
+    async with aredis.Redis.from_url(redis_server.url) as r:
+        await r.rpush(k.pending, json.dumps({"id": "foreign-1", "type": "t.echo", "payload": "foreign"}))
+    rest = await client.enqueue_many("t.echo", list(range(1300)), queue=queue)
+    delayed = [await client.enqueue("t.echo", "later", queue=queue, delay=3600) for _ in range(3)]
+    waiting = asyncio.create_task(client.wait(rest[-1], timeout=60, queue=queue))
+    await asyncio.sleep(0.2)  # let the wait subscribe (a guard, not a timing assertion)
+
+    assert await client.cancel_all(queue, "queued") == 2500
+    assert (await waiting).status is JobStatus.CANCELLED
+    assert await client.depth(queue) == {"pending": 1, "active": 0, "scheduled": 3, "dead": 0}
+    for job_id in (first[0], first[-1], rest[0], rest[-1]):
+        assert (await client.job(job_id, queue)).status is JobStatus.CANCELLED
+    assert {(await client.job(job_id, queue)).status for job_id in delayed} == {JobStatus.SCHEDULED}
+    assert await client.cancel_all(queue, "scheduled") == 3
+    assert await client.depth(queue) == {"pending": 1, "active": 0, "scheduled": 0, "dead": 0}
+    assert await client.cancel_all(queue, "queued") == 0  # the envelope has nothing to cancel yet
+
+    worker = spawn(redis_server.url, queue)
+    await client.resume(queue)
+    assert (await client.wait("foreign-1", timeout=30, queue=queue)).result == {
+        "echo": "foreign",
+        "attempt": 1,
+    }
+    await worker.wait_for("job.succeeded")
+    assert [e["job_id"] for e in worker.events() if e.get("event") == "job.started"] == ["foreign-1"]
+    worker.signal(signal.SIGTERM)
+    assert await worker.wait() == 0
+
+
+async def test_cancel_all_running_stops_them_and_the_cli_says_how_many(
+    redis_server: RedisServer, client: Client, queue: str, spawn: Callable[..., WorkerProcess]
+) -> None:
+    """`botrix cancel --all --state running` cancels the jobs a worker runs: it stops each at
+    its next renewal and its slots take the next jobs. Bad usage is one line and exit 2."""
+    worker = spawn(redis_server.url, queue, "--concurrency", "2")
+    long = [await client.enqueue("t.sleep", {"seconds": 600}, queue=queue) for _ in range(2)]
+    await worker.wait_for("job.started", count=2)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "botrix", "--redis-url", redis_server.url, "cancel", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    done = cli("--all", "--queue", queue, "--state", "running")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"queue": queue, "state": "running", "cancelled": 2}
+    await worker.wait_for("job.cancelled", count=2)
+    assert {(await client.job(job_id, queue)).status for job_id in long} == {JobStatus.CANCELLED}
+    after = await client.enqueue("t.echo", "after", queue=queue)
+    assert (await client.wait(after, timeout=30, queue=queue)).status is JobStatus.COMPLETED
+
+    for args, message in [
+        (("--queue", queue), "'cancel' takes a job id, or --all"),
+        (("x", "--all"), "'cancel' takes a job id, or --all"),
+        (("x", "--state", "queued"), "'cancel --state' goes with --all"),
+        (("--all", "--state", "dead"), "invalid choice: 'dead'"),
+    ]:
+        bad = cli(*args)
+        assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+    worker.signal(signal.SIGTERM)
+    assert await worker.wait() == 0

@@ -20,7 +20,7 @@ import orjson
 import uvloop
 
 from botrix.cli import Parser, fail, hide_secrets_in_title
-from botrix.client import LISTED_STATES, MAX_OFFSET, Client
+from botrix.client import CANCEL_STATES, LISTED_STATES, MAX_OFFSET, Client
 from botrix.config import (
     OPTIONS,
     REDIS_PARTS,
@@ -152,6 +152,20 @@ def _checked(validate: Callable[[str], None]) -> Callable[[str], str]:
     return parse
 
 
+def _add_cancel(sub: Any) -> None:
+    cancel = sub.add_parser(
+        "cancel",
+        help="cancel a job (or --all of a queue's in --state): it will not run, or its worker stops it; "
+        "exit 1 if the job had finished",
+    )
+    cancel.add_argument("id", nargs="?", type=_checked(validate_job_id))
+    cancel.add_argument("--queue", type=_checked(validate_queue_name), default="default")
+    cancel.add_argument(
+        "--all", action="store_true", help="cancel every job of the queue in --state (instead of an id)"
+    )
+    cancel.add_argument("--state", choices=CANCEL_STATES, help="with --all: which jobs [default queued]")
+
+
 def build_parser() -> Parser:
     """The admin CLI's subcommands."""
     parser = Parser(prog=PROG, description="Enqueue and inspect botrix jobs.")
@@ -190,11 +204,7 @@ def build_parser() -> Parser:
     job.add_argument("id", type=_checked(validate_job_id))
     job.add_argument("--queue", type=_checked(validate_queue_name))
 
-    cancel = sub.add_parser(
-        "cancel", help="cancel a job: it will not run, or its worker stops it; exit 1 if it had finished"
-    )
-    cancel.add_argument("id", type=_checked(validate_job_id))
-    cancel.add_argument("--queue", type=_checked(validate_queue_name), default="default")
+    _add_cancel(sub)
 
     wait = sub.add_parser("wait", help="wait until a job is completed, dead or cancelled")
     wait.add_argument("id", type=_checked(validate_job_id))
@@ -324,6 +334,11 @@ async def _run(args: argparse.Namespace) -> int:
         if args.command == "job":
             _print((await client.job(args.id, args.queue)).to_dict())
             return 0
+        if args.command == "cancel" and args.all:
+            state = args.state or "queued"
+            cancelled = await client.cancel_all(args.queue, state)
+            _print({"queue": args.queue, "state": state, "cancelled": cancelled})
+            return 0
         if args.command == "cancel":
             was = await client.cancel(args.id, args.queue)
             _print({"id": args.id, "queue": args.queue, "was": was, "cancelled": not was.finished})
@@ -387,6 +402,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         # Explicit, both ways: `dead purge $(some filter)` that matched nothing must not purge all.
         if args.action != "list" and bool(args.ids) == args.all:
             parser.error(f"'dead {args.action}' takes job ids, or --all for every dead job (not both)")
+    if args.command == "cancel" and (args.id is None) != args.all:
+        parser.error("'cancel' takes a job id, or --all for every job of the queue in --state (not both)")
+    if args.command == "cancel" and args.state and not args.all:
+        parser.error("'cancel --state' goes with --all")
     if args.command == "limit" and (
         (args.max is None) != (args.per is None) or (args.off and args.max is not None)
     ):
