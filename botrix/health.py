@@ -38,7 +38,7 @@ def memory_usage() -> dict[str, int | None]:
     Resident now, its peak, and the limit the cgroup sets (a container's or a systemd unit's
     MemoryMax), so "how close to the OOM killer" is one request away. Read from /proc and
     /sys: microseconds, no subprocess. The RSS and the limit are None where the system does not
-    say (not Linux; cgroup v1).
+    say (not Linux, no limit set).
     """
     return {
         "rss_bytes": _read_int("/proc/self/statm", field=1, scale=os.sysconf("SC_PAGE_SIZE")),
@@ -92,7 +92,7 @@ def _read_int(path: str, *, field: int = 0, scale: int = 1) -> int | None:
         with open(path, "rb") as f:
             return int(f.read().split()[field]) * scale
     except (OSError, ValueError, IndexError):
-        return None  # not Linux, no cgroup v2, or "max": no limit
+        return None  # not Linux, no such cgroup file, or "max": no limit
 
 
 def serving(record: dict[str, Any]) -> bool:
