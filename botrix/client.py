@@ -81,8 +81,6 @@ def _delay(delay: float, run_at: datetime | None) -> float:
 LISTED_STATES = {"queued": "pending", "scheduled": "scheduled", "running": "active", "dead": "dead"}
 #: The states ``Client.cancel_all`` cancels.
 CANCEL_STATES = ("queued", "scheduled", "running")
-#: The statuses a job is cancelled from (cancel.lua).
-CANCELLABLE = frozenset({"queued", "scheduled", "retrying", "running"})
 #: The most records one round trip of a listing reads, and the most the CLI and API list.
 MAX_LISTED = 1000
 #: The deepest page the CLI and API ask for (a list's index is a 64-bit number; this is plenty).
@@ -350,7 +348,7 @@ class Client:
         """
         validate_job_id(job_id)
         validate_queue_name(queue)
-        [was] = await self._store.cancel(queue, [job_id], keep_s)
+        was = await self._store.cancel(queue, job_id, keep_s)
         if was is None:
             raise JobNotFoundError(f"no job {job_id!r} in queue {queue!r}")
         return _status(queue, job_id, was.encode())
@@ -359,30 +357,25 @@ class Client:
         """Cancel every job of ``queue`` in ``state`` (queued, scheduled or running); how many.
 
         A queue's worth of jobs that must not run (a bad deploy enqueued them): each is
-        cancelled as :meth:`cancel` would, a page of 1,000 a round trip, its record kept for
-        ``keep_s`` seconds and a ``cancelled`` event sent, so its waiters hear of it. It goes
-        through the jobs in ``state`` when it starts, no more: jobs enqueued meanwhile are not
-        touched. Workers claiming meanwhile may take some first; pause the queue before, for a
-        clean cut. A foreign producer's envelope (pushed with RPUSH) is not a job until a worker
-        claims it, and has nothing to cancel: it stays queued.
+        cancelled as :meth:`cancel` would, its record kept for ``keep_s`` seconds and a
+        ``cancelled`` event sent to its waiters, a page of 1,000 a round trip. It takes the
+        jobs that were in ``state`` when it started (enqueued, or for ``running`` started, by
+        then), not those that came after. Pause the queue first for a clean cut: workers that
+        claim meanwhile take some first, and a claim taking a foreign producer's envelope while
+        it runs may make it pass over as many queued jobs. Such an envelope (a whole JSON job
+        pushed with RPUSH) has no record until a worker claims it, so nothing to cancel: it
+        stays queued.
         """
         if state not in CANCEL_STATES:
             raise ValueError(f"state must be one of {', '.join(CANCEL_STATES)}, got {state[:40]!r}")
-        place = LISTED_STATES[state]
         validate_queue_name(queue)
-        left = (await self._store.depth(queue))[place]  # Client.depth counts by place
-        cancelled = offset = 0
-        while left > 0:
-            page = await self._store.listed(queue, place, offset, min(MAX_LISTED, left))
-            if not page:
-                break
-            left -= len(page)
-            ids = list(dict.fromkeys(job_id for job_id, _ in page if job_id))
-            taken = sum(was in CANCELLABLE for was in await self._store.cancel(queue, ids, keep_s))
+        place, cutoff = LISTED_STATES[state], await self._store.clock_ms()
+        cancelled = start = 0
+        end = False
+        while not end:
+            taken, kept, end = await self._store.cancel_page(queue, place, cutoff, start, keep_s)
             cancelled += taken
-            # What was not taken off stays where it was (an envelope, a job that moved on):
-            # the next page starts past it.
-            offset += len(page) - taken
+            start += kept  # what the page left stays ahead of the next one
         return cancelled
 
     async def depth(self, queue: str = "default") -> dict[str, int]:

@@ -38,8 +38,8 @@ ENQUEUE_BATCH = 500
 CLUSTER_ENQUEUE_BATCH = 50
 #: Dead jobs re-driven or purged per script call (Store._dead_chunks).
 DEAD_CHUNK = 1000
-#: Jobs cancelled per script call (Store.cancel).
-CANCEL_CHUNK = 1000
+#: Entries a cancel_all call reads (Store.cancel_page).
+CANCEL_PAGE = 1000
 #: Queues asked at once, in one pipeline, for a job's record when its queue is not given.
 FIND_CHUNK = 1000
 
@@ -506,17 +506,30 @@ class Store:
         flat = await self._run("renew", [k.active, k.events], args)
         return [(_text(flat[i]), int(flat[i + 1]), flat[i + 2] == 1) for i in range(0, len(flat), 3)]
 
-    async def cancel(self, queue: str, job_ids: Sequence[str], ttl_s: int) -> list[str | None]:
-        """Cancel jobs unless they finished; the status each had, or None if it has no record."""
+    async def cancel(self, queue: str, job_id: str, ttl_s: int) -> str | None:
+        """Cancel a job unless it finished; the status it had, or None if it has no record."""
         k = keys.queue_keys(queue)
-        had: list[str | None] = []
-        for start in range(0, len(job_ids), CANCEL_CHUNK):
-            chunk = job_ids[start : start + CANCEL_CHUNK]
-            replies = await self._run(
-                "cancel", [k.pending, k.scheduled, k.active, k.events], [k.job_prefix, queue, ttl_s, *chunk]
-            )
-            had += (_text(was) or None for was in replies)
-        return had
+        was = await self._run(
+            "cancel", [k.pending, k.scheduled, k.active, k.events], [job_id, k.job_prefix, queue, ttl_s]
+        )
+        return _text(was) or None
+
+    async def cancel_page(
+        self, queue: str, place: str, cutoff_ms: int, start: int, ttl_s: int
+    ) -> tuple[int, int, bool]:
+        """Cancel the jobs in one page of a queue's ``place`` that were there by ``cutoff_ms``.
+
+        The page is CANCEL_PAGE entries from rank ``start`` of ``place`` (pending, scheduled,
+        active); ``cutoff_ms`` is on the Redis clock. Returns how many it cancelled, how many
+        entries it left in the page, and whether the page reached the end.
+        """
+        k = keys.queue_keys(queue)
+        cancelled, kept, read = await self._run(
+            "cancel_all",
+            [k.pending, k.scheduled, k.active, k.events],
+            [place, k.job_prefix, queue, ttl_s, cutoff_ms, start, CANCEL_PAGE],
+        )
+        return int(cancelled), int(kept), int(read) < CANCEL_PAGE
 
     async def recover(
         self,

@@ -18,6 +18,7 @@ from botrix import keys
 from botrix.client import Client
 from botrix.errors import JobNotFoundError
 from botrix.model import JobStatus
+from botrix.store import Store
 from tests.conftest import WorkerProcess, eventually
 from tests.redisproc import RedisServer
 from tests.test_admin_api import TOKEN, call
@@ -235,3 +236,29 @@ async def test_cancel_all_running_stops_them_and_the_cli_says_how_many(
         assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
     worker.signal(signal.SIGTERM)
     assert await worker.wait() == 0
+
+
+async def test_a_cancel_all_page_takes_only_what_was_there_when_it_began(
+    redis_server: RedisServer, client: Client, store: Store, queue: str
+) -> None:
+    """A page reads and cancels in one call: the jobs enqueued by the cutoff go, the ones
+    enqueued after it and a foreign envelope stay, and it says how many it left in place (where
+    the next page starts) and that it reached the end."""
+    await client.pause(queue)
+    before = [await client.enqueue("t.echo", i, queue=queue) for i in range(3)]
+    cutoff = await store.clock_ms()
+
+    async def past_cutoff() -> bool:
+        return await store.clock_ms() > cutoff
+
+    await eventually(past_cutoff, what="the Redis clock past the cutoff")  # the next ms, at most
+    async with aredis.Redis.from_url(redis_server.url) as r:
+        await r.rpush(keys.queue_keys(queue).pending, json.dumps({"type": "t.echo", "payload": "foreign"}))
+    after = [await client.enqueue("t.echo", i, queue=queue) for i in range(2)]
+
+    assert await store.cancel_page(queue, "pending", cutoff, 0, 60) == (3, 3, True)
+    assert {(await client.job(i, queue)).status for i in before} == {JobStatus.CANCELLED}
+    assert {(await client.job(i, queue)).status for i in after} == {JobStatus.QUEUED}
+    assert await client.depth(queue) == {"pending": 3, "active": 0, "scheduled": 0, "dead": 0}
+    # Past the three it left, nothing more: the end.
+    assert await store.cancel_page(queue, "pending", cutoff, 3, 60) == (0, 0, True)

@@ -50,6 +50,9 @@ async def test_jobs_flow_across_the_nodes_of_a_cluster(
         await client.pause(queues[5])
         held = await client.enqueue("t.echo", "held", queue=queues[5])
         assert await client.cancel(held, queues[5]) is JobStatus.QUEUED
+        held = await client.enqueue("t.echo", "held", queue=queues[5])
+        assert await client.cancel_all(queues[5]) == 1
+        assert (await client.job(held, queues[5])).status is JobStatus.CANCELLED
         await client.resume(queues[5])
         assert await client.retry_dead(queues[3]) == [failing]
         assert (await client.wait(failing, timeout=30, queue=queues[3])).status is JobStatus.DEAD
