@@ -39,7 +39,7 @@ from urllib.parse import parse_qs, unquote
 
 import orjson
 
-from botrix.client import LISTED_STATES, MAX_LISTED, MAX_OFFSET, Client
+from botrix.client import CANCEL_STATES, LISTED_STATES, MAX_LISTED, MAX_OFFSET, Client
 from botrix.errors import JobNotFoundError, PayloadTooLargeError
 from botrix.health import serving
 from botrix.logs import Logger
@@ -90,6 +90,7 @@ class AdminApi:
             ("GET", ("queues", q, "dead")): self._dead,
             ("POST", ("queues", q, "dead", "retry")): self._retry,
             ("POST", ("queues", q, "dead", "purge")): self._purge,
+            ("POST", ("queues", q, "cancel")): self._cancel_all,
             ("POST", ("queues", q, "pause")): self._pause,
             ("POST", ("queues", q, "resume")): self._resume,
             ("GET", ("queues", q, "rate-limit")): self._rate_limit,
@@ -206,6 +207,13 @@ class AdminApi:
 
     async def _purge(self, params: dict[str, str], query: dict[str, list[str]], body: Any) -> Any:
         return {"purged": await self._client.purge_dead(params["queue"], _ids(body))}
+
+    async def _cancel_all(self, params: dict[str, str], query: dict[str, list[str]], body: Any) -> Any:
+        state = _one(query, "state") or "queued"
+        if state not in CANCEL_STATES:
+            raise BadRequest(f"'state' must be one of {', '.join(CANCEL_STATES)}, got {state[:40]!r}")
+        cancelled = await self._client.cancel_all(params["queue"], state)
+        return {"queue": params["queue"], "state": state, "cancelled": cancelled}
 
     async def _pause(self, params: dict[str, str], query: dict[str, list[str]], body: Any) -> Any:
         await self._client.pause(params["queue"])

@@ -359,12 +359,12 @@ class Client:
         A queue's worth of jobs that must not run (a bad deploy enqueued them): each is
         cancelled as :meth:`cancel` would, its record kept for ``keep_s`` seconds and a
         ``cancelled`` event sent to its waiters, a page of 1,000 a round trip. It takes the
-        jobs that were in ``state`` when it started (enqueued, or for ``running`` started, by
-        then), not those that came after. Pause the queue first for a clean cut: workers that
-        claim meanwhile take some first, and a claim taking a foreign producer's envelope while
-        it runs may make it pass over as many queued jobs. Such an envelope (a whole JSON job
-        pushed with RPUSH) has no record until a worker claims it, so nothing to cancel: it
-        stays queued.
+        jobs in ``state`` that were enqueued (for ``running``: started) before it began, not
+        those enqueued after; one enqueued before and requeued since is taken. Pause the queue
+        first for a clean cut: workers that claim meanwhile take some first, and a claim taking
+        a foreign producer's envelope while it runs may make it pass over as many queued jobs.
+        Such an envelope (a whole JSON job pushed with RPUSH) has no record until a worker
+        claims it, so nothing to cancel: it stays queued.
         """
         if state not in CANCEL_STATES:
             raise ValueError(f"state must be one of {', '.join(CANCEL_STATES)}, got {state[:40]!r}")

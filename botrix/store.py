@@ -517,7 +517,7 @@ class Store:
     async def cancel_page(
         self, queue: str, place: str, cutoff_ms: int, start: int, ttl_s: int
     ) -> tuple[int, int, bool]:
-        """Cancel the jobs in one page of a queue's ``place`` that were there by ``cutoff_ms``.
+        """Cancel the jobs in one page of a queue's ``place`` enqueued by ``cutoff_ms``.
 
         The page is CANCEL_PAGE entries from rank ``start`` of ``place`` (pending, scheduled,
         active); ``cutoff_ms`` is on the Redis clock. Returns how many it cancelled, how many

@@ -58,6 +58,11 @@ async def test_the_admin_api_does_what_the_cli_does(
 
         assert await call(base, "POST", f"/queues/{queue}/pause") == (200, {"queue": queue, "paused": True})
         assert await client.is_paused(queue)
+        held = [await client.enqueue("t.echo", i, queue=queue) for i in range(2)]
+        assert await call(base, "POST", f"/queues/{queue}/cancel") == (
+            200, {"queue": queue, "state": "queued", "cancelled": 2},
+        )  # fmt: skip
+        assert {(await client.job(i, queue)).status for i in held} == {JobStatus.CANCELLED}
         status, retried = await call(base, "POST", f"/queues/{queue}/dead/retry", {"ids": [dead[0]]})
         assert (status, retried) == (200, {"retried": [dead[0]]})
         assert (await client.job(dead[0], queue)).status is JobStatus.QUEUED  # paused: it waits
@@ -95,6 +100,7 @@ async def test_the_admin_api_does_what_the_cli_does(
         ("GET", "/queues/q/jobs?state=completed", None, 400, "bad_request"),
         ("GET", "/queues/q/jobs?offset=-1", None, 400, "bad_request"),
         ("GET", "/queues/q/jobs?limit=1001", None, 400, "bad_request"),
+        ("POST", "/queues/q/cancel?state=dead", None, 400, "bad_request"),
         ("POST", "/queues/q/dead/retry", {"ids": []}, 400, "bad_request"),
         ("POST", "/queues/q/dead/purge", None, 400, "bad_request"),
         ("POST", "/queues/q/dead/purge", {"ids": ["a b"]}, 400, "bad_request"),

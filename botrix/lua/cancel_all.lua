@@ -2,12 +2,12 @@
 --
 -- Reads `count` entries from rank `start` of the pending list, the scheduled set or the active
 -- set, and cancels each that is a job in a state of that place (queued; scheduled or retrying;
--- running) and was there by `cutoff`, the caller's start (enqueued by then, for the first two;
--- started, for the active set), as cancel.lua would (_cancel.lua). The rest stay in place: a
--- foreign envelope (it has no record until a claim), a job enqueued or started since. Reading
--- and cancelling in one call leaves nothing to move in between: the caller's next page starts
--- `kept` entries from the head, past what this one left, and what others take off the head
--- between two calls (claims, finishing jobs) comes out of those kept entries only.
+-- running) and was enqueued by `cutoff`, the caller's start (started, for the active set), as
+-- cancel.lua would (_cancel.lua). The rest stay in place: a foreign envelope (it has no record
+-- until a claim), a job enqueued or started since. Reading and cancelling in one call leaves
+-- nothing to move in between: the caller's next page starts `kept` entries from the head, past
+-- what this one left, and what others take off the head between two calls (claims, finishing
+-- jobs) comes out of those kept entries only.
 --
 -- KEYS[1] pending list   KEYS[2] scheduled zset   KEYS[3] active zset   KEYS[4] events channel
 -- ARGV[1] place: 'pending', 'scheduled' or 'active'   ARGV[2] job record key prefix
