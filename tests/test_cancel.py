@@ -25,6 +25,17 @@ from tests.test_admin_api import TOKEN, call
 from tests.test_http import get, http_worker, samples
 
 
+def cancel_cli(redis_server: RedisServer, *args: str) -> subprocess.CompletedProcess[str]:
+    """``botrix cancel ARGS`` as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "botrix", "--redis-url", redis_server.url, "cancel", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 async def test_a_queued_or_delayed_job_cancelled_never_runs(
     redis_server: RedisServer, client: Client, queue: str, spawn: Callable[..., WorkerProcess]
 ) -> None:
@@ -127,21 +138,12 @@ async def test_cancel_from_the_cli_and_the_admin_api(
     await client.pause(queue)
     first = await client.enqueue("t.echo", 1, queue=queue)
 
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "botrix", "--redis-url", redis_server.url, "cancel", *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-
-    done = cli(first, "--queue", queue)
+    done = cancel_cli(redis_server, first, "--queue", queue)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"id": first, "queue": queue, "was": "queued", "cancelled": True}
-    again = cli(first, "--queue", queue)
+    again = cancel_cli(redis_server, first, "--queue", queue)
     assert again.returncode == 1 and json.loads(again.stdout)["was"] == "cancelled"
-    missing = cli("nope", "--queue", queue)
+    missing = cancel_cli(redis_server, "nope", "--queue", queue)
     assert (missing.returncode, missing.stderr.strip()) == (
         1,
         f"botrix: error: no job 'nope' in queue '{queue}'",
@@ -209,16 +211,7 @@ async def test_cancel_all_running_stops_them_and_the_cli_says_how_many(
     long = [await client.enqueue("t.sleep", {"seconds": 600}, queue=queue) for _ in range(2)]
     await worker.wait_for("job.started", count=2)
 
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "botrix", "--redis-url", redis_server.url, "cancel", *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-
-    done = cli("--all", "--queue", queue, "--state", "running")
+    done = cancel_cli(redis_server, "--all", "--queue", queue, "--state", "running")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"queue": queue, "state": "running", "cancelled": 2}
     await worker.wait_for("job.cancelled", count=2)
@@ -232,7 +225,7 @@ async def test_cancel_all_running_stops_them_and_the_cli_says_how_many(
         (("x", "--state", "queued"), "'cancel --state' goes with --all"),
         (("--all", "--state", "dead"), "invalid choice: 'dead'"),
     ]:
-        bad = cli(*args)
+        bad = cancel_cli(redis_server, *args)
         assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
     worker.signal(signal.SIGTERM)
     assert await worker.wait() == 0
