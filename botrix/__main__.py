@@ -1,5 +1,14 @@
 """``python -m botrix``: the admin CLI; ``python -m botrix worker ...`` runs the daemon."""
 
-from botrix.cli.admin import main
+import sys
 
-main()
+if sys.argv[1:2] == ["worker"]:
+    # Straight to the worker's entry point, which notes a stop before its heavy imports
+    # (botrix/cli/start.py); the admin CLI's own would come first.
+    from botrix.cli.start import worker
+
+    worker(sys.argv[2:])
+else:
+    from botrix.cli.admin import main
+
+    main()

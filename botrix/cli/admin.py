@@ -378,9 +378,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     hide_secrets_in_title()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["worker"]:
-        from botrix.cli.worker import main as worker_main
+        from botrix.cli.start import worker
 
-        worker_main(argv[1:])
+        worker(argv[1:])
         return
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)

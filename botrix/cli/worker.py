@@ -18,6 +18,7 @@ import uvloop
 
 from botrix.app import ServeError, Worker
 from botrix.cli import Parser, fail, hide_secrets, hide_secrets_in_title
+from botrix.cli.start import EarlyStop
 from botrix.config import OPTIONS, Settings, resolve
 from botrix.errors import ConfigError, HandlerLoadError, LifespanError
 from botrix.logs import configure, get_logger
@@ -156,26 +157,9 @@ def _exit_now(code: int) -> None:
     os._exit(code)
 
 
-class _EarlyStop:
-    """SIGTERM and SIGINT before the event loop runs: remembered, and honoured once it does.
-
-    Importing the handler modules can take a while (some connect to things at import). A stop
-    asked meanwhile would otherwise kill the process mid-import (SIGTERM) or print a
-    KeyboardInterrupt traceback (SIGINT); this way the worker starts, holds nothing, and stops.
-    """
-
-    def __init__(self) -> None:
-        self.reason: str | None = None
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._note)
-
-    def _note(self, signum: int, frame: object) -> None:
-        self.reason = signal.Signals(signum).name
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of ``botrix-worker``."""
-    early = _EarlyStop()
+def main(argv: Sequence[str] | None = None, early: EarlyStop | None = None) -> None:
+    """Run the worker; ``early`` holds a stop asked for while it was being imported (start.py)."""
+    early = early or EarlyStop()
     hide_secrets_in_title()
     settings = parse_settings(sys.argv[1:] if argv is None else argv, dict(os.environ))
     configure(settings.log_level, settings.log_format)
