@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-fast lint deps redis-server venv clean soak
+.PHONY: run test test-fast lint deps redis-server venv clean soak torture
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,3 +53,9 @@ clean:
 ## soak: 100,000 jobs through one worker; RSS and Redis memory must stay flat (docs/reliability.md)
 soak: venv redis-server
 	PYTHONPATH=. $(BIN)/python scripts/soak.py
+
+## torture: every fault at once, at random, for 10 minutes (tests/test_torture.py, which
+## `make test` runs for 20 s); TORTURE_SECONDS=N for another length, TORTURE_SEED=N to replay
+torture: venv deps
+	BOTRIX_TORTURE_SECONDS=$(or $(TORTURE_SECONDS),600) BOTRIX_TORTURE_SEED=$(TORTURE_SEED) \
+		$(BIN)/python -m pytest -q -s -m '' tests/test_torture.py $(PYTEST_ARGS)
