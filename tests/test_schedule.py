@@ -230,25 +230,24 @@ async def test_cron_runs_each_fire_time_once_however_many_workers_but_not_the_on
     """Every second here: the first look only records the fire time just behind it (a job
     deployed at noon with cron "0 2 * * *" runs at 2 AM, not at once); each later one runs
     once, though three workers each try to enqueue it."""
-    k = keys.queue_keys(queue)
     fires = f"botrix:test:{queue}:fires"
     async with aredis.Redis.from_url(redis_server.url) as r:
-
-        async def first_look() -> Any:
-            return await r.hget(k.schedules, "t.cron")
 
         async def three_fires() -> bool:
             return len(await r.hgetall(fires)) >= 3
 
+        seconds, micros = await r.time()
+        deployed = seconds * 1000 + micros // 1000
         registry = cron_registry(redis_server.url, queue, "* * * * * *")
         async with workers(redis_server.url, registry, queue, queue, queue):
-            armed = int((await eventually(first_look, what="the first look")).removeprefix(b"cron:"))
             await eventually(three_fires, what="three fire times run")
         counts = await r.hgetall(fires)
     assert set(counts.values()) == {b"1"}
     slots = sorted(int(s) for s in counts)
-    assert all(s % 1000 == 0 and s > armed for s in slots)
-    assert str(armed).encode() not in counts
+    # Not the fire time at or just before the deploy: the first look only recorded it. (Not
+    # compared with what the schedule shows at a first read: on a slow machine that read can
+    # come after the first run, the record already moved on; CI's Redis 6.2 run saw it once.)
+    assert all(s % 1000 == 0 and s > deployed for s in slots)
     info = await client.job(f"cron:t.cron:{slots[0]}", queue)
     assert info.status is JobStatus.COMPLETED and info.payload == {"slot_ms": slots[0]}
 
