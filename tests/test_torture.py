@@ -35,6 +35,7 @@ from botrix.store import StoreUnavailable
 from tests.conftest import WorkerProcess, eventually
 from tests.faultproxy import FaultProxy
 from tests.redisproc import RedisServer
+from tests.test_chaos import drained
 from tests.test_processes import run_counts
 
 SECONDS = float(os.environ.get("BOTRIX_TORTURE_SECONDS") or 20)
@@ -188,13 +189,8 @@ async def test_every_fault_at_once_leaves_every_job_done_or_dead(
 async def check_outcome(direct: Client, url: str, torture: Torture, seed: int) -> None:
     """Every job as expected once the faults are over, and the survivors still at work."""
     queue = torture.queue
-
-    async def settled() -> bool:
-        d = await direct.depth(queue)
-        return d["pending"] == d["active"] == d["scheduled"] == 0
-
     # Leases of killed workers run out (2 s) and are recovered; retries back off briefly.
-    await eventually(settled, timeout=300, what="every job settled")
+    await eventually(lambda: drained(direct, queue), timeout=300, what="every job settled")
     jobs = {job_id: await direct.job(job_id, queue) for job_id in torture.expected}
     wrong = {i: (str(j.status), j.error) for i, j in jobs.items() if j.status != torture.expected[i]}
     counts = await run_counts(url, f"runs:{queue}")
@@ -211,8 +207,4 @@ async def check_outcome(direct: Client, url: str, torture: Torture, seed: int) -
 
     # The survivors still work: one more job, after every fault.
     last = await direct.enqueue("t.work", {**torture.counted, "ms": 0}, queue=queue)
-    await eventually(lambda: _completed(direct, last, queue), timeout=60, what="a job after the faults")
-
-
-async def _completed(client: Client, job_id: str, queue: str) -> bool:
-    return (await client.job(job_id, queue)).status is JobStatus.COMPLETED
+    assert (await direct.wait(last, timeout=60, queue=queue)).status is JobStatus.COMPLETED
