@@ -15,6 +15,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+import botrix
 from botrix import keys
 from botrix.config import resolve
 from tests.conftest import ROOT, WorkerProcess
@@ -488,6 +489,38 @@ def test_a_log_reader_that_goes_away_does_not_fail_the_exit(redis_server: RedisS
         assert proc.wait(timeout=60) == 0
     finally:
         proc.kill()
+
+
+def test_the_entry_point_notes_stop_signals_before_any_heavy_import() -> None:
+    """The window in which SIGTERM still kills a starting worker is the interpreter's own start:
+    the packages above the entry point (``botrix``, ``botrix.cli``) import nothing when loaded."""
+    probe = (
+        "import sys, signal; import botrix.cli.start as s; s.EarlyStop();"
+        "print(signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL);"
+        "heavy = ('botrix', 'dataclasses', 'orjson', 'argparse');"
+        "print(sorted(m for m in sys.modules if m.startswith(heavy)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout.splitlines()  # fmt: skip
+    assert out == ["True", "['botrix', 'botrix.cli', 'botrix.cli.start']"]
+
+
+def test_the_package_exports_resolve_on_first_use() -> None:
+    """``from botrix import ...`` of every documented name works although none is imported up front."""
+    probe = (
+        "import botrix; from botrix import *;"
+        "print(sorted(n for n in botrix.__all__ if getattr(botrix, n, None) is None));"
+        "print(sorted(set(botrix.__all__) - set(dir(botrix))), JobStatus('queued').name, callable(handler))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout.splitlines()  # fmt: skip
+    assert out == ["[]", "[] QUEUED True"]
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        botrix.nothing  # noqa: B018
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

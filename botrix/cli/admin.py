@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 import uvloop
 
-from botrix.cli import Parser, fail, hide_secrets_in_title
+from botrix.cli.argv import Parser, fail, hide_secrets_in_title
 from botrix.client import CANCEL_STATES, LISTED_STATES, MAX_OFFSET, Client
 from botrix.config import (
     OPTIONS,

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import uvloop
 
 from botrix.app import ServeError, Worker
-from botrix.cli import Parser, fail, hide_secrets, hide_secrets_in_title
+from botrix.cli.argv import Parser, fail, hide_secrets, hide_secrets_in_title
 from botrix.cli.start import EarlyStop
 from botrix.config import OPTIONS, Settings, resolve
 from botrix.errors import ConfigError, HandlerLoadError, LifespanError
