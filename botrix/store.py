@@ -22,7 +22,7 @@ import orjson
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
+from redis.exceptions import NoScriptError, ReadOnlyError, RedisClusterException, RedisError, ResponseError
 
 from botrix import keys
 from botrix.aio import Deadline
@@ -288,10 +288,34 @@ class Store:
         return found
 
     async def ping(self) -> tuple[float, str]:
-        """Round-trip time in seconds and the server's version."""
+        """Round-trip time in seconds and the server's version; a replica is StoreUnavailable.
+
+        A replica answers INFO, but botrix can write nothing there: after a failover that
+        demoted the server, reporting it up would make readiness flap between this and the
+        READONLY of every other call.
+        """
         started = time.perf_counter()
-        info = await self._call(self._redis.info("server"))
-        return time.perf_counter() - started, str(info.get("redis_version", "?"))
+        info = await self._call(self._redis.info())  # server and replication (6.2 takes one section, or all)
+        rtt = time.perf_counter() - started
+        if info.get("role") == "slave":
+            await self._forget_connections()
+            raise StoreUnavailable(
+                "READONLY: the server is a replica (a failover demoted it?); reconnecting until the URL "
+                "leads to the primary"
+            )
+        return rtt, str(info.get("redis_version", "?"))
+
+    async def _forget_connections(self) -> None:
+        """Drop the pools' connections, so that the next calls dial the URL again.
+
+        After a failover the URL's name (DNS, a Service, a proxy) may lead to the new primary
+        while the connections made before still reach the old one, now a replica. A cluster's
+        client follows its topology itself.
+        """
+        if not self._cluster:
+            for client in (self._redis, self._blocking):
+                with contextlib.suppress(RedisError, OSError, RuntimeError):  # the caller backs off anyway
+                    await client.connection_pool.disconnect()
 
     # -- producing -------------------------------------------------------------------------
 
@@ -349,6 +373,8 @@ class Store:
                 await self._call(self._redis.script_load(script.script))
             for reply in replies:
                 if isinstance(reply, RedisError):  # OOM, READONLY ... as for a single call
+                    if isinstance(reply, ReadOnlyError):
+                        await self._forget_connections()
                     raise _unavailable(reply)
 
     async def schedule(
@@ -819,6 +845,8 @@ class Store:
         except ResponseError as exc:  # an error reply: the connection itself is fine
             if reload and isinstance(exc, NoScriptError):
                 raise
+            if isinstance(exc, ReadOnlyError):  # but not the server it reaches (_forget_connections)
+                await conn.disconnect(nowait=True)
             raise _unavailable(exc) from None
         except (RedisError, OSError, RuntimeError) as exc:
             await conn.disconnect(nowait=True)
@@ -830,6 +858,9 @@ class Store:
         # take this now", and a worker that crashed on them would leave its jobs leased.
         try:
             reply = await awaitable
+        except ReadOnlyError as exc:
+            await self._forget_connections()
+            raise _unavailable(exc) from None
         except (RedisError, OSError, RuntimeError) as exc:
             raise _unavailable(exc) from None
         except RedisClusterException as exc:

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+import redis.asyncio as aredis
 
 from botrix.client import Client
 from botrix.model import JobStatus
 from tests.conftest import WorkerProcess
+from tests.faultproxy import FaultProxy
 from tests.redisproc import RedisServer
 
 
@@ -54,3 +57,31 @@ async def test_worker_started_before_redis_waits_for_it(
         assert (await client.wait(job_id, timeout=60)).status is JobStatus.COMPLETED
     worker.signal(signal.SIGTERM)
     assert await worker.wait() == 0
+
+
+async def test_after_a_failover_the_worker_follows_its_url_to_the_new_primary(
+    own_redis: RedisServer, queue: str, tmp_path: Path, spawn: Callable[..., WorkerProcess]
+) -> None:
+    """The URL's name (DNS, a Service, here a proxy) now leads to the new primary, and the old
+    one stays up as its replica: every connection made before reaches a server that answers
+    writes with READONLY. The worker must dial again, not back off on them for good."""
+    new = RedisServer(tmp_path / "new")
+    new.start()
+    try:
+        async with FaultProxy(own_redis.port) as proxy:
+            worker = spawn(proxy.url(), queue, "--lease-seconds", "30")
+            async with Client.from_url(own_redis.url) as client:
+                before = await client.enqueue("t.echo", {"n": 1}, queue=queue)
+                assert (await client.wait(before, timeout=30)).status is JobStatus.COMPLETED
+            proxy.upstream = ("127.0.0.1", new.port)  # new connections only
+            old = aredis.Redis(port=own_redis.port)
+            await old.replicaof("127.0.0.1", str(new.port))
+            await old.aclose()
+            async with Client.from_url(new.url) as client:
+                after = await client.enqueue("t.echo", {"n": 2}, queue=queue)
+                assert (await client.wait(after, timeout=60)).status is JobStatus.COMPLETED
+            assert worker.proc.poll() is None
+            worker.signal(signal.SIGTERM)
+            assert await worker.wait() == 0
+    finally:
+        new.stop()
