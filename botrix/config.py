@@ -458,7 +458,7 @@ OPTIONS: tuple[Option, ...] = (
         "max_payload_bytes",
         "1048576",
         _int(64, 512 * 1024 * 1024),
-        "largest envelope accepted",
+        "largest envelope accepted, and largest result stored (over it: dead, ResultTooLarge)",
         metavar="BYTES",
     ),
     _opt("http_host", "0.0.0.0", _host, "address of the probe and metrics server", metavar="HOST"),

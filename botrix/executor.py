@@ -6,9 +6,12 @@ No Redis here: the executor only knows the handler, the payload and the time lim
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import random
 import traceback
+from collections.abc import Coroutine, Generator
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import orjson
 
@@ -20,6 +23,39 @@ from botrix.model import MAX_DELAY_S, ErrorInfo
 #: Tracebacks are cut to their last part: the frames nearest the error are the useful ones.
 TRACEBACK_LIMIT = 4000
 MESSAGE_LIMIT = 1000
+
+
+T = TypeVar("T")
+
+#: True in a handler's task, and so in every task it starts (a task copies its creator's context).
+_IN_HANDLER: contextvars.ContextVar[bool] = contextvars.ContextVar("botrix_in_handler", default=False)
+
+
+class TaskExit(Exception):
+    """A task a handler started raised SystemExit or KeyboardInterrupt: its job fails with this."""
+
+
+def contain_handler_tasks(
+    loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any] | Generator[Any, None, Any], **kwargs: Any
+) -> asyncio.Task[Any]:
+    """The worker loop's task factory: a task a handler starts cannot end the worker.
+
+    asyncio lets SystemExit and KeyboardInterrupt out of any task and out of the loop: a
+    handler's ``sys.exit()`` inside ``gather`` or ``create_task`` ended the process at once,
+    with exit 0 and no drain, its other jobs left leased. In the handler's own task, the
+    attempt catches them (:func:`run_attempt`); in the tasks it starts they become TaskExit,
+    which fails the job like any other error. botrix's own tasks are made as before.
+    """
+    if _IN_HANDLER.get() and not isinstance(coro, Generator):  # (a generator cannot be awaited)
+        coro = _contained(coro)
+    return asyncio.Task(coro, loop=loop, **kwargs)
+
+
+async def _contained(coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        return await coro
+    except (SystemExit, KeyboardInterrupt) as exc:
+        raise TaskExit(f"a task the handler started raised {type(exc).__name__}({exc})") from exc
 
 
 @dataclass(slots=True)  # not frozen, as model.Job: one is made for every job
@@ -38,7 +74,16 @@ def error_info(exc: BaseException) -> ErrorInfo:
     tb = "".join(traceback.format_exception(exc))
     if len(tb) > TRACEBACK_LIMIT:
         tb = "...\n" + tb[-TRACEBACK_LIMIT:]
-    return ErrorInfo(type(exc).__name__, _utf8(str(exc)[:MESSAGE_LIMIT]), _utf8(tb))
+    return ErrorInfo(type(exc).__name__, _utf8(_message(exc)[:MESSAGE_LIMIT]), _utf8(tb))
+
+
+def _message(exc: BaseException) -> str:
+    # A handler's exception class may have a broken __str__: failing here would dead-letter
+    # the job as botrix's own error, its retries lost. The traceback module says the same.
+    try:
+        return str(exc)
+    except Exception:
+        return "<exception str() failed>"
 
 
 def _utf8(text: str) -> str:
@@ -48,13 +93,17 @@ def _utf8(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-async def run_attempt(handler: HandlerFunc, ctx: JobContext, payload: object, timeout: float) -> Attempt:
+async def run_attempt(
+    handler: HandlerFunc, ctx: JobContext, payload: object, timeout: float, max_result_bytes: int
+) -> Attempt:
     """Run the handler under ``timeout``; cancellation from outside propagates.
 
     The limit is a :class:`~botrix.aio.Deadline`, which tells its own cancellation apart from
-    one that came from outside (shutdown, lost lease).
+    one that came from outside (shutdown, lost lease). A result over ``max_result_bytes`` is
+    not stored: a failure that no retry would change.
     """
     deadline = Deadline(timeout)
+    _IN_HANDLER.set(True)  # in this job's own task: the next job's task starts without it
     try:
         value = await handler(ctx, payload)
     except asyncio.CancelledError as exc:
@@ -77,10 +126,20 @@ async def run_attempt(handler: HandlerFunc, ctx: JobContext, payload: object, ti
     finally:
         deadline.cancel()
     try:
-        return Attempt(result=orjson.dumps(value))
+        result = orjson.dumps(value)
     except TypeError as exc:
         message = f"handler returned a value that is not JSON-serialisable: {exc}"
         return Attempt(error=ErrorInfo("ResultNotSerializable", message), retryable=False)
+    if len(result) > max_result_bytes:
+        # Written back with the job's settlement, it would make the lane's every call too big
+        # for Redis (proto-max-bulk-len) or for the socket timeout, and that call is sent again
+        # until it succeeds: the lane's other results, and its claims, would wait for good.
+        message = (
+            f"handler returned a result of {len(result)} bytes, over the {max_result_bytes} byte limit "
+            "(--max-payload-bytes); store large results elsewhere and return a reference"
+        )
+        return Attempt(error=ErrorInfo("ResultTooLarge", message), retryable=False)
+    return Attempt(result=result)
 
 
 _rng = random.Random()

@@ -15,6 +15,11 @@ from botrix.logs import Logger, fast_info
 from botrix.metrics import Metrics
 from botrix.model import Claimed, Outcome, Rejected, Settlement, parse_job
 
+#: What one call writes back at most, in results and errors (at least one attempt, whatever its
+#: size). A call that fails is sent again whole, so it must fit in the socket timeout on a slow
+#: link; results are at most --max-payload-bytes each (executor.py).
+CALL_BYTES = 4 * 1024 * 1024
+
 _REFUSED = "lease lost: the job was recovered or claimed by another worker"
 # The earlier call got no answer, so which one happened cannot be known here.
 _RESENT_REFUSED = (
@@ -45,11 +50,21 @@ class Settler:
         return len(self._buffers[lane])
 
     def take(self, lane: int) -> dict[str, list[Settlement]]:
-        """Everything buffered for ``lane``, by queue; its buffer is emptied."""
+        """The oldest of ``lane``'s buffer, up to CALL_BYTES of data, by queue; the rest stays.
+
+        What stays counts as pending, so the runner's next pass takes it.
+        """
+        buffer = self._buffers[lane]
         by_queue: dict[str, list[Settlement]] = defaultdict(list)
-        for settlement in self._buffers[lane]:
+        size = 0
+        for taken, settlement in enumerate(buffer):
+            size += len(settlement.data)
+            if size > CALL_BYTES and taken:
+                self._buffers[lane] = buffer[taken:]
+                break
             by_queue[settlement.queue].append(settlement)
-        self._buffers[lane] = []
+        else:
+            self._buffers[lane] = []
         return by_queue
 
     def put_back(self, lane: int, batches: dict[str, list[Settlement]]) -> None:

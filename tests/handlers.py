@@ -284,3 +284,38 @@ async def exit_no_retry(ctx: JobContext, payload: dict[str, Any]) -> None:
 async def ignore(ctx: JobContext, payload: Any) -> str:
     """Accepts any payload and returns a constant (a deep payload cannot be echoed back)."""
     return "ok"
+
+
+class _Unprintable(Exception):
+    """An exception whose __str__ itself fails (it never called Exception.__init__'s args)."""
+
+    def __str__(self) -> str:
+        return self.detail  # type: ignore[attr-defined, no-any-return]  # the bug being modelled
+
+
+@handler("t.unprintable")
+async def unprintable(ctx: JobContext, payload: Any) -> int:
+    """Fails with an exception that cannot be printed until its last attempt, then succeeds."""
+    if ctx.attempt <= ctx.max_retries:
+        raise _Unprintable
+    return ctx.attempt
+
+
+@handler("t.big_result")
+async def big_result(ctx: JobContext, payload: dict[str, Any]) -> str:
+    """Returns a string of ``payload["bytes"]`` characters."""
+    return "x" * int(payload["bytes"])
+
+
+async def _exits(how: str) -> None:
+    await asyncio.sleep(0)
+    raise SystemExit(0) if how == "exit" else KeyboardInterrupt
+
+
+@handler("t.exit_in_task")
+async def exit_in_task(ctx: JobContext, payload: dict[str, Any]) -> str:
+    """A task the handler starts calls ``sys.exit()`` (or meets a KeyboardInterrupt); on the
+    job's last attempt it does not, and the handler returns."""
+    if ctx.attempt <= ctx.max_retries:
+        await asyncio.gather(_exits(payload["how"]))
+    return "survived"

@@ -225,6 +225,41 @@ async def test_timeouts_and_bad_results_fail_the_attempt(
     assert info.error is not None and info.error["type"] == error_type
 
 
+async def test_an_exception_that_cannot_be_printed_is_still_retried(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
+    """Its ``str()`` fails: the attempt is a failure like any other, not botrix's own error."""
+    async with running_worker(redis_server.url, queue, max_retries=2, retry_backoff=0.01):
+        job_id = await client.enqueue("t.unprintable", {}, queue=queue)
+        info = await client.wait(job_id, timeout=30)
+    assert info.status is JobStatus.COMPLETED and info.result == 3
+    assert info.error is not None
+    assert info.error["type"] == "_Unprintable" and info.error["message"] == "<exception str() failed>"
+
+
+async def test_a_result_over_the_size_limit_is_dead_and_the_lane_goes_on(
+    redis_server: RedisServer, client: Client, queue: str
+) -> None:
+    """Redis would refuse the call that carries it (here: proto-max-bulk-len 1mb), and that call
+    is sent again until it succeeds: the lane's other results and its claims would wait for good."""
+    r = aredis.Redis.from_url(redis_server.url)
+    await r.config_set("proto-max-bulk-len", 1024 * 1024)
+    try:
+        async with running_worker(redis_server.url, queue, concurrency=2, max_payload_bytes=512 * 1024):
+            big = await client.enqueue("t.big_result", {"bytes": 2 * 1024 * 1024}, queue=queue)
+            fits = await client.enqueue("t.big_result", {"bytes": 400 * 1024}, queue=queue)
+            others = [await client.enqueue("t.echo", {"n": n}, queue=queue) for n in range(5)]
+            infos = [await client.wait(j, timeout=30) for j in [big, fits, *others]]
+    finally:
+        await r.config_set("proto-max-bulk-len", 512 * 1024 * 1024)
+        await r.aclose()
+    assert infos[0].status is JobStatus.DEAD and infos[0].attempts == 1
+    assert infos[0].error is not None and infos[0].error["type"] == "ResultTooLarge"
+    assert "2097154 bytes, over the 524288 byte limit" in infos[0].error["message"]
+    assert infos[1].status is JobStatus.COMPLETED and len(infos[1].result) == 400 * 1024
+    assert [i.result for i in infos[2:]] == [{"echo": {"n": n}, "attempt": 1} for n in range(5)]
+
+
 async def test_unknown_job_type_is_dead_at_once(
     redis_server: RedisServer, client: Client, queue: str
 ) -> None:

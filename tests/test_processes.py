@@ -136,6 +136,27 @@ async def test_kill_9_mid_job_is_recovered_by_another_worker(
     assert await run_counts(redis_server.url, f"runs:{queue}") == {job_id: 2}
 
 
+@pytest.mark.parametrize("how", ["exit", "interrupt"])
+async def test_sys_exit_in_a_task_a_handler_started_fails_its_job_not_the_worker(
+    redis_server: RedisServer, client: Client, queue: str, spawn: Spawn, how: str
+) -> None:
+    """asyncio lets SystemExit and KeyboardInterrupt out of any task and then out of the loop:
+    the worker ended at once, exit 0, no drain, its other jobs left leased."""
+    worker = spawn(redis_server.url, queue, "--concurrency", "4")
+    other = await client.enqueue("t.sleep", {"seconds": 1}, queue=queue)
+    await worker.wait_for("job.started")
+    exiting = await client.enqueue("t.exit_in_task", {"how": how}, queue=queue, max_retries=1)
+    info = await client.wait(exiting, timeout=30)
+    assert info.status is JobStatus.COMPLETED and info.result == "survived" and info.attempts == 2
+    assert info.error is not None and info.error["type"] == "TaskExit"
+    expected = "SystemExit(0)" if how == "exit" else "KeyboardInterrupt()"
+    assert info.error["message"] == f"a task the handler started raised {expected}"
+    assert (await client.wait(other, timeout=30)).status is JobStatus.COMPLETED
+    worker.signal(signal.SIGTERM)
+    assert await worker.wait() == 0
+    assert "worker.stopped" in worker.names()
+
+
 async def test_sigterm_drains_short_jobs_and_requeues_long_ones(
     redis_server: RedisServer, client: Client, queue: str, spawn: Spawn
 ) -> None:

@@ -21,6 +21,7 @@ from botrix.cli.argv import Parser, fail, hide_secrets, hide_secrets_in_title
 from botrix.cli.start import EarlyStop
 from botrix.config import OPTIONS, Settings, resolve
 from botrix.errors import ConfigError, HandlerLoadError, LifespanError
+from botrix.executor import contain_handler_tasks
 from botrix.logs import configure, get_logger
 from botrix.notify import SystemdNotifier
 from botrix.registry import default_registry, load_apps
@@ -182,7 +183,9 @@ def main(argv: Sequence[str] | None = None, early: EarlyStop | None = None) -> N
     threads = _HandlerThreads()
 
     async def serve() -> None:
-        asyncio.get_running_loop().set_default_executor(threads)
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(threads)
+        loop.set_task_factory(contain_handler_tasks)
         worker = Worker(settings, registry, SystemdNotifier.from_environ(unset=True))
         worker.install_signal_handlers()
         if early.reason:
