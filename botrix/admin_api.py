@@ -252,7 +252,7 @@ class AdminApi:
         _typed(body, "max_retries", "a whole number", int)
         if body.get("once") is not None and not isinstance(body["once"], bool):
             raise BadRequest(f"'once' must be true or false, got {str(body['once'])[:40]!r}")
-        if body.get("delay_s", 0) < 0:
+        if (body.get("delay_s") or 0) < 0:  # null is "not given", as for the other fields
             raise BadRequest(f"'delay_s' must not be negative, got {body['delay_s']!r}")
         arguments = {ENQUEUE_FIELDS[name]: value for name, value in body.items() if value is not None}
         try:

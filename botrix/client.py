@@ -106,7 +106,7 @@ def job_info(job_id: str, queue: str, record: dict[str, bytes]) -> JobInfo:
         type=job_type if isinstance(job_type, str) else None,
         payload=fields.get("payload"),
         attempts=_int(record.get("attempts")) or 0,
-        worker=record["worker"].decode() if "worker" in record else None,
+        worker=record["worker"].decode(errors="replace") if "worker" in record else None,
         enqueued_at_ms=_int(record.get("enqueued_at")),
         started_at_ms=_int(record.get("started_at")),
         finished_at_ms=_int(record.get("finished_at")),
@@ -188,7 +188,7 @@ class Client:
         for deduplicating redeliveries, and a retry after a lost reply that never runs a job
         twice.
         """
-        job_id = job_id or uuid.uuid4().hex
+        job_id = uuid.uuid4().hex if job_id is None else job_id  # "" is refused, not replaced
         validate_job_id(job_id)
         validate_queue_name(queue)
         delay = _delay(delay, run_at)

@@ -24,6 +24,9 @@ from botrix.model import MAX_RETRIES
 
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 
+# A bad value is shown through redact_url: a URL put in the wrong variable (REDIS_HOST, the
+# log level) still holds its password, and the message goes to a terminal or a journal.
+
 
 def _int(low: int, high: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
@@ -32,7 +35,7 @@ def _int(low: int, high: int) -> Callable[[str], int]:
                 raise ValueError
             value = int(text)
         except ValueError:
-            raise ValueError(f"must be a whole number, got {text!r}") from None
+            raise ValueError(f"must be a whole number, got {redact_url(text)!r}") from None
         if not low <= value <= high:
             raise ValueError(f"must be from {low} to {high}, got {value}")
         return value
@@ -47,7 +50,7 @@ def _seconds(low: float, high: float) -> Callable[[str], float]:
                 raise ValueError
             value = float(text)
         except ValueError:
-            raise ValueError(f"must be a number of seconds, got {text!r}") from None
+            raise ValueError(f"must be a number of seconds, got {redact_url(text)!r}") from None
         if not low <= value <= high:
             raise ValueError(f"must be from {low:g} to {high:g} seconds, got {value:g}")
         return value
@@ -61,7 +64,7 @@ def _queues(text: str) -> tuple[str, ...]:
         raise ValueError("must name at least one queue")
     for name in names:
         if not _QUEUE_NAME.match(name):
-            raise ValueError(f"queue name {name!r} must be 1-100 of A-Z a-z 0-9 _ . : -")
+            raise ValueError(f"queue name {redact_url(name)!r} must be 1-100 of A-Z a-z 0-9 _ . : -")
     if len(set(names)) != len(names):
         raise ValueError("names a queue twice")
     return names
@@ -148,7 +151,7 @@ def _host(text: str) -> str:
                 or (all(label.isdigit() for label in labels) and not _inet_aton(text))
             )
         ):
-            raise ValueError(f"must be an IP address or a host name, got {text!r}") from None
+            raise ValueError(f"must be an IP address or a host name, got {redact_url(text)!r}") from None
     return text
 
 
@@ -182,7 +185,7 @@ def _choice(*allowed: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         value = text.lower()
         if value not in allowed:
-            raise ValueError(f"must be one of {', '.join(allowed)}, got {text!r}")
+            raise ValueError(f"must be one of {', '.join(allowed)}, got {redact_url(text)!r}")
         return value
 
     return parse
@@ -205,7 +208,7 @@ def _switch(text: str) -> bool:
         return True
     if value in ("off", "false", "no", "0", ""):
         return False
-    raise ValueError(f"must be on or off, got {text!r}")
+    raise ValueError(f"must be on or off, got {redact_url(text)!r}")
 
 
 def cluster_nodes(text: str) -> tuple[tuple[str, int], ...]:
@@ -241,7 +244,7 @@ def _apps(text: str) -> tuple[str, ...]:
     modules = tuple(m.strip() for m in text.split(",") if m.strip())
     for module in modules:
         if not re.match(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$", module):
-            raise ValueError(f"{module!r} is not a Python module name")
+            raise ValueError(f"{redact_url(module)!r} is not a Python module name")
     return modules
 
 
@@ -554,7 +557,7 @@ def redis_url_from_parts(env: Mapping[str, str]) -> str | None:
     host = env.get("REDIS_HOST") or "localhost"
     port = env.get("REDIS_PORT") or "6379"
     if not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"REDIS_PORT: must be a port number from 1 to 65535, got {port!r}")
+        raise ConfigError(f"REDIS_PORT: must be a port number from 1 to 65535, got {redact_url(port)!r}")
     bare = host.removeprefix("[").removesuffix("]")
     try:
         if ipaddress.ip_address(bare).version == 6:
@@ -564,7 +567,7 @@ def redis_url_from_parts(env: Mapping[str, str]) -> str | None:
         # means: another host, a user, a path).
         if not re.fullmatch(r"[A-Za-z0-9_.-]{1,253}", host):
             raise ConfigError(
-                f"REDIS_HOST: must be a host name or an IP address, got {host[:100]!r}"
+                f"REDIS_HOST: must be a host name or an IP address, got {redact_url(host)[:100]!r}"
             ) from None
     password = env.get("REDIS_PASSWORD")
     try:

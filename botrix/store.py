@@ -734,7 +734,9 @@ class Store:
             deleted += int(await self._run("purge", [k.dead, k.events], [k.job_prefix, *chunk]))
         return deleted
 
-    async def _dead_chunks(self, queue: str, job_ids: Sequence[str] | None) -> AsyncIterator[list[str]]:
+    async def _dead_chunks(
+        self, queue: str, job_ids: Sequence[str] | None
+    ) -> AsyncIterator[Sequence[str | bytes]]:
         """The ids to re-drive or purge, DEAD_CHUNK at a time.
 
         One script runs alone in Redis: re-driving a dead set of 200,000 in one call stopped
@@ -756,7 +758,9 @@ class Store:
         while chunk := await self._call(
             self._redis.zrangebyscore(dead, "-inf", cutoff, start=0, num=DEAD_CHUNK)
         ):
-            yield [_text(job_id) for job_id in chunk]
+            # As read, not decoded: a member that is not UTF-8 (someone else's write) decoded
+            # with replacements would never match its ZREM, and this loop would read it forever.
+            yield chunk
 
     def event_stream(self) -> EventStream:
         """A pub/sub connection of its own for the events of any queues (Client.wait's)."""
@@ -794,17 +798,17 @@ class Store:
             return []
         pipe = self._redis.pipeline(transaction=False)
         for worker_id in ids:
-            pipe.get(keys.worker_health(worker_id.decode()))
+            pipe.get(keys.worker_health(_text(worker_id)))  # (an id botrix never wrote finds nothing)
         records = []
         for raw in await self._call(pipe.execute(raise_on_error=False)):
-            # Anything but botrix's own JSON object there (another type, other text) is someone
-            # else's write: skipped, so that one bad key cannot break every worker's /metrics
-            # and `botrix workers`.
+            # Anything but botrix's own JSON object there (another type, other text, a record
+            # whose queues are not a list of names) is someone else's write: skipped, so that
+            # one bad key cannot break every worker's /metrics and `botrix workers`.
             if not isinstance(raw, bytes):
                 continue
             with contextlib.suppress(orjson.JSONDecodeError):
                 record = orjson.loads(raw)
-                if isinstance(record, dict):
+                if _is_health_record(record):
                     records.append(record)
         return records
 
@@ -955,6 +959,14 @@ def _unavailable(exc: RedisError | OSError | RuntimeError) -> StoreUnavailable:
     if "handler is closed" not in str(exc) and "unable to perform operation" not in str(exc):
         raise exc
     return StoreUnavailable(f"connection reset: {_describe(exc)}")
+
+
+def _is_health_record(record: object) -> bool:
+    """Whether ``record`` has the shape of a worker's health record where its readers look."""
+    if not isinstance(record, dict):
+        return False
+    queues = record.get("queues", [])
+    return isinstance(queues, list) and all(isinstance(q, str) for q in queues)
 
 
 def _wrong_type(message: str) -> str | None:

@@ -14,7 +14,7 @@ from botrix.client import Client
 from botrix.model import JobStatus
 from tests.conftest import eventually
 from tests.redisproc import RedisServer
-from tests.test_http import get, http_worker
+from tests.test_http import get, http_worker, ready
 
 TOKEN = "s3cret-admin-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -309,3 +309,26 @@ def _post_status(base: str, path: str, body: bytes) -> int:
 
 async def _dead_count(client: Client, queue: str, count: int) -> bool:
     return (await client.depth(queue))["dead"] == count
+
+
+async def test_what_others_wrote_over_botrixs_keys_gets_an_answer_not_a_500(
+    own_redis: RedisServer, queue: str
+) -> None:
+    """A worker health record of another shape, a worker id or dead member that is not UTF-8:
+    /metrics and /health still answer on every worker, and `--all` ends (it read such a
+    member again and again before, inside the worker, past the API's 10 s)."""
+    r = own_redis.client()
+    r.zadd(keys.WORKERS, {b"evil": 99_999_999_999_999, b"\xff\xfe": 99_999_999_999_999})
+    r.set(keys.worker_health("evil"), b'{"queues": 5, "status": "running"}')
+    r.zadd(keys.queue_keys(queue).dead, {b"\xff": 1, b"gone": 2})
+    async with http_worker(own_redis.url, queue, admin_token=TOKEN) as (_, base):
+        await eventually(lambda: ready(base), what="ready")
+        for path in ("/metrics", "/health", f"/queues/{queue}", f"/workers?queue={queue}"):
+            status, _, _ = await get(base, path, authorization=f"Bearer {TOKEN}")
+            assert status == 200, path
+        status, body = await call(base, "POST", f"/queues/{queue}/dead/purge", {"all": True})
+        assert (status, body) == (200, {"purged": 0}) and r.zcard(keys.queue_keys(queue).dead) == 0
+        status, body = await call(base, "POST", f"/queues/{queue}/jobs", {"type": "t.echo", "delay_s": None})
+        assert status == 200, body
+        status, body = await call(base, "POST", f"/queues/{queue}/jobs", {"type": "t.echo", "id": ""})
+        assert (status, body["error"]) == (400, "bad_request") and "job id must be" in body["detail"]

@@ -553,3 +553,23 @@ def test_a_stop_during_start_up_is_honoured_once_the_worker_runs(
     stopping = next(e for e in events if e["event"] == "worker.stopping")
     assert stopping["reason"] == sig.name and events[-1]["event"] == "worker.stopped"
     assert redis_server.client().llen(pending) == 1  # nothing was claimed
+
+
+def test_the_cli_answers_over_what_others_wrote(own_redis: RedisServer, queue: str) -> None:
+    """A health record of another shape, a non-UTF-8 worker name on a record, a payload nested
+    deeper than orjson writes: each command still answers, exit 0, no traceback."""
+    r = own_redis.client()
+    r.zadd(keys.WORKERS, {b"evil": 99_999_999_999_999})
+    r.set(keys.worker_health("evil"), b'{"queues": null, "status": "running"}')
+    k = keys.queue_keys(queue)
+    r.hset(k.job("odd"), mapping={"status": "running", "envelope": b"{}", "worker": b"\xff"})
+    r.rpush(k.pending, b'{"id":"deep","type":"t.ignore","payload":' + b"[" * 300 + b"1" + b"]" * 300 + b"}")
+    url = ["--redis-url", own_redis.url]
+    for command in (["queues"], ["jobs", "--queue", queue], ["job", "odd", "--queue", queue]):
+        result = run(*url, *command)
+        assert result.returncode == 0 and "Traceback" not in result.stderr, (command, result.stderr)
+    result = run(*url, "workers", "--queue", queue)  # the record is not botrix's: none serves it
+    assert (result.returncode, result.stdout, result.stderr) == (1, "[]\n", "")
+    assert '"worker": "\ufffd"' in run(*url, "job", "odd", "--queue", queue).stdout
+    result = run(*url, "enqueue", "t.echo", "--queue", queue, "--job-id", "")
+    assert result.returncode == 2 and "job id must be" in result.stderr

@@ -84,3 +84,26 @@ def test_an_abbreviated_or_mistyped_token_flag_is_refused_without_its_value(args
     assert result.returncode == 2
     shown = f"{args[0]} ***" if len(args) == 2 else "--admin-tokn=***"
     assert f"unrecognized arguments: {shown}" in result.stderr and SECRET not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("variable", "command"),
+    [
+        ("REDIS_HOST", ["queues"]),
+        ("BOTRIX_LOG_LEVEL", ["worker", "--app", "tests.handlers"]),
+        ("BOTRIX_QUEUES", ["worker", "--app", "tests.handlers"]),
+        ("BOTRIX_HTTP_HOST", ["worker", "--app", "tests.handlers"]),
+        ("BOTRIX_APP", ["worker"]),
+        ("BOTRIX_CONCURRENCY", ["worker", "--app", "tests.handlers"]),
+        ("BOTRIX_REDIS_CLUSTER", ["worker", "--app", "tests.handlers"]),
+    ],
+)
+def test_a_url_in_the_wrong_variable_is_refused_without_its_password(
+    variable: str, command: list[str]
+) -> None:
+    """The value is quoted back, as every bad value is, but with the password hidden."""
+    result = run(*command, env={variable: f"redis://:{SECRET}@redis.internal:6379/0"})
+    assert result.returncode == 2, result.stderr
+    assert SECRET not in result.stderr + result.stdout
+    assert len(result.stderr.splitlines()) == 1 and variable in result.stderr
+    assert "redis://:***@redis.internal:6379/0" in result.stderr

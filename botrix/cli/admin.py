@@ -9,6 +9,7 @@ command).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -46,7 +47,11 @@ PROG = "botrix"
 
 
 def _print(value: Any) -> None:
-    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
+    try:
+        text = orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
+    except TypeError:  # a payload nested deeper than orjson writes (254), or an integer over 64 bits
+        text = json.dumps(value, indent=2, ensure_ascii=False)
+    sys.stdout.write(text + "\n")
 
 
 def _redis_url(args: argparse.Namespace) -> str:
