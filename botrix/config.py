@@ -91,13 +91,16 @@ def check_redis_url(text: str) -> str:
     if not (parts.hostname or parts.path):
         raise ValueError(f"names no host or socket, got {shown!r}")
     try:
-        parts.port  # noqa: B018 (a bad port raises here rather than at the first command)
+        # A bad port raises here rather than at the first command; port 0 is no port, and
+        # redis-py would quietly connect to 6379 instead.
+        if parts.port == 0:
+            raise ValueError
     except ValueError:
         # Not the parser's message: it quotes the text it took for the port. With an '@' further
         # on, that text may be a password with a / ? or # in it that the checks above missed.
         if "@" in text:
             shown = f"{parts.scheme}://***"
-        raise ValueError(f"has a port that is not a number from 0 to 65535, got {shown!r}") from None
+        raise ValueError(f"has a port that is not a number from 1 to 65535, got {shown!r}") from None
     _check_numbers(parts.query)
     # redis-py reads the path as a database (without its slashes) unless ?db= gives one, and
     # ignores a path it cannot read as a number: /1x would serve database 0.

@@ -104,11 +104,13 @@ BAD_WORKER_ARGS = [
     (["--http-host", "-1"], {}, "--http-host: must be an IP address or a host name"),
     (["--queues", "redis://u:hunter2@h"], {}, "--queues: queue name 'redis://u:***@h' must be"),
     (["two\nlines"], {}, "unrecognized arguments: two lines"),
+    # Port 0: redis-py would connect to 6379 instead.
+    (["--redis-url", "redis://h:0/0"], {}, "port that is not a number from 1 to 65535, got 'redis://h:0/0'"),
     # A password with an unencoded ? ends the host part at "u:": the port error shows nothing.
     (
         ["--redis-url", "rediss://u:hunter2?a=b@h/0"],
         {},
-        "port that is not a number from 0 to 65535, got 'rediss://***'",
+        "port that is not a number from 1 to 65535, got 'rediss://***'",
     ),
     (
         ["--redis-url", "rediss://u:1234?ssl_ca_certs=hunter2@h/0"],
