@@ -281,6 +281,10 @@ def test_enqueue_wait_job_and_workers(
     assert orjson.loads(run(*url, "dead", "purge", "--queue", queue, dead_id).stdout) == {"purged": 1}
     workers = run(*url, "workers", "--queue", queue)
     assert workers.returncode == 0 and orjson.loads(workers.stdout)[0]["queues"] == [queue]
+    # The connection's flags after the command work too; there they win over one before it.
+    elsewhere = ["--redis-url", "redis://:pw@127.0.0.1:1/0"]
+    for late in (run("workers", "--queue", queue, *url), run(*elsewhere, "workers", "--queue", queue, *url)):
+        assert late.returncode == 0 and orjson.loads(late.stdout)[0]["queues"] == [queue]
     depth = orjson.loads(run(*url, "queues", "--queue", queue).stdout)
     assert depth == {
         queue: {
@@ -493,33 +497,34 @@ def test_a_log_reader_that_goes_away_does_not_fail_the_exit(redis_server: RedisS
         proc.kill()
 
 
+def _fresh_python(code: str) -> list[str]:
+    """The lines ``code`` prints in an interpreter of its own (this one has imported botrix)."""
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    return done.stdout.splitlines()
+
+
 def test_the_entry_point_notes_stop_signals_before_any_heavy_import() -> None:
     """The window in which SIGTERM still kills a starting worker is the interpreter's own start:
     the packages above the entry point (``botrix``, ``botrix.cli``) import nothing when loaded."""
-    probe = (
+    out = _fresh_python(
         "import sys, signal; import botrix.cli.start as s; s.EarlyStop();"
         "print(signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL);"
         "heavy = ('botrix', 'dataclasses', 'orjson', 'argparse');"
         "print(sorted(m for m in sys.modules if m.startswith(heavy)))"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", probe], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True, text=True, check=True, timeout=60,
-    ).stdout.splitlines()  # fmt: skip
     assert out == ["True", "['botrix', 'botrix.cli', 'botrix.cli.start']"]
 
 
 def test_the_package_exports_resolve_on_first_use() -> None:
     """``from botrix import ...`` of every documented name works although none is imported up front."""
-    probe = (
+    out = _fresh_python(
         "import botrix; from botrix import *;"
         "print(sorted(n for n in botrix.__all__ if getattr(botrix, n, None) is None));"
         "print(sorted(set(botrix.__all__) - set(dir(botrix))), JobStatus('queued').name, callable(handler))"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", probe], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True, text=True, check=True, timeout=60,
-    ).stdout.splitlines()  # fmt: skip
     assert out == ["[]", "[] QUEUED True"]
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         botrix.nothing  # noqa: B018

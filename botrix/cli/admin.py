@@ -171,20 +171,26 @@ def _add_cancel(sub: Any) -> None:
     cancel.add_argument("--state", choices=CANCEL_STATES, help="with --all: which jobs [default queued]")
 
 
-def build_parser() -> Parser:
-    """The admin CLI's subcommands."""
-    parser = Parser(prog=PROG, description="Enqueue and inspect botrix jobs.")
-    parser.add_argument("--redis-url", help="Redis URL [env BOTRIX_REDIS_URL or REDIS_URL]")
+def _connection_flags(parser: argparse.ArgumentParser, default: Any = None) -> None:
+    parser.add_argument("--redis-url", default=default, help="Redis URL [env BOTRIX_REDIS_URL or REDIS_URL]")
     parser.add_argument(
         "--redis-cluster",
+        default=default,
         metavar="on|off",
         help="the URL names a node of a Redis Cluster [env BOTRIX_REDIS_CLUSTER or REDIS_CLUSTER_ENABLED]",
     )
     parser.add_argument(
         "--redis-cluster-nodes",
+        default=default,
         metavar="HOST:PORT,...",
         help="more nodes of that cluster to try [env BOTRIX_REDIS_CLUSTER_NODES or REDIS_CLUSTER_NODES]",
     )
+
+
+def build_parser() -> Parser:
+    """The admin CLI's subcommands."""
+    parser = Parser(prog=PROG, description="Enqueue and inspect botrix jobs.")
+    _connection_flags(parser)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     enqueue = sub.add_parser("enqueue", help="queue a job and print its id")
@@ -255,6 +261,10 @@ def build_parser() -> Parser:
     limit.add_argument("--per", type=_window, help="the window in seconds")
     limit.add_argument("--off", action="store_true", help="lift the limit")
 
+    # The connection's flags go after the command too (`botrix queues --redis-url URL`), as
+    # they are often typed; there they default to nothing, so that one given before it stands.
+    for command in sub.choices.values():
+        _connection_flags(command, default=argparse.SUPPRESS)
     sub.add_parser("worker", help="run the worker daemon (same flags as botrix-worker)", add_help=False)
     return parser
 
