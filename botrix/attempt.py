@@ -118,7 +118,7 @@ class Attempts:
     ) -> Settlement:
         s = self._settings
         started = time.perf_counter()
-        attempt = await run_attempt(func, ctx, job.payload, timeout, s.max_payload_bytes)
+        attempt = await run_attempt(func, ctx, job.payload, timeout, s.max_result_bytes)
         duration = time.perf_counter() - started
         if attempt.error is None:
             return _settlement(job, Outcome.COMPLETED, attempt.result or b"null", duration, wait_ms)

@@ -46,16 +46,45 @@ def contain_handler_tasks(
     attempt catches them (:func:`run_attempt`); in the tasks it starts they become TaskExit,
     which fails the job like any other error. botrix's own tasks are made as before.
     """
-    if _IN_HANDLER.get() and not isinstance(coro, Generator):  # (a generator cannot be awaited)
-        coro = _contained(coro)
+    if _IN_HANDLER.get() and not isinstance(coro, Generator):
+        coro = _Contained(coro)
     return asyncio.Task(coro, loop=loop, **kwargs)
 
 
-async def _contained(coro: Coroutine[Any, Any, T]) -> T:
-    try:
-        return await coro
-    except (SystemExit, KeyboardInterrupt) as exc:
-        raise TaskExit(f"a task the handler started raised {type(exc).__name__}({exc})") from exc
+class _Contained(Coroutine[Any, Any, T]):
+    """``coro``, with SystemExit and KeyboardInterrupt out of it turned into TaskExit.
+
+    A class rather than a coroutine that awaits ``coro``: a task cancelled before its first
+    step throws into its coroutine before it ran, and the wrapped one would then be left
+    never awaited (a RuntimeWarning on stderr); here the throw reaches it, as without us.
+    """
+
+    __slots__ = ("_coro",)
+
+    def __init__(self, coro: Coroutine[Any, Any, T]) -> None:
+        self._coro = coro
+
+    def send(self, value: Any) -> Any:
+        try:
+            return self._coro.send(value)
+        except (SystemExit, KeyboardInterrupt) as exc:
+            raise _task_exit(exc) from exc
+
+    def throw(self, *args: Any) -> Any:
+        try:
+            return self._coro.throw(*args)
+        except (SystemExit, KeyboardInterrupt) as exc:
+            raise _task_exit(exc) from exc
+
+    def close(self) -> None:
+        self._coro.close()
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return self._coro.__await__()  # (awaited directly, not as a task: unwrapped)
+
+
+def _task_exit(exc: BaseException) -> TaskExit:
+    return TaskExit(f"a task the handler started raised {type(exc).__name__}({exc})")
 
 
 @dataclass(slots=True)  # not frozen, as model.Job: one is made for every job
@@ -136,7 +165,7 @@ async def run_attempt(
         # until it succeeds: the lane's other results, and its claims, would wait for good.
         message = (
             f"handler returned a result of {len(result)} bytes, over the {max_result_bytes} byte limit "
-            "(--max-payload-bytes); store large results elsewhere and return a reference"
+            "(--max-result-bytes); store large results elsewhere and return a reference"
         )
         return Attempt(error=ErrorInfo("ResultTooLarge", message), retryable=False)
     return Attempt(result=result)

@@ -579,9 +579,7 @@ class Runner:
         if older is not None:
             self._cancel_lost(older)
         entry = self._book(lane, queue, claimed)
-        # Past the loop's task factory (executor.contain_handler_tasks), which is for the tasks
-        # handlers start: the same Task the loop would make, without a Python call per job.
-        entry.task = asyncio.Task(self._run_job(queue, claimed, entry), loop=loop)
+        entry.task = loop.create_task(self._run_job(queue, claimed, entry))
 
     def _book(self, lane: Lane, queue: str, claimed: Claimed) -> InFlight:
         """Hold ``claimed``'s lease in one of ``lane``'s slots, renewed until it is written back."""

@@ -17,7 +17,7 @@ from botrix.model import Claimed, Outcome, Rejected, Settlement, parse_job
 
 #: What one call writes back at most, in results and errors (at least one attempt, whatever its
 #: size). A call that fails is sent again whole, so it must fit in the socket timeout on a slow
-#: link; results are at most --max-payload-bytes each (executor.py).
+#: link; results are at most --max-result-bytes each (executor.py).
 CALL_BYTES = 4 * 1024 * 1024
 
 _REFUSED = "lease lost: the job was recovered or claimed by another worker"

@@ -297,7 +297,9 @@ class Store:
         started = time.perf_counter()
         info = await self._call(self._redis.info())  # server and replication (6.2 takes one section, or all)
         rtt = time.perf_counter() - started
-        if info.get("role") == "slave":
+        # (Not in a cluster: INFO goes to one node there, which may not hold these queues, and
+        # the cluster client follows failovers itself.)
+        if info.get("role") == "slave" and not self._cluster:
             await self._forget_connections()
             raise StoreUnavailable(
                 "READONLY: the server is a replica (a failover demoted it?); reconnecting until the URL "
@@ -306,16 +308,21 @@ class Store:
         return rtt, str(info.get("redis_version", "?"))
 
     async def _forget_connections(self) -> None:
-        """Drop the pools' connections, so that the next calls dial the URL again.
+        """Drop every connection (the pools' and the lanes'), so that the next calls dial the URL again.
 
         After a failover the URL's name (DNS, a Service, a proxy) may lead to the new primary
-        while the connections made before still reach the old one, now a replica. A cluster's
-        client follows its topology itself.
+        while the connections made before still reach the old one, now a replica. A call in
+        flight on one fails, and its caller backs off and sends it again. A cluster's client
+        follows its topology itself.
         """
-        if not self._cluster:
-            for client in (self._redis, self._blocking):
-                with contextlib.suppress(RedisError, OSError, RuntimeError):  # the caller backs off anyway
-                    await client.connection_pool.disconnect()
+        if self._cluster:
+            return
+        for client in (self._redis, self._blocking):
+            with contextlib.suppress(RedisError, OSError, RuntimeError):  # the caller backs off anyway
+                await client.connection_pool.disconnect()
+        for conn in self._direct.values():
+            with contextlib.suppress(RedisError, OSError, RuntimeError):
+                await conn.disconnect(nowait=True)
 
     # -- producing -------------------------------------------------------------------------
 
@@ -373,7 +380,7 @@ class Store:
                 await self._call(self._redis.script_load(script.script))
             for reply in replies:
                 if isinstance(reply, RedisError):  # OOM, READONLY ... as for a single call
-                    if isinstance(reply, ReadOnlyError):
+                    if _read_only(reply):
                         await self._forget_connections()
                     raise _unavailable(reply)
 
@@ -849,7 +856,7 @@ class Store:
         except ResponseError as exc:  # an error reply: the connection itself is fine
             if reload and isinstance(exc, NoScriptError):
                 raise
-            if isinstance(exc, ReadOnlyError):  # but not the server it reaches (_forget_connections)
+            if _read_only(exc):  # but not the server it reaches (_forget_connections)
                 await conn.disconnect(nowait=True)
             raise _unavailable(exc) from None
         except (RedisError, OSError, RuntimeError) as exc:
@@ -862,10 +869,9 @@ class Store:
         # take this now", and a worker that crashed on them would leave its jobs leased.
         try:
             reply = await awaitable
-        except ReadOnlyError as exc:
-            await self._forget_connections()
-            raise _unavailable(exc) from None
         except (RedisError, OSError, RuntimeError) as exc:
+            if _read_only(exc):
+                await self._forget_connections()
             raise _unavailable(exc) from None
         except RedisClusterException as exc:
             # redis-py's cluster client: no node answered, or a slot has no node. Not a
@@ -959,6 +965,15 @@ def _unavailable(exc: RedisError | OSError | RuntimeError) -> StoreUnavailable:
     if "handler is closed" not in str(exc) and "unable to perform operation" not in str(exc):
         raise exc
     return StoreUnavailable(f"connection reset: {_describe(exc)}")
+
+
+def _read_only(exc: BaseException) -> bool:
+    """Whether Redis refused a write as a replica.
+
+    redis-py's ReadOnlyError, or on Redis 6.2, where a script's READONLY comes back inside
+    "Error running script ...", a plain ResponseError.
+    """
+    return isinstance(exc, ReadOnlyError) or (isinstance(exc, ResponseError) and "READONLY" in str(exc))
 
 
 def _is_health_record(record: object) -> bool:

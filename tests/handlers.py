@@ -319,3 +319,13 @@ async def exit_in_task(ctx: JobContext, payload: dict[str, Any]) -> str:
     if ctx.attempt <= ctx.max_retries:
         await asyncio.gather(_exits(payload["how"]))
     return "survived"
+
+
+@handler("t.cancel_a_task")
+async def cancel_a_task(ctx: JobContext, payload: Any) -> str:
+    """Starts a task and cancels it before its first step (a TaskGroup aborting does that)."""
+    task = asyncio.get_running_loop().create_task(asyncio.sleep(1))
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return "cancelled"

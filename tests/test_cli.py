@@ -512,7 +512,7 @@ def test_the_entry_point_notes_stop_signals_before_any_heavy_import() -> None:
     out = _fresh_python(
         "import sys, signal; import botrix.cli.start as s; s.EarlyStop();"
         "print(signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL);"
-        "heavy = ('botrix', 'dataclasses', 'orjson', 'argparse');"
+        "heavy = ('botrix', 'dataclasses', 'orjson', 'argparse', 'typing');"
         "print(sorted(m for m in sys.modules if m.startswith(heavy)))"
     )
     assert out == ["True", "['botrix', 'botrix.cli', 'botrix.cli.start']"]

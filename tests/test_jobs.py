@@ -245,7 +245,7 @@ async def test_a_result_over_the_size_limit_is_dead_and_the_lane_goes_on(
     r = aredis.Redis.from_url(redis_server.url)
     await r.config_set("proto-max-bulk-len", 1024 * 1024)
     try:
-        async with running_worker(redis_server.url, queue, concurrency=2, max_payload_bytes=512 * 1024):
+        async with running_worker(redis_server.url, queue, concurrency=2, max_result_bytes=512 * 1024):
             big = await client.enqueue("t.big_result", {"bytes": 2 * 1024 * 1024}, queue=queue)
             fits = await client.enqueue("t.big_result", {"bytes": 400 * 1024}, queue=queue)
             others = [await client.enqueue("t.echo", {"n": n}, queue=queue) for n in range(5)]

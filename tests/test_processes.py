@@ -152,9 +152,13 @@ async def test_sys_exit_in_a_task_a_handler_started_fails_its_job_not_the_worker
     expected = "SystemExit(0)" if how == "exit" else "KeyboardInterrupt()"
     assert info.error["message"] == f"a task the handler started raised {expected}"
     assert (await client.wait(other, timeout=30)).status is JobStatus.COMPLETED
+    # A task a handler cancels before it ran leaves no "never awaited" warning behind.
+    cancelled = await client.enqueue("t.cancel_a_task", {}, queue=queue)
+    assert (await client.wait(cancelled, timeout=30)).result == "cancelled"
     worker.signal(signal.SIGTERM)
     assert await worker.wait() == 0
     assert "worker.stopped" in worker.names()
+    assert [e for e in worker.events() if e["event"] == "<non-json>"] == []
 
 
 async def test_sigterm_drains_short_jobs_and_requeues_long_ones(
