@@ -27,8 +27,16 @@ MESSAGE_LIMIT = 1000
 
 T = TypeVar("T")
 
-#: True in a handler's task, and so in every task it starts (a task copies its creator's context).
+#: True in a job's task, and so in every task its handler starts (a task copies its creator's
+#: context). botrix itself starts no task there.
 _IN_HANDLER: contextvars.ContextVar[bool] = contextvars.ContextVar("botrix_in_handler", default=False)
+
+
+def handler_context() -> contextvars.Context:
+    """A copy of the current context, marked as a handler's: a copy of it for each job's task."""
+    context = contextvars.copy_context()
+    context.run(_IN_HANDLER.set, True)
+    return context
 
 
 class TaskExit(Exception):
@@ -132,7 +140,6 @@ async def run_attempt(
     not stored: a failure that no retry would change.
     """
     deadline = Deadline(timeout)
-    _IN_HANDLER.set(True)  # in this job's own task: the next job's task starts without it
     try:
         value = await handler(ctx, payload)
     except asyncio.CancelledError as exc:

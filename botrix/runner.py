@@ -34,6 +34,7 @@ from botrix.attempt import Attempts
 from botrix.config import Settings
 from botrix.context import Enqueue
 from botrix.errors import EnvelopeError
+from botrix.executor import contain_handler_tasks, handler_context
 from botrix.health import InFlight, Phase, WorkerState
 from botrix.logs import Logger
 from botrix.metrics import Metrics
@@ -138,6 +139,8 @@ class Runner:
             state.instance,
         )
         self._attempts = Attempts(store, registry, settings, log, metrics, resources, enqueue)
+        # Each job's task runs in a copy of this: no job sees what another set in its context.
+        self._job_context = handler_context()
         self._lanes = split(settings.concurrency, len(settings.queues))
         self._settler = Settler(state, log, metrics, len(self._lanes))
         self._wake = asyncio.Event()
@@ -579,7 +582,13 @@ class Runner:
         if older is not None:
             self._cancel_lost(older)
         entry = self._book(lane, queue, claimed)
-        entry.task = loop.create_task(self._run_job(queue, claimed, entry))
+        job = self._run_job(queue, claimed, entry)
+        if loop.get_task_factory() is contain_handler_tasks:
+            # The loop's factory is ours alone, and would only make this Task: made directly, it
+            # costs no Python call a job. A factory chained over ours (an error tracker's) sees it.
+            entry.task = asyncio.Task(job, loop=loop, context=self._job_context.copy())
+        else:
+            entry.task = loop.create_task(job, context=self._job_context.copy())
 
     def _book(self, lane: Lane, queue: str, claimed: Claimed) -> InFlight:
         """Hold ``claimed``'s lease in one of ``lane``'s slots, renewed until it is written back."""

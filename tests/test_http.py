@@ -139,6 +139,7 @@ async def test_http_speaks_keep_alive_pipelining_head_and_http10(
     redis_server: RedisServer, queue: str
 ) -> None:
     async with http_worker(redis_server.url, queue) as (_, base):
+        await eventually(lambda: ready(base), what="ready")  # (a loaded machine starts it slower)
         # Two pipelined requests on one connection, the second asking to close it.
         answer = await raw_exchange(
             base,

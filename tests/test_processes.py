@@ -161,6 +161,18 @@ async def test_sys_exit_in_a_task_a_handler_started_fails_its_job_not_the_worker
     assert [e for e in worker.events() if e["event"] == "<non-json>"] == []
 
 
+async def test_a_task_factory_a_lifespan_chains_sees_the_jobs_and_keeps_them_contained(
+    redis_server: RedisServer, client: Client, queue: str, spawn: Spawn
+) -> None:
+    """An error tracker's integration wraps the loop's task factory: job tasks go through it too."""
+    worker = spawn(redis_server.url, queue, "--app", "tests.factory_app")
+    assert (await client.wait(await client.enqueue("f.seen", {}, queue=queue), timeout=30)).result is True
+    info = await client.wait(await client.enqueue("f.exit_in_task", {}, queue=queue), timeout=30)
+    assert info.status is JobStatus.DEAD and info.error is not None and info.error["type"] == "TaskExit"
+    worker.signal(signal.SIGTERM)
+    assert await worker.wait() == 0
+
+
 async def test_sigterm_drains_short_jobs_and_requeues_long_ones(
     redis_server: RedisServer, client: Client, queue: str, spawn: Spawn
 ) -> None:
