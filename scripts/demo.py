@@ -78,6 +78,9 @@ async def main(once: bool) -> int:
             "--worker-id",
             "demo-worker",
         ],
+        # Ctrl-C reaches the demo alone, which then sends the worker one SIGTERM (a graceful
+        # drain); the terminal's SIGINT as well would make that second signal a forced stop.
+        start_new_session=True,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -26,7 +26,9 @@ def start_redis(workdir: Path, *, appendonly: bool) -> tuple[subprocess.Popen[by
     port = free_port()
     args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir), "--save", ""]
     args += ["--appendonly", "yes" if appendonly else "no", "--maxmemory-policy", "noeviction"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+    # A session of its own: Ctrl-C in the terminal reaches the script alone, which stops the
+    # worker first and Redis after it, so the worker's drain still has a Redis to write to.
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
