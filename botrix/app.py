@@ -26,7 +26,7 @@ import signal
 
 from botrix import __version__
 from botrix.client import Client
-from botrix.config import Settings, redact_url
+from botrix.config import Settings
 from botrix.errors import BotrixError, LifespanError
 from botrix.health import WorkerState
 from botrix.heartbeat import Heartbeat
@@ -37,6 +37,7 @@ from botrix.logs import Logger, get_logger
 from botrix.metrics import Metrics
 from botrix.notify import SystemdNotifier
 from botrix.recoverer import Recoverer
+from botrix.redis_url import redact_url
 from botrix.registry import Registry
 from botrix.runner import Runner
 from botrix.scheduler import Scheduler

@@ -1,8 +1,8 @@
 """Turns one claimed job into a settlement: validate, find the handler, run it, decide.
 
 Retry or dead letter is decided here, from the attempt number, the job's (or handler's, or
-worker's) ``max_retries``, and whether the error is retryable. Nothing here talks to Redis
-except through the progress sink the caller provides.
+worker's) ``max_retries``, and whether the error is retryable. The one call to Redis made
+here is a handler's progress report (best effort); the settlement goes back to the runner.
 """
 
 from __future__ import annotations
@@ -60,11 +60,11 @@ class Attempts:
         try:
             job = parse_job(claimed, queue, trace=self._tracer is not None)
         except EnvelopeError as exc:
-            return _dead(queue, claimed, ErrorInfo("EnvelopeError", str(exc)))
+            return dead_settlement(queue, claimed, ErrorInfo("EnvelopeError", str(exc)))
         handler = self._registry.get(job.type)
         if handler is None:
             reason = f"no handler registered for job type {job.type!r}"
-            return _dead(queue, claimed, ErrorInfo("UnknownJobType", reason), job.type)
+            return dead_settlement(queue, claimed, ErrorInfo("UnknownJobType", reason), job.type)
         max_retries = job.max_retries
         if max_retries is None:
             max_retries = s.max_retries if handler.max_retries is None else handler.max_retries
@@ -171,7 +171,8 @@ def _settlement(job: Job, outcome: Outcome, data: bytes, duration: float, wait_m
     )
 
 
-def _dead(queue: str, claimed: Claimed, error: ErrorInfo, job_type: str = "") -> Settlement:
+def dead_settlement(queue: str, claimed: Claimed, error: ErrorInfo, job_type: str = "") -> Settlement:
+    """The settlement that dead-letters ``claimed`` with ``error``, no retry."""
     return Settlement(
         claimed.job_id,
         queue,

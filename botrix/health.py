@@ -146,14 +146,14 @@ class RedisLink:
     version: str = ""
     in_outage: bool = False
 
-    def ok(self) -> bool:
+    def mark_up(self) -> bool:
         """Record a successful round trip; True when this ends an outage."""
         ended = self.in_outage
         self.up, self.reason, self.in_outage = True, "", False
         self.last_ok_monotonic = time.monotonic()
         return ended
 
-    def down(self, reason: str) -> bool:
+    def mark_down(self, reason: str) -> bool:
         """Record a failure (the reason free of secrets); True when this starts an outage."""
         started = not self.in_outage
         self.up, self.reason, self.in_outage = False, reason, True

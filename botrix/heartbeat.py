@@ -63,7 +63,7 @@ class Heartbeat:
             try:
                 await self._beat(time.monotonic() >= next_record or self._state.phase != self._recorded)
             except StoreUnavailable as exc:
-                if self._state.redis.down(str(exc)):
+                if self._state.redis.mark_down(str(exc)):
                     self._log.warning("redis.unavailable", reason=str(exc), during="heartbeat")
             else:
                 if time.monotonic() >= next_record:
@@ -81,7 +81,7 @@ class Heartbeat:
             failed = exc  # a cluster: the node that did not answer may not hold these queues
         else:
             link = self._state.redis
-            if link.ok():
+            if link.mark_up():
                 self._log.info("redis.recovered")
             link.rtt_s, link.version = rtt, version
         for queue, held in self._state.held().items():

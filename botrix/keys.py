@@ -90,7 +90,3 @@ def queue_keys(queue: str) -> QueueKeys:
         schedules=f"{base}:schedules",
         job_prefix=f"{base}:job:",
     )
-
-
-#: Pattern matching the event channel of every queue (for PSUBSCRIBE).
-EVENTS_PATTERN = f"{PREFIX}:{{*}}:events"

@@ -55,7 +55,7 @@ class Recoverer:
                     next_recovery = loop.time() + self._recover_every
                 pause = min(pause, await self._promote())
             except StoreUnavailable as exc:
-                if self._state.redis.down(str(exc)):
+                if self._state.redis.mark_down(str(exc)):
                     self._log.warning("redis.unavailable", reason=str(exc), during="recover")
             await sleep_or_stop(stop, pause)
 

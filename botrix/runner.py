@@ -30,11 +30,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from botrix.aio import Backoff, sleep_or_stop
-from botrix.attempt import Attempts
+from botrix.attempt import Attempts, dead_settlement
 from botrix.config import Settings
 from botrix.context import Enqueue
 from botrix.errors import EnvelopeError
-from botrix.executor import contain_handler_tasks, handler_context
+from botrix.executor import MESSAGE_LIMIT, contain_handler_tasks, handler_context
 from botrix.health import InFlight, Phase, WorkerState
 from botrix.logs import Logger
 from botrix.metrics import Metrics
@@ -185,8 +185,8 @@ class Runner:
             if entry is not None and entry.granted < since:
                 self._cancel_lost(entry, cancelled)
 
-    def _cancel_lost(self, entry: InFlight | None, cancelled: bool = False) -> None:
-        if entry is None or entry.task is None or entry.task.done() or entry.cancel_reason:
+    def _cancel_lost(self, entry: InFlight, cancelled: bool = False) -> None:
+        if entry.task is None or entry.task.done() or entry.cancel_reason:
             return  # nothing to stop, or already being stopped
         entry.cancel_reason = "cancelled" if cancelled else "lease_lost"
         entry.task.cancel()
@@ -334,7 +334,7 @@ class Runner:
                 self._settler.put_back(lane.index, batches)
                 if not isinstance(exc, StoreUnavailable):
                     raise
-                if self._state.redis.down(str(exc)):
+                if self._state.redis.mark_down(str(exc)):
                     self._log.warning(
                         "redis.unavailable", reason=str(exc), during="exchange", unsettled=len(self._settler)
                     )
@@ -343,7 +343,7 @@ class Runner:
             finally:
                 lane.reserved -= want
             self._backoff.reset()
-            if self._state.redis.ok():
+            if self._state.redis.mark_up():
                 self._log.info("redis.recovered")
             # (``sent``, not ``want``: a claim the stop took back proves nothing and saw nothing)
             if hold is not None and (sent or not hold.claims_only):
@@ -485,10 +485,7 @@ class Runner:
                 "its attempt given back",
             )
             entry = self._book(lane, queue, claimed)  # never run: its slot until the requeue is written
-            requeue = _requeue(entry)
-            requeue.requeue_reason = "orphaned"
-            requeue.owner = entry
-            requeues.append(requeue)
+            requeues.append(_requeue(entry, "orphaned"))
         return requeues
 
     def _hold(self, queue: str, lane: int, items: list[Settlement], exc: ForeignWrite) -> None:
@@ -614,16 +611,8 @@ class Runner:
                 settlement = _requeue(entry)
         except Exception as exc:  # a bug of ours: the job is dead-lettered with it, never stuck
             self._log.exception("job.internal_error", queue=queue, job_id=claimed.job_id)
-            error = ErrorInfo("InternalError", f"botrix failed running the job: {exc!r}"[:1000])
-            settlement = Settlement(
-                claimed.job_id,
-                queue,
-                claimed.delivery,
-                Outcome.DEAD,
-                error.to_json(),
-                attempt=claimed.attempt,
-                error=error,
-            )
+            message = f"botrix failed running the job: {exc!r}"[:MESSAGE_LIMIT]
+            settlement = dead_settlement(queue, claimed, ErrorInfo("InternalError", message))
         if (
             entry.cancel_reason == "shutdown"
             and settlement is not None
@@ -718,9 +707,7 @@ class Runner:
         ]
         for entry in stuck:
             entry.cancel_reason = "abandoned"  # its task no longer speaks for the job
-            requeue = _requeue(entry)
-            requeue.owner = entry
-            self._settler.submit(requeue, entry.lane)
+            self._settler.submit(_requeue(entry), entry.lane)
             self._log.warning(
                 "job.abandoned",
                 queue=entry.queue,
@@ -787,8 +774,10 @@ def _sent_before(items: list[Settlement]) -> None:
         settlement.resent = True
 
 
-def _requeue(entry: InFlight) -> Settlement:
-    """The settlement that puts ``entry``'s job back at shutdown, named for the log and metrics.
+def _requeue(entry: InFlight, reason: str = "shutdown") -> Settlement:
+    """The settlement that puts ``entry``'s job back, named for the log and metrics.
+
+    ``reason`` is the log's word for why: a shutdown, or a claim whose reply was lost.
 
     The envelope is parsed again here rather than kept from the attempt: shutdowns are rare,
     and every job paying to carry its identity would not be.
@@ -805,4 +794,6 @@ def _requeue(entry: InFlight) -> Settlement:
         job_type=job_type,
         attempt=entry.claimed.attempt,
         correlation_id=correlation_id,
+        requeue_reason=reason,
+        owner=entry,
     )

@@ -66,7 +66,7 @@ class Scheduler:
                 self._log.warning("schedule.damaged", type=handler.name, queue=handler.queue, reason=str(exc))
             return wait.next()
         except StoreUnavailable as exc:
-            if self._state.redis.down(str(exc)):
+            if self._state.redis.mark_down(str(exc)):
                 self._log.warning("redis.unavailable", reason=str(exc), during="schedule")
             return wait.next()
         if handler.name in self._damaged:

@@ -26,9 +26,9 @@ from redis.exceptions import NoScriptError, ReadOnlyError, RedisClusterException
 
 from botrix import keys
 from botrix.aio import Deadline
-from botrix.config import check_cluster_url, check_redis_url, check_tls_files, redact_url
 from botrix.errors import BotrixError, ConfigError
 from botrix.model import MAX_ID_LENGTH, QUEUE_NAME, Claimed, RateLimit, Rejected, Settlement
+from botrix.redis_url import check_cluster_url, check_redis_url, check_tls_files, redact_url
 
 _INCLUDE = re.compile(r'^--- @include "([\w.]+)"$', re.MULTILINE)
 
@@ -73,7 +73,9 @@ class ForeignWrite(StoreUnavailable):
         return any(what in str(self) for what in _CLAIM_KEYS)
 
 
-#: What exchange.lua's claim half checks, after its settle half was written.
+#: What exchange.lua's claim half checks, after its settle half was written: the messages of
+#: _event.lua's and _rate.lua's checks, word for word (a test reads them there, so a reworded
+#: message fails it rather than turning a hold on claims into a hold on results).
 _CLAIM_KEYS = ("is not a counter", "is not a pause flag", "is not a rate limit", "is not a rate log")
 
 
@@ -198,6 +200,11 @@ def _enqueue_keys(k: keys.QueueKeys, job_id: str) -> list[str]:
     return [k.pending, k.scheduled, k.job(job_id), k.events, k.dead]
 
 
+def _enqueue_args(job_id: str, envelope: bytes, delay_ms: int, queue: str, once: bool) -> list[Any]:
+    """ARGV of enqueue.lua for one job."""
+    return [job_id, envelope, delay_ms, queue, int(once)]
+
+
 def _open(conn: Connection, socket_timeout: float | None) -> redis.Redis:
     if conn.cluster:
         return _open_cluster(conn, socket_timeout)
@@ -261,8 +268,8 @@ class Store:
         # Blocking waits get their own pool so they never starve the commands that settle jobs.
         self._blocking = _open(conn, blocking_timeout + conn.socket_timeout)
         self.blocking_timeout = blocking_timeout
-        # Read on first use: a worker runs five of the eleven scripts (the others are for
-        # producers and admin tools), and their text is ~40 KB it would keep for nothing.
+        # Read on first use: most of the scripts are for producers and admin tools, and a
+        # worker that never runs them would keep their text (tens of KB) for nothing.
         self._scripts: dict[str, Any] = {}
 
     async def aclose(self) -> None:
@@ -335,9 +342,7 @@ class Store:
         """
         k = keys.queue_keys(queue)
         reply = await self._run(
-            "enqueue",
-            _enqueue_keys(k, job_id),
-            [job_id, envelope, delay_ms, queue, int(once)],
+            "enqueue", _enqueue_keys(k, job_id), _enqueue_args(job_id, envelope, delay_ms, queue, once)
         )
         return bool(reply)
 
@@ -350,7 +355,6 @@ class Store:
         so a large batch does not hold Redis for long, and a failure stops at a chunk's edge.
         """
         k = keys.queue_keys(queue)
-        script = self._script("enqueue")
         if self._cluster:
             # redis-py's cluster pipeline refuses scripts: the calls go out side by side instead,
             # a chunk at a time, over the node's pool.
@@ -358,20 +362,20 @@ class Store:
                 await asyncio.gather(
                     *(
                         self._run("enqueue", _enqueue_keys(k, job_id),
-                                  [job_id, envelope, delay_ms, queue, int(once)])
+                                  _enqueue_args(job_id, envelope, delay_ms, queue, once))
                         for job_id, envelope in jobs[start : start + CLUSTER_ENQUEUE_BATCH]
                     )
                 )  # fmt: skip
             return
+        script = self._script("enqueue")
         for start in range(0, len(jobs), ENQUEUE_BATCH):
             chunk = jobs[start : start + ENQUEUE_BATCH]
             for retry in (False, True):
                 pipe = self._redis.pipeline(transaction=False)
                 for job_id, envelope in chunk:
                     job_keys = _enqueue_keys(k, job_id)
-                    pipe.evalsha(
-                        script.sha, len(job_keys), *job_keys, job_id, envelope, delay_ms, queue, int(once)
-                    )
+                    job_args = _enqueue_args(job_id, envelope, delay_ms, queue, once)
+                    pipe.evalsha(script.sha, len(job_keys), *job_keys, *job_args)
                 replies = await self._call(pipe.execute(raise_on_error=False))
                 if retry or not any(isinstance(r, NoScriptError) for r in replies):
                     break

@@ -89,7 +89,7 @@ class Waker:
                 await asyncio.sleep(backoff.next())
                 continue
             except StoreUnavailable as exc:
-                if self._link.down(str(exc)):
+                if self._link.mark_down(str(exc)):
                     self._log.warning("redis.unavailable", reason=str(exc), during="wait")
                 await asyncio.sleep(backoff.next())
                 continue

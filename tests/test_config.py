@@ -8,10 +8,11 @@ import re
 import pytest
 
 from botrix.client import Client
-from botrix.config import Settings, check_redis_url, redact_url, resolve
+from botrix.config import Settings, resolve
 from botrix.errors import ConfigError, EnvelopeError
 from botrix.executor import backoff_ms
 from botrix.model import Claimed, parse_job
+from botrix.redis_url import check_redis_url, redact_url
 
 
 def test_flags_beat_prefixed_env_beat_seed_env_beat_defaults() -> None:
@@ -75,6 +76,20 @@ def test_the_seed_cluster_nodes_are_read_and_need_cluster_mode() -> None:
     assert "s3cret" not in str(caught.value) and "***@redis-1:6379" in str(caught.value)
     # An empty prefixed variable leaves the next one in charge, as for every option.
     assert resolve({}, {**env, "BOTRIX_REDIS_CLUSTER_NODES": ""}).redis_cluster_nodes[0] == ("redis-1", 6379)
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        # Python's "$" matches before a final newline: "w1\n" would pass a check that uses it,
+        # then break the hand-formatted JSON of every event the worker writes.
+        ({"WORKER_ID": "w1\n"}, "WORKER_ID"),
+        ({"BOTRIX_WORKER_ID": "w1\n"}, "BOTRIX_WORKER_ID"),
+    ],
+)
+def test_a_value_with_a_line_break_is_refused(env: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        resolve({}, env)
 
 
 @pytest.mark.parametrize(

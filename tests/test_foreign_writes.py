@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aredis
 
+import botrix
 from botrix import keys
 from botrix.client import Client
 from botrix.model import JobStatus
-from botrix.store import Consumer, Store, _wrong_type
+from botrix.store import _CLAIM_KEYS, Consumer, Store, _wrong_type
 from tests.conftest import eventually, running_worker
 from tests.redisproc import RedisServer
 from tests.test_http import get, http_worker, samples
@@ -234,3 +235,12 @@ def test_every_form_of_a_wrong_type_reply_is_a_foreign_write(message: str) -> No
     assert reason is not None and reason.startswith("WRONGTYPE ")
     assert "',)" not in reason and "Error running script" not in reason
     assert _wrong_type("Error running script (call to f_1f): @user_script:3: OOM command not allowed") is None
+
+
+def test_the_claim_halfs_checks_are_named_as_the_scripts_word_them() -> None:
+    """``ForeignWrite.claims_only`` knows a claim-only damage by the Lua check's message."""
+    lua = "".join(
+        (Path(botrix.__file__).parent / "lua" / name).read_text() for name in ("_event.lua", "_rate.lua")
+    )
+    for phrase in _CLAIM_KEYS:
+        assert f"fail_wrong_type(string.format('%s {phrase}'" in lua

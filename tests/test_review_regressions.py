@@ -12,8 +12,8 @@ import redis.asyncio as aredis
 
 from botrix import JobContext, handler, keys
 from botrix.client import Client
-from botrix.config import redact_url
 from botrix.model import JobStatus
+from botrix.redis_url import redact_url
 from botrix.store import Connection, Consumer, Store
 from tests.conftest import WorkerProcess, eventually, running_worker
 from tests.redisproc import RedisServer

@@ -22,14 +22,7 @@ import uvloop
 
 from botrix.cli.argv import Parser, fail, hide_secrets_in_title
 from botrix.client import CANCEL_STATES, LISTED_STATES, MAX_OFFSET, Client
-from botrix.config import (
-    OPTIONS,
-    REDIS_PARTS,
-    check_cluster_nodes,
-    from_env,
-    redact_url,
-    redis_url_from_parts,
-)
+from botrix.config import OPTIONS, check_cluster_nodes, from_env
 from botrix.errors import ConfigError, JobNotFoundError, PayloadTooLargeError
 from botrix.health import serving
 from botrix.model import (
@@ -41,6 +34,7 @@ from botrix.model import (
     validate_job_id,
     validate_queue_name,
 )
+from botrix.redis_url import REDIS_PARTS, redact_url, redis_url_from_parts
 from botrix.store import ForeignWrite, StoreUnavailable
 
 PROG = "botrix"

@@ -9,7 +9,7 @@ from typing import Any, NoReturn
 
 import setproctitle
 
-from botrix.config import redact_url
+from botrix.redis_url import redact_url
 
 
 class Parser(argparse.ArgumentParser):
