@@ -2,14 +2,13 @@
 
 Start order: the HTTP server listens first (probes answer "starting") and the loop-lag monitor
 starts (its ticks are what /live judges), the handler modules' lifespans open what handlers
-share, then the heartbeat, the recoverer, the scheduler (periodic handlers' runs), and last the
+share, then the heartbeat, the recoverer, the periodic handlers' runs, and last the
 runner, which begins claiming. A lifespan that fails to open ends the worker here (exit 1).
 
 Shutdown order (the reason for each step is in docs/design.md):
   1. SIGTERM/SIGINT sets ``stop``; a second signal sets ``force``. Handlers do nothing else.
   2. ``stop``: /ready turns 503 at once, the runner stops claiming, the recoverer and the
-     scheduler stop;
-     in-flight jobs keep running.
+     periodic runs stop; in-flight jobs keep running.
   3. The runner drains: jobs get --shutdown-timeout (or until ``force``), then the rest are
      cancelled and requeued; it returns once every claimed job is written back.
   4. The lifespans close what they opened, last opened first.
@@ -36,11 +35,11 @@ from botrix.lifespans import Lifespans
 from botrix.logs import Logger, get_logger
 from botrix.metrics import Metrics
 from botrix.notify import SystemdNotifier
+from botrix.periodic import Periodic
 from botrix.recoverer import Recoverer
 from botrix.redis_url import redact_url
 from botrix.registry import Registry
 from botrix.runner import Runner
-from botrix.scheduler import Scheduler
 from botrix.store import Connection, Store
 
 
@@ -124,7 +123,7 @@ class Worker:
                 await self._listen(self.http)
             async with asyncio.TaskGroup() as group:
                 if self.http is not None:
-                    group.create_task(self.http.serve(http_stop), name="botrix-http")
+                    group.create_task(self.http.run(http_stop), name="botrix-http")
                 # Before the lifespans: /live judges the loop by its ticks, and a slow start is
                 # not a stalled loop.
                 group.create_task(LagMonitor(self.state).run(drained), name="botrix-lag")
@@ -141,8 +140,8 @@ class Worker:
                     beating = group.create_task(heartbeat.run(drained), name="botrix-heartbeat")
                     group.create_task(self._systemd(drained), name="botrix-systemd")
                     group.create_task(recoverer.run(self.stop_event), name="botrix-recoverer")
-                    scheduler = Scheduler(store, self.registry, self.state, self.log)
-                    group.create_task(scheduler.run(self.stop_event), name="botrix-scheduler")
+                    periodic = Periodic(store, self.registry, self.state, self.log)
+                    group.create_task(periodic.run(self.stop_event), name="botrix-periodic")
                     try:
                         await runner.run(self.stop_event)
                     finally:

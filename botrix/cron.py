@@ -2,7 +2,7 @@
 
 Parsing and stepping through time is cronsim's (Debian cron's rules, DST included); this
 module turns an instant of the Redis clock into the fire time just behind it and the one
-ahead, in epoch ms, which is all the scheduler and schedule.lua need. Imported only when a
+ahead, in epoch ms, which is all periodic.py and schedule.lua need. Imported only when a
 handler has ``cron=``, so workers without one load neither cronsim nor zoneinfo.
 """
 

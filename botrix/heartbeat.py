@@ -50,15 +50,15 @@ class Heartbeat:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Beat until ``stop``; then remove the health record."""
-        next_record = 0.0
         self._state.heartbeat_running = True
         try:
-            await self._loop(stop, next_record)
+            await self._loop(stop)
         finally:
             self._state.heartbeat_running = False
         await self._goodbye()
 
-    async def _loop(self, stop: asyncio.Event, next_record: float) -> None:
+    async def _loop(self, stop: asyncio.Event) -> None:
+        next_record = 0.0  # when the health record is due again (monotonic)
         while True:
             try:
                 await self._beat(time.monotonic() >= next_record or self._state.phase != self._recorded)

@@ -141,7 +141,7 @@ class HttpServer:
         self.port = int(sockets[0].getsockname()[1]) if sockets else port
         self._log.info("http.listening", host=host, port=self.port)
 
-    async def serve(self, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event) -> None:
         """Answer on the bound port until ``stop``."""
         server = self._server
         assert server is not None, "listen() first"

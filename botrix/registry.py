@@ -40,7 +40,7 @@ class Handler:
     timeout: float | None = None
     max_retries: int | None = None
     #: A periodic handler runs every ``every`` seconds, or at the fire times of ``cron``,
-    #: enqueued to ``queue`` (scheduler.py).
+    #: enqueued to ``queue`` (periodic.py).
     every: float | None = None
     queue: str = "default"
     cron: Cron | None = None

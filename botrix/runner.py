@@ -26,7 +26,7 @@ import contextlib
 import functools
 import itertools
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from botrix.aio import Backoff, sleep_or_stop
@@ -36,6 +36,7 @@ from botrix.context import Enqueue
 from botrix.errors import EnvelopeError
 from botrix.executor import MESSAGE_LIMIT, contain_handler_tasks, handler_context
 from botrix.health import InFlight, Phase, WorkerState
+from botrix.holds import Holds
 from botrix.logs import Logger
 from botrix.metrics import Metrics
 from botrix.model import Claimed, ErrorInfo, Outcome, Rejected, Settlement, parse_job
@@ -70,29 +71,6 @@ class Lane:
 #: Numbers every exchange call of the process, rising: a lane's calls must stay above its fence
 #: (orphans.lua), which outlives a Runner (a Worker run again keeps its process instance).
 _CALLS = itertools.count(1)
-
-#: A queue with a foreign-written key is tried again after a delay doubling from HOLD_BASE_S to
-#: HOLD_CAP_S: a person has to repair the key, and each try logs a warning.
-HOLD_BASE_S = 1.0
-HOLD_CAP_S = 30.0
-
-
-@dataclass(slots=True)
-class Hold:
-    """A queue left alone after a foreign write (store.ForeignWrite), until ``until`` (loop time).
-
-    Its finished jobs wait here, off the settler, so their lanes do not spin on a write that
-    cannot succeed; and they give their slots back meanwhile, so that the other queues run. Not
-    those of a hold on claims only (``claims_only``): a call that claims nothing writes them.
-    """
-
-    backoff: Backoff
-    #: Only a claiming call meets the broken key (a garbled sequence): a settle proves nothing.
-    claims_only: bool = False
-    until: float = 0.0
-    parked: list[tuple[int, Settlement]] = field(default_factory=list)  # (lane, settlement)
-    timer: asyncio.TimerHandle | None = None
-
 
 #: A worker on one queue gets a lane per LANE_SLOTS slots, from two (at MIN_SPLIT slots or
 #: more) to MAX_LANES. Below MIN_SPLIT one lane: lanes of 2 or 3 slots would pay a round trip
@@ -147,7 +125,7 @@ class Runner:
         self._waker = Waker(store, settings.queues, self._work_arrived, state.redis, log)
         self._pauses = Pauses(self._waker, state, log, metrics, self._work_arrived)
         self._backoff = Backoff()
-        self._holds: dict[str, Hold] = {}  # queues with a foreign-written key
+        self._holds = Holds(self._settler, self._waker, state, log, self._move_slots, self._work_arrived)
         self._latest: dict[tuple[str, str], InFlight] = {}  # the newest attempt of each job held
         self._dry = False  # the last claim came back short: the queues looked empty
         # Counts the signs of new work (the waker's, a hold's end): a pass that began before
@@ -255,6 +233,9 @@ class Runner:
         if self._failure is not None:
             raise self._failure  # from a pass, or a report (_took), that ended after the stop
 
+    def _move_slots(self, lane: int, n: int) -> None:
+        self._lanes[lane].held += n
+
     def _work_arrived(self) -> None:
         self._arrivals += 1
         self._dry = False
@@ -288,11 +269,11 @@ class Runner:
                 claiming = False
             items = batches.pop(queue, [])
             hold = self._holds.get(queue)
-            on_hold = hold is not None and self._on_hold(queue)
+            on_hold = hold is not None and self._holds.on_hold(queue)
             if hold is not None and on_hold and not hold.claims_only:
-                # Its results cannot be written either: they wait off the settler (Hold). It
+                # Its results cannot be written either: they wait off the settler (Holds). It
                 # cannot give jobs: for strict priority it ran dry, and the queues below go on.
-                self._park(hold, lane.index, items)
+                self._holds.park(hold, lane.index, items)
                 dry = dry or claiming
                 continue
             # Paused by an operator, at its rate limit (and not due for a look), or on a hold that
@@ -323,7 +304,7 @@ class Runner:
                 )
             except ForeignWrite as exc:
                 # Only this queue is broken: Redis is fine, and the queues below it go on.
-                self._hold(queue, lane.index, items, exc)
+                self._holds.hold(queue, lane.index, items, exc)
                 dry = dry or claiming
                 continue
             except BaseException as exc:
@@ -347,7 +328,7 @@ class Runner:
                 self._log.info("redis.recovered")
             # (``sent``, not ``want``: a claim the stop took back proves nothing and saw nothing)
             if hold is not None and (sent or not hold.claims_only):
-                self._repaired(queue, hold)
+                self._holds.repaired(queue, hold)
             self._took(lane, queue, items, refused, claimed, rejected)
             if sent:
                 self._pauses.saw(queue, now_paused, limited_s)
@@ -418,7 +399,7 @@ class Runner:
             )
         except ForeignWrite as exc:
             # The script stopped at its key checks, before any claim; on a hold of claims only,
-            # after it wrote the results (Hold).
+            # after it wrote the results (holds.py).
             if exc.claims_only:
                 _sent_before(items)
             raise
@@ -433,15 +414,10 @@ class Runner:
 
     def _unsure_in(self, lane: Lane) -> bool:
         """Whether ``lane`` has a lost claim's jobs to look for, on a queue it may call now."""
-        # (a held queue's turn comes when its hold ends: _retry_held)
+        # (a held queue's turn comes when its hold ends)
         return bool(self._unsure) and any(
-            index == lane.index and not self._on_hold(queue) for queue, index in self._unsure
+            index == lane.index and not self._holds.on_hold(queue) for queue, index in self._unsure
         )
-
-    def _on_hold(self, queue: str) -> bool:
-        """Whether ``queue`` is left alone now, after a foreign write (``_hold``)."""
-        hold = self._holds.get(queue)
-        return hold is not None and hold.until > asyncio.get_running_loop().time()
 
     async def _reclaim(self, lane: Lane, queue: str) -> list[Settlement]:
         """Requeues, their attempts given back, for the jobs a lost claim of ``lane`` leased.
@@ -487,72 +463,6 @@ class Runner:
             entry = self._book(lane, queue, claimed)  # never run: its slot until the requeue is written
             requeues.append(_requeue(entry, "orphaned"))
         return requeues
-
-    def _hold(self, queue: str, lane: int, items: list[Settlement], exc: ForeignWrite) -> None:
-        """Leave ``queue`` alone for a while: one of its keys holds what botrix never writes."""
-        reason = str(exc)
-        hold = self._holds.get(queue)
-        if hold is None:
-            hold = self._holds[queue] = Hold(Backoff(HOLD_BASE_S, HOLD_CAP_S))
-        hold.claims_only = exc.claims_only
-        if exc.claims_only:
-            # The call wrote them before its claim half failed: the next one, claiming nothing
-            # while the hold lasts, sends them again, a no-op that reports them (_pass).
-            self._settler.put_back(lane, {queue: items})
-        else:
-            self._park(hold, lane, items)
-        self._waker.pause(queue, "damaged")
-        loop = asyncio.get_running_loop()
-        if hold.until > loop.time():
-            return  # another lane's call failed the same way meanwhile: one try, one warning
-        delay = hold.backoff.next()
-        hold.until = loop.time() + delay
-        if hold.timer is not None:
-            hold.timer.cancel()  # a pass that saw the delay over may have come before its timer
-        hold.timer = loop.call_later(delay, self._retry_held, queue, hold)
-        self._state.damaged[queue] = reason
-        self._log.warning(
-            "queue.damaged",
-            queue=queue,
-            reason=reason,
-            retry_in_s=round(delay, 1),
-            unsettled=len(hold.parked),
-        )
-
-    def _retry_held(self, queue: str, hold: Hold) -> None:
-        """A held queue's delay is over: its parked results and its claims are tried again."""
-        if self._holds.get(queue) is not hold:
-            return  # repaired meanwhile
-        # Over now, whatever the clock says: a timer may fire a fraction of a millisecond early
-        # (uvloop rounds to whole ms), and a pass that still saw the hold would park the
-        # results again with no timer left to bring them back.
-        hold.until = 0.0
-        self._unpark(hold)
-        self._work_arrived()
-
-    def _park(self, hold: Hold, lane: int, items: list[Settlement]) -> None:
-        self._lanes[lane].held -= len(items)
-        hold.parked += [(lane, s) for s in items]
-
-    def _unpark(self, hold: Hold) -> None:
-        for lane, settlement in hold.parked:
-            self._lanes[lane].held += 1
-            self._settler.submit(settlement, lane)
-        hold.parked = []
-
-    def _repaired(self, queue: str, hold: Hold) -> None:
-        """A call on a held queue succeeded: someone repaired the key."""
-        if self._holds.get(queue) is not hold:
-            # Another lane's call got there first; or it did, and a newer hold began since (the
-            # key broken again): a call that started before that proves nothing about it.
-            return
-        del self._holds[queue]
-        if hold.timer is not None:
-            hold.timer.cancel()
-        self._unpark(hold)
-        self._waker.resume(queue, "damaged")
-        self._state.damaged.pop(queue, None)
-        self._log.info("queue.repaired", queue=queue)
 
     def _start(self, loop: asyncio.AbstractEventLoop, lane: Lane, queue: str, claimed: Claimed) -> None:
         key = (queue, claimed.job_id, claimed.delivery)
@@ -665,11 +575,9 @@ class Runner:
         if self._owed(orphans) and not await self._settle_until_idle(REQUEUE_GRACE_S, None, orphans):
             stuck = self._requeue_stuck()
             if not (stuck and await self._settle_until_idle(STUCK_REQUEUE_S, None)):
-                self._abandon_parked()
+                self._holds.abandon()
                 self._settler.abandon()
-        for hold in self._holds.values():
-            if hold.timer is not None:
-                hold.timer.cancel()
+        self._holds.close()
         for queue, lane in self._unsure:
             self._log.warning(
                 "job.orphans_unknown",
@@ -678,20 +586,6 @@ class Runner:
                 reason="stopped before Redis could say what a lost claim leased; recovery returns "
                 "those jobs after their lease",
             )
-
-    def _abandon_parked(self) -> None:
-        for queue, hold in self._holds.items():
-            for _, settlement in hold.parked:
-                self._log.warning(
-                    "job.settle_abandoned",
-                    job_id=settlement.job_id,
-                    queue=queue,
-                    reason=f"its queue is damaged ({self._state.damaged.get(queue, '?')}); once the key "
-                    "is repaired, the job runs again after its lease, unless this result was written "
-                    "(if the damaged key is the active set, see 'A key of the wrong type' in "
-                    "docs/operations.md)",
-                )
-            hold.parked = []
 
     def _requeue_stuck(self) -> int:
         """Requeue the jobs whose handlers outlast the cancel's grace; returns how many.
@@ -725,7 +619,7 @@ class Runner:
         return (
             bool(self._state.in_flight)
             or len(self._settler) > 0
-            or any(hold.parked for hold in self._holds.values())
+            or self._holds.any_parked()
             or (orphans and any(self._unsure_in(lane) for lane in self._lanes))
         )
 

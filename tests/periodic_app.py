@@ -1,4 +1,4 @@
-"""A periodic handler for the scheduler's process test (``--app tests.periodic_app``).
+"""A periodic handler for periodic process test (``--app tests.periodic_app``).
 
 Kept out of tests.handlers, which every test worker loads: its runs would go on in the
 background of every other test.

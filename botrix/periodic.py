@@ -23,7 +23,7 @@ from botrix.store import ForeignWrite, Store, StoreUnavailable
 MAX_PAUSE_S = 60.0
 
 
-class Scheduler:
+class Periodic:
     """The periodic handlers' runs, each slot enqueued once across the workers."""
 
     def __init__(self, store: Store, registry: Registry, state: WorkerState, log: Logger) -> None:
