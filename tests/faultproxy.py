@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
 import struct
 from dataclasses import dataclass, field
@@ -65,6 +66,12 @@ class FaultProxy:
         self.port = free_port()
         self._server: asyncio.Server | None = None
         self._links: set[_Link] = set()
+        # Every accepted connection and every relay task, from the moment each exists: one
+        # accepted as a test ends, whose relay is cancelled before it runs, is still reset by
+        # aclose() (a socket left to the garbage collector fails a later test with a
+        # ResourceWarning under -W error).
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._relays: set[asyncio.Task[None]] = set()
         self._flowing = asyncio.Event()
         self._flowing.set()
         self._delay = 0.0
@@ -99,6 +106,14 @@ class FaultProxy:
         self._stop_listening()
         self._flowing.set()
         await self.cut()
+        for relay in self._relays:
+            relay.cancel()
+        if self._relays:
+            await asyncio.wait(self._relays)
+        for writer in list(self._writers):
+            _reset(writer)
+        self._writers.clear()
+        await asyncio.sleep(0)  # the transports close their sockets in the loop's next turn
 
     def url(self, db: int = 0) -> str:
         """A ``redis://`` URL that goes through the proxy."""
@@ -204,11 +219,14 @@ class FaultProxy:
             self._server.close()
             self._server = None
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        # asyncio's server task must not end cancelled (Python 3.11 then logs an error), so
-        # the connection lives in a task of our own that ``cut()`` may cancel.
+    def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # A plain function, called as the connection is accepted: the socket is known at once,
+        # and the connection lives in a task of our own that ``cut()`` may cancel (asyncio's
+        # server task must not end cancelled: Python 3.11 then logs an error).
+        self._writers.add(writer)
         relay = asyncio.create_task(self._relay(reader, writer))
-        await asyncio.wait([relay])
+        self._relays.add(relay)
+        relay.add_done_callback(self._relays.discard)
 
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -217,11 +235,13 @@ class FaultProxy:
         self._links.add(link)
         self.accepted += 1
         try:
+            # Shielded: a cancel landing as the connect completes would lose its socket.
+            connect = asyncio.ensure_future(asyncio.open_connection(*self.upstream))
+            connect.add_done_callback(functools.partial(self._connected, link))
             try:
-                up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+                up_reader, up_writer = await asyncio.shield(connect)
             except OSError:
                 return
-            link.upstream = up_writer
             link.pumps = [
                 asyncio.create_task(self._pump(reader, up_writer, upstream=True)),
                 asyncio.create_task(self._pump(up_reader, writer, upstream=False)),
@@ -239,6 +259,16 @@ class FaultProxy:
                     pump.exception()  # retrieved: a peer's reset is the expected way to end
             _reset(writer)
             _reset(link.upstream)
+            self._writers.discard(writer)
+
+    def _connected(
+        self, link: _Link, connect: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]]
+    ) -> None:
+        if connect.cancelled() or connect.exception() is not None:
+            return
+        link.upstream = connect.result()[1]
+        if link not in self._links:
+            _reset(link.upstream)  # its relay ended during the connect
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, upstream: bool) -> None:
         """Copy one direction, chunk by chunk, obeying stall, delay and hold; half-close at EOF."""
