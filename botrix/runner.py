@@ -404,6 +404,8 @@ class Runner:
                 _sent_before(items)
             raise
         except BaseException as exc:
+            if isinstance(exc, StoreUnavailable) and exc.unsent:
+                raise  # no connection: Redis ran none of it, and there is nothing to ask
             # (not before the call: a failed _reclaim sent nothing)
             _sent_before(items)
             if want and isinstance(exc, StoreUnavailable):

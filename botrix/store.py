@@ -53,6 +53,9 @@ class StoreUnavailable(BotrixError):
     job_id: str | None = None
     #: Set by Client.enqueue_many: the ids of all its jobs, some of which may have gone in.
     job_ids: list[str] | None = None
+    #: The call never left this process (no connection could be made, or the connection's
+    #: handshake failed): Redis ran none of it. Set by the lanes' calls (Store.exchange).
+    unsent: bool = False
 
 
 class ForeignWrite(StoreUnavailable):
@@ -835,8 +838,12 @@ class Store:
         # redis-py drops the connection when a read is cancelled, so a late reply can never
         # answer the next call.
         deadline = Deadline(self._timeout)
+        sent = False
         try:
             try:
+                if not conn.is_connected:
+                    await self._connect(conn)
+                sent = True
                 return await self._direct_call(conn, "EVALSHA", sha, len(keys_), *keys_, *args, reload=True)
             except NoScriptError:  # a restarted or flushed Redis forgot the script
                 await self._direct_call(conn, "SCRIPT", "LOAD", self._script(script).script)
@@ -845,10 +852,26 @@ class Store:
         except asyncio.CancelledError:
             if deadline.fired():
                 await conn.disconnect(nowait=True)
-                raise StoreUnavailable(f"TimeoutError: no reply within {self._timeout:g}s") from None
+                error = StoreUnavailable(f"TimeoutError: no reply within {self._timeout:g}s")
+                error.unsent = not sent
+                raise error from None
             raise
         finally:
             deadline.cancel()
+
+    async def _connect(self, conn: Any) -> None:
+        """Connect ``conn`` (and its handshake: AUTH, SELECT) before a call is sent on it.
+
+        Apart from the call, so that a failure here says the call never left (``unsent``): a
+        claim that never reached Redis leased nothing, and no one need ask what it leased.
+        """
+        try:
+            await conn.connect_check_health(check_health=False)
+        except (RedisError, OSError, RuntimeError) as exc:
+            await conn.disconnect(nowait=True)
+            error = _unavailable(exc)
+            error.unsent = True
+            raise error from None
 
     async def _direct_call(self, conn: Any, *args: Any, reload: bool = False) -> Any:
         """One command on ``conn``; with ``reload``, NOSCRIPT is raised for the caller to load."""

@@ -3,6 +3,7 @@ themselves, write back what finished meanwhile, and go on consuming."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +13,7 @@ import redis.asyncio as aredis
 
 from botrix.client import Client
 from botrix.model import JobStatus
+from botrix.store import Connection, Consumer, Store, StoreUnavailable
 from tests.conftest import WorkerProcess
 from tests.faultproxy import FaultProxy
 from tests.redisproc import RedisServer
@@ -85,3 +87,47 @@ async def test_after_a_failover_the_worker_follows_its_url_to_the_new_primary(
             assert await worker.wait() == 0
     finally:
         new.stop()
+
+
+async def test_a_call_that_never_reached_redis_says_so(own_redis: RedisServer, queue: str) -> None:
+    """A lane's call made while no connection can be had is ``unsent``: the claim in it leased
+    nothing, so the worker does not ask Redis what it leased (Runner._exchange). One that went
+    out and lost its reply is not."""
+    consumer = Consumer("w-unsent", lease_ms=30_000, max_envelope_bytes=1 << 20, result_ttl=60, dead_cap=10)
+    own_redis.stop()
+    store = Store(Connection(own_redis.url))
+    try:
+        with pytest.raises(StoreUnavailable) as refused:
+            await store.exchange(queue, [], 1, consumer, lane=0)
+        assert refused.value.unsent
+    finally:
+        await store.aclose()
+    own_redis.start()
+    async with FaultProxy(own_redis.port) as proxy:
+        store = Store(Connection(proxy.url()))
+        try:
+            await store.exchange(queue, [], 1, consumer, lane=0)  # connected, and the script loaded
+            stalled = proxy.stall_after(b"EVALSHA")
+            call = asyncio.create_task(store.exchange(queue, [], 1, consumer, lane=0))
+            await stalled.wait()
+            await proxy.cut()
+            with pytest.raises(StoreUnavailable) as lost:
+                await call
+            assert not lost.value.unsent
+        finally:
+            await store.aclose()
+
+
+async def test_a_worker_stopped_while_redis_was_never_there_owes_nothing(
+    own_redis: RedisServer, queue: str, spawn: Callable[..., WorkerProcess]
+) -> None:
+    """Claims that could not even connect leased nothing: the drain neither waits to ask Redis
+    about them nor reports them as unknown (it did both, and every lease period logged
+    job.orphans_unknown, for a worker whose Redis was down or refused its password)."""
+    own_redis.stop()
+    worker = spawn(own_redis.url, queue, "--concurrency", "1")
+    await worker.wait_for("redis.unavailable")
+    worker.signal(signal.SIGTERM)
+    assert await worker.wait() == 0
+    names = worker.names()
+    assert "job.orphans_unknown" not in names and "worker.draining" not in names, names
